@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs everything sdtune needs on a fresh Debian 12 machine, then builds it.
+# Idempotent: each step checks first, so a second run takes seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(cmake ninja-build g++ ccache nlohmann-json3-dev libcli11-dev libtomlplusplus-dev
+              libgtest-dev libutf8proc-dev libpcre2-dev)
+# Python: torch supplies LibTorch (its bundled C++ library). diffusers/transformers/open-clip-torch
+# are test-only references; open-clip-torch also carries the real CLIP BPE vocabulary.
+PY_PACKAGES=(torch==2.15.0 diffusers==0.42.1 transformers==5.23.0 open-clip-torch==3.3.0
+             safetensors numpy pillow pytest accelerate)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+
+PY=${PYTHON:-python3}
+if ! $PY - "${PY_PACKAGES[@]}" <<'PYEOF'
+import sys, importlib.metadata as md
+for spec in sys.argv[1:]:
+    name, _, ver = spec.partition("==")
+    try:
+        have = md.version(name)
+    except md.PackageNotFoundError:
+        sys.exit(1)
+    if ver and have != ver:
+        sys.exit(1)
+PYEOF
+then
+  echo "setup: installing Python packages"
+  $PY -m pip install -q "${PY_PACKAGES[@]}"
+fi
+
+# Build (Release: the tests run real models). ccache + precompiled headers keep rebuilds short.
+TORCH_PREFIX=$($PY -c 'import torch;print(torch.utils.cmake_prefix_path)')
+BUILD=${BUILD_DIR:-build}
+if [ ! -f "$BUILD/build.ninja" ]; then
+  cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$TORCH_PREFIX"
+fi
+cmake --build "$BUILD"
