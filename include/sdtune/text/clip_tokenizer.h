@@ -2,8 +2,9 @@
 // CLIP's byte-level BPE tokenizer, giving exactly the ids of transformers' CLIPTokenizer.
 // Text pipeline (transformers 5 / tokenizers): special tokens are split out of the raw text first;
 // the rest is NFC-normalized, every run of whitespace becomes one space, lowercased; split with
-// CLIP's pattern; each piece is mapped byte-wise to GPT-2's printable unicode alphabet and BPE-merged
-// with "</w>" marking the end of a word.
+// CLIP's pattern; each piece is mapped byte-wise to GPT-2's printable unicode alphabet and
+// BPE-merged with "</w>" marking the end of a word.
+#include <array>
 #include <cstdint>
 #include <filesystem>
 #include <string>
@@ -42,10 +43,20 @@ class ClipTokenizer {
   std::size_t vocab_size() const { return vocab_.size(); }
 
  private:
-  std::vector<std::string> bpe(const std::string& word) const;
+  // Appends the ids of a stretch of text that holds no special token.
+  void encode_segment(std::string_view text, std::vector<int64_t>& ids) const;
+  // Appends the BPE ids of one pre-tokenized piece (raw bytes, before the byte-level mapping).
+  void bpe(std::string_view piece, std::vector<int64_t>& ids) const;
 
   std::unordered_map<std::string, int64_t> vocab_;
-  std::unordered_map<std::string, int64_t> merge_ranks_;  // key: left + ' ' + right
+  // Key: left id << 32 | right id; value: (rank, merged id). Same shape as tokenizers' merge map,
+  // so stale heap entries are detected the same way.
+  std::unordered_map<uint64_t, std::pair<int64_t, int64_t>> merges_;
+  // Id of each byte's printable character, alone and with "</w>" (-1 when not in the vocab).
+  std::array<int64_t, 256> byte_ids_{}, byte_end_ids_{};
+  // Matched exactly in the raw text before normalization (bos, eos = unk, pad), as transformers
+  // registers them as special added tokens: with SD 2.x's pad "!" every "!" becomes id 0.
+  std::vector<std::pair<std::string, int64_t>> special_tokens_;
   int64_t bos_id_ = 0, eos_id_ = 0, pad_id_ = 0, max_length_ = 77;
 };
 

@@ -1,0 +1,50 @@
+#pragma once
+// Typed, checked access to a JSON config file (config.json, model_index.json, ...). Unknown keys
+// are ignored; a missing required key or a value of the wrong type is an sdtune::Error naming the
+// file and the key.
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace sdtune::io {
+
+class JsonConfig {
+ public:
+  // Reads and parses `path`; the top level must be a JSON object.
+  static JsonConfig load(const std::filesystem::path& path);
+  JsonConfig(nlohmann::json json, std::string source);
+
+  // True when the key is present and not null (diffusers writes null for "use the default").
+  bool has(std::string_view key) const;
+
+  int64_t get_int(std::string_view key) const;
+  int64_t get_int(std::string_view key, int64_t fallback) const;
+  double get_double(std::string_view key) const;
+  double get_double(std::string_view key, double fallback) const;
+  bool get_bool(std::string_view key) const;
+  bool get_bool(std::string_view key, bool fallback) const;
+  std::string get_string(std::string_view key) const;
+  std::string get_string(std::string_view key, const std::string& fallback) const;
+  std::vector<int64_t> get_int_list(std::string_view key) const;
+  std::vector<std::string> get_string_list(std::string_view key) const;
+  // A value that is either one int (repeated n times) or a list of exactly n ints, as diffusers
+  // allows for attention_head_dim, layers_per_block, ...
+  std::vector<int64_t> get_int_or_list(std::string_view key, std::size_t n) const;
+  std::vector<int64_t> get_int_or_list(std::string_view key, std::size_t n, int64_t fallback) const;
+
+  const nlohmann::json& json() const { return json_; }
+  const std::string& source() const { return source_; }
+
+ private:
+  const nlohmann::json& at(std::string_view key) const;
+  [[noreturn]] void type_error(std::string_view key, std::string_view expected) const;
+
+  nlohmann::json json_;
+  std::string source_;
+};
+
+}  // namespace sdtune::io

@@ -1,0 +1,34 @@
+#pragma once
+// Loading and saving module weights by name. Module parameter names are the diffusers /
+// transformers state-dict keys, so loading is a straight name-to-name map.
+#include <filesystem>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+namespace torch::nn {
+class Module;
+}
+
+namespace sdtune::io {
+
+using StateDict = std::map<std::string, at::Tensor>;
+
+// Reads and merges the tensors of all files (a sharded checkpoint); a key present in two files is
+// an error naming both.
+StateDict read_state_dict(const std::vector<std::filesystem::path>& files);
+
+// Copies each tensor of `state` into the module's parameter or buffer of the same name, converted
+// to that parameter's dtype and device. Throws one Error (file = `source`) that names every
+// missing key, unexpected key and shape mismatch (expected against actual). Keys listed in
+// `ignored` (exact names) may be present or absent in `state` without error.
+void load_into(torch::nn::Module& module, const StateDict& state, const std::string& source,
+               const std::vector<std::string>& ignored = {});
+
+// The module's parameters and buffers under their state-dict names, in registration order.
+std::vector<std::pair<std::string, at::Tensor>> state_dict_of(const torch::nn::Module& module);
+
+}  // namespace sdtune::io

@@ -1,0 +1,12 @@
+#pragma once
+// Each sdtune command registers itself as a CLI11 subcommand; main() dispatches and turns errors
+// into one line on stderr and a non-zero exit.
+#include <CLI/CLI.hpp>
+
+namespace sdtune::cli {
+
+void add_inspect(CLI::App& app);
+void add_tokenize(CLI::App& app);
+void add_forward(CLI::App& app);
+
+}  // namespace sdtune::cli

@@ -1,0 +1,91 @@
+// sdtune inspect DIR: what a pipeline folder holds, read from configs and safetensors headers
+// alone (no weights are loaded).
+#include <cstdio>
+#include <map>
+#include <string>
+
+#include "cli/commands.h"
+#include "sdtune/io/model_folder.h"
+#include "sdtune/io/safetensors.h"
+#include "sdtune/text/clip_tokenizer.h"
+
+namespace sdtune::cli {
+namespace {
+
+std::string human_count(int64_t n) {
+  char buf[32];
+  if (n >= 1'000'000'000) std::snprintf(buf, sizeof buf, "%.2fB", n / 1e9);
+  else if (n >= 1'000'000) std::snprintf(buf, sizeof buf, "%.1fM", n / 1e6);
+  else if (n >= 1'000) std::snprintf(buf, sizeof buf, "%.1fK", n / 1e3);
+  else std::snprintf(buf, sizeof buf, "%lld", static_cast<long long>(n));
+  return buf;
+}
+
+void print_weights(const std::filesystem::path& dir) {
+  int64_t params = 0, bytes = 0, tensors = 0;
+  std::map<std::string, int64_t> per_dtype;
+  auto files = io::find_weight_files(dir);
+  for (const auto& f : files) {
+    auto file = io::SafetensorsFile::open(f);
+    for (const auto& t : file.tensors()) {
+      params += t.numel();
+      bytes += static_cast<int64_t>(t.nbytes);
+      ++tensors;
+      per_dtype[std::string(io::dtype_name(t.dtype))] += t.numel();
+    }
+  }
+  std::string dtypes;
+  for (const auto& [name, n] : per_dtype) dtypes += (dtypes.empty() ? "" : ", ") + name + " " + human_count(n);
+  std::printf("    weights: %zu file(s), %lld tensors, %s parameters (%lld), %.1f MB, dtypes: %s\n",
+              files.size(), static_cast<long long>(tensors), human_count(params).c_str(),
+              static_cast<long long>(params), bytes / 1e6, dtypes.c_str());
+}
+
+// One line of the config keys a user most often wants to see for each component.
+void print_config(const io::ModelFolder& folder, const io::Component& c) {
+  static const std::map<std::string, std::vector<std::string>> keys{
+      {"unet", {"sample_size", "block_out_channels", "layers_per_block", "attention_head_dim",
+                "num_attention_heads", "cross_attention_dim", "use_linear_projection", "upcast_attention"}},
+      {"vae", {"block_out_channels", "latent_channels", "scaling_factor"}},
+      {"text_encoder", {"hidden_size", "num_hidden_layers", "num_attention_heads", "hidden_act",
+                        "max_position_embeddings"}},
+      {"scheduler", {"num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type",
+                     "timestep_spacing", "steps_offset"}},
+  };
+  auto it = keys.find(c.name);
+  if (it == keys.end()) return;
+  auto config = folder.component_config(c.name);
+  std::string line;
+  for (const auto& k : it->second)
+    if (config.has(k)) line += (line.empty() ? "" : ", ") + k + "=" + config.json().at(k).dump();
+  std::printf("    config: %s\n", line.c_str());
+}
+
+}  // namespace
+
+void add_inspect(CLI::App& app) {
+  auto dir = std::make_shared<std::string>();
+  auto* cmd = app.add_subcommand("inspect", "Show a pipeline folder's components, configs, parameter counts and dtypes");
+  cmd->add_option("DIR", *dir, "Pipeline folder (diffusers layout)")->required();
+  cmd->callback([dir] {
+    auto folder = io::ModelFolder::open(*dir);
+    std::printf("%s\n", folder.root().string().c_str());
+    std::printf("  pipeline: %s (diffusers %s)\n",
+                folder.model_index().get_string("_class_name", "?").c_str(),
+                folder.model_index().get_string("_diffusers_version", "?").c_str());
+    for (const auto& c : folder.components()) {
+      std::printf("  %s: %s.%s\n", c.name.c_str(), c.library.c_str(), c.class_name.c_str());
+      if (c.name == "tokenizer") {
+        auto tok = text::ClipTokenizer::load(folder.component_dir("tokenizer"));
+        std::printf("    vocab: %zu tokens, max length %lld, pad id %lld\n", tok.vocab_size(),
+                    static_cast<long long>(tok.max_length()), static_cast<long long>(tok.pad_id()));
+        continue;
+      }
+      print_config(folder, c);
+      if (c.name == "unet" || c.name == "vae" || c.name == "text_encoder" || c.name == "safety_checker")
+        print_weights(folder.component_dir(c.name));
+    }
+  });
+}
+
+}  // namespace sdtune::cli

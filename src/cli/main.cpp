@@ -1,0 +1,28 @@
+#include <cstdio>
+#include <exception>
+
+#include "cli/commands.h"
+#include "sdtune/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"sdtune: fine-tune Stable Diffusion and generate images with it"};
+  app.require_subcommand(1);
+  app.set_help_all_flag("--help-all", "Show help for every command");
+  sdtune::cli::add_inspect(app);
+  sdtune::cli::add_tokenize(app);
+  sdtune::cli::add_forward(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const sdtune::Error& e) {
+    std::fprintf(stderr, "sdtune: error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    // LibTorch errors carry a multi-line backtrace; the first line says what went wrong.
+    std::string what = e.what();
+    std::fprintf(stderr, "sdtune: error: %s\n", what.substr(0, what.find('\n')).c_str());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,120 @@
+#include "sdtune/io/json_config.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "sdtune/error.h"
+
+namespace sdtune::io {
+
+JsonConfig JsonConfig::load(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error("cannot open file (missing or unreadable)", path.string());
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  nlohmann::json json = nlohmann::json::parse(buffer.str(), nullptr, /*allow_exceptions=*/false);
+  if (json.is_discarded()) throw Error("not valid JSON", path.string());
+  if (!json.is_object()) throw Error("top level is not a JSON object", path.string());
+  return JsonConfig(std::move(json), path.string());
+}
+
+JsonConfig::JsonConfig(nlohmann::json json, std::string source)
+    : json_(std::move(json)), source_(std::move(source)) {}
+
+bool JsonConfig::has(std::string_view key) const {
+  auto it = json_.find(key);
+  return it != json_.end() && !it->is_null();
+}
+
+const nlohmann::json& JsonConfig::at(std::string_view key) const {
+  if (!has(key)) throw Error("missing required key", source_, std::string(key));
+  return *json_.find(key);
+}
+
+void JsonConfig::type_error(std::string_view key, std::string_view expected) const {
+  throw Error("expected " + std::string(expected) + ", got " + at(key).dump(), source_,
+              std::string(key));
+}
+
+int64_t JsonConfig::get_int(std::string_view key) const {
+  const auto& v = at(key);
+  if (v.is_number_integer()) return v.get<int64_t>();
+  // 8.0 is accepted as 8: some configs are written by tools that emit floats.
+  if (v.is_number_float() && v.get<double>() == static_cast<double>(static_cast<int64_t>(v.get<double>())))
+    return static_cast<int64_t>(v.get<double>());
+  type_error(key, "an integer");
+}
+
+int64_t JsonConfig::get_int(std::string_view key, int64_t fallback) const {
+  return has(key) ? get_int(key) : fallback;
+}
+
+double JsonConfig::get_double(std::string_view key) const {
+  const auto& v = at(key);
+  if (!v.is_number()) type_error(key, "a number");
+  return v.get<double>();
+}
+
+double JsonConfig::get_double(std::string_view key, double fallback) const {
+  return has(key) ? get_double(key) : fallback;
+}
+
+bool JsonConfig::get_bool(std::string_view key) const {
+  const auto& v = at(key);
+  if (!v.is_boolean()) type_error(key, "true or false");
+  return v.get<bool>();
+}
+
+bool JsonConfig::get_bool(std::string_view key, bool fallback) const {
+  return has(key) ? get_bool(key) : fallback;
+}
+
+std::string JsonConfig::get_string(std::string_view key) const {
+  const auto& v = at(key);
+  if (!v.is_string()) type_error(key, "a string");
+  return v.get<std::string>();
+}
+
+std::string JsonConfig::get_string(std::string_view key, const std::string& fallback) const {
+  return has(key) ? get_string(key) : fallback;
+}
+
+std::vector<int64_t> JsonConfig::get_int_list(std::string_view key) const {
+  const auto& v = at(key);
+  if (!v.is_array()) type_error(key, "a list of integers");
+  std::vector<int64_t> out;
+  for (const auto& e : v) {
+    if (!e.is_number_integer()) type_error(key, "a list of integers");
+    out.push_back(e.get<int64_t>());
+  }
+  return out;
+}
+
+std::vector<std::string> JsonConfig::get_string_list(std::string_view key) const {
+  const auto& v = at(key);
+  if (!v.is_array()) type_error(key, "a list of strings");
+  std::vector<std::string> out;
+  for (const auto& e : v) {
+    if (!e.is_string()) type_error(key, "a list of strings");
+    out.push_back(e.get<std::string>());
+  }
+  return out;
+}
+
+std::vector<int64_t> JsonConfig::get_int_or_list(std::string_view key, std::size_t n) const {
+  const auto& v = at(key);
+  if (v.is_number_integer()) return std::vector<int64_t>(n, v.get<int64_t>());
+  std::vector<int64_t> list = get_int_list(key);
+  if (list.size() != n)
+    throw Error("expected " + std::to_string(n) + " values (one per block), got " +
+                    std::to_string(list.size()),
+                source_, std::string(key));
+  return list;
+}
+
+std::vector<int64_t> JsonConfig::get_int_or_list(std::string_view key, std::size_t n,
+                                                 int64_t fallback) const {
+  return has(key) ? get_int_or_list(key, n) : std::vector<int64_t>(n, fallback);
+}
+
+}  // namespace sdtune::io

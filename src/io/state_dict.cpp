@@ -1,0 +1,97 @@
+#include "sdtune/io/state_dict.h"
+
+#include <algorithm>
+#include <set>
+#include <sstream>
+
+#include <torch/nn/module.h>
+
+#include "sdtune/error.h"
+#include "sdtune/io/tensor.h"
+
+namespace sdtune::io {
+namespace {
+
+std::string shape_str(at::IntArrayRef shape) {
+  std::ostringstream s;
+  s << "[";
+  for (size_t i = 0; i < shape.size(); ++i) s << (i ? "," : "") << shape[i];
+  s << "]";
+  return s.str();
+}
+
+// "a, b, c and 12 more": keeps a one-line error readable for a wholly wrong checkpoint.
+std::string name_list(const std::vector<std::string>& names, size_t shown = 8) {
+  std::string out;
+  for (size_t i = 0; i < names.size() && i < shown; ++i) out += (i ? ", " : "") + names[i];
+  if (names.size() > shown) out += " and " + std::to_string(names.size() - shown) + " more";
+  return out;
+}
+
+}  // namespace
+
+StateDict read_state_dict(const std::vector<std::filesystem::path>& files) {
+  StateDict merged;
+  std::map<std::string, std::string> origin;
+  for (const auto& file : files) {
+    for (auto& [name, tensor] : read_tensors(file)) {
+      if (merged.count(name))
+        throw Error("tensor appears in two files (also in " + origin[name] + ")", file.string(), name);
+      origin[name] = file.string();
+      merged.emplace(name, std::move(tensor));
+    }
+  }
+  return merged;
+}
+
+void load_into(torch::nn::Module& module, const StateDict& state, const std::string& source,
+               const std::vector<std::string>& ignored) {
+  auto targets = state_dict_of(module);
+  std::set<std::string> ignore(ignored.begin(), ignored.end());
+  std::set<std::string> used;
+  std::vector<std::string> missing, mismatched, unexpected;
+  for (auto& [name, target] : targets) {
+    auto it = state.find(name);
+    if (it == state.end()) {
+      if (!ignore.count(name)) missing.push_back(name);
+      continue;
+    }
+    used.insert(name);
+    if (!it->second.sizes().equals(target.sizes())) {
+      mismatched.push_back(name + " (expected " + shape_str(target.sizes()) + ", got " +
+                           shape_str(it->second.sizes()) + ")");
+      continue;
+    }
+  }
+  for (const auto& [name, tensor] : state)
+    if (!used.count(name) && !ignore.count(name)) unexpected.push_back(name);
+
+  if (!missing.empty() || !mismatched.empty() || !unexpected.empty()) {
+    std::string msg = "weights do not match the model config:";
+    if (!missing.empty())
+      msg += " missing keys (" + std::to_string(missing.size()) + "): " + name_list(missing) + ";";
+    if (!mismatched.empty())
+      msg += " shape mismatches (" + std::to_string(mismatched.size()) +
+             "): " + name_list(mismatched) + ";";
+    if (!unexpected.empty())
+      msg += " unexpected keys (" + std::to_string(unexpected.size()) +
+             "): " + name_list(unexpected) + ";";
+    msg.pop_back();
+    throw Error(msg, source);
+  }
+
+  at::NoGradGuard no_grad;
+  for (auto& [name, target] : targets) {
+    auto it = state.find(name);
+    if (it != state.end()) target.copy_(it->second);
+  }
+}
+
+std::vector<std::pair<std::string, at::Tensor>> state_dict_of(const torch::nn::Module& module) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& item : module.named_parameters(/*recurse=*/true)) out.emplace_back(item.key(), item.value());
+  for (const auto& item : module.named_buffers(/*recurse=*/true)) out.emplace_back(item.key(), item.value());
+  return out;
+}
+
+}  // namespace sdtune::io

@@ -1,0 +1,54 @@
+#include "sdtune/models/stable_diffusion.h"
+
+#include "sdtune/error.h"
+#include "sdtune/formats/clip_text_keys.h"
+#include "sdtune/io/state_dict.h"
+
+namespace sdtune::models {
+namespace {
+
+// Builds the module from its config, loads its weights strictly, moves it to device/dtype and
+// puts it in eval mode (no dropout).
+template <typename Module>
+Module load_component(const io::ModelFolder& folder, const std::string& name, Module module,
+                      const LoadOptions& options, const std::vector<std::string>& ignored = {},
+                      io::StateDict (*convert_keys)(io::StateDict) = nullptr) {
+  auto files = io::find_weight_files(folder.component_dir(name), options.variant);
+  io::StateDict state = io::read_state_dict(files);
+  if (convert_keys) state = convert_keys(std::move(state));
+  io::load_into(*module, state, (folder.root() / name).string(), ignored);
+  module->to(options.device, options.dtype);
+  module->eval();
+  return module;
+}
+
+}  // namespace
+
+UNet2DConditionModel load_unet(const io::ModelFolder& folder, const LoadOptions& options) {
+  auto config = UNet2DConditionConfig::from_json(folder.component_config("unet"));
+  return load_component(folder, "unet", UNet2DConditionModel(config), options);
+}
+
+AutoencoderKL load_vae(const io::ModelFolder& folder, const LoadOptions& options) {
+  auto config = AutoencoderKLConfig::from_json(folder.component_config("vae"));
+  return load_component(folder, "vae", AutoencoderKL(config), options);
+}
+
+CLIPTextModel load_text_encoder(const io::ModelFolder& folder, const LoadOptions& options) {
+  auto config = CLIPTextConfig::from_json(folder.component_config("text_encoder"));
+  return load_component(folder, "text_encoder", CLIPTextModel(config), options, clip_text_ignored_keys(),
+                        formats::canonical_clip_text_keys);
+}
+
+text::ClipTokenizer load_tokenizer(const io::ModelFolder& folder) {
+  return text::ClipTokenizer::load(folder.component_dir("tokenizer"));
+}
+
+c10::ScalarType parse_dtype(const std::string& name) {
+  if (name == "fp32" || name == "float32") return c10::kFloat;
+  if (name == "fp16" || name == "float16") return c10::kHalf;
+  if (name == "bf16" || name == "bfloat16") return c10::kBFloat16;
+  throw Error("unknown dtype '" + name + "' (expected fp32, fp16 or bf16)");
+}
+
+}  // namespace sdtune::models

@@ -1,0 +1,114 @@
+"""Random Stable Diffusion pipelines built with diffusers/transformers at test time.
+
+Three families (the parity matrix of the foundation issue):
+- "tiny":  the smallest SD 1.x-shaped pipeline (quick_gelu text encoder, conv projections);
+- "sd2":   SD 2.x-style (linear projections, per-block head counts, cross_attention_dim 1024,
+           upcast_attention, gelu text encoder padding with "!");
+- "sd15":  SD 1.5's exact unet/vae/text_encoder configs with random weights.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+
+from clip_vocab import SD1_PAD, SD2_PAD, write_clip_tokenizer
+
+SD15_UNET = dict(
+    sample_size=64, in_channels=4, out_channels=4, center_input_sample=False, flip_sin_to_cos=True,
+    freq_shift=0, down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, block_out_channels=[320, 640, 1280, 1280],
+    layers_per_block=2, downsample_padding=1, mid_block_scale_factor=1, act_fn="silu", norm_num_groups=32,
+    norm_eps=1e-5, cross_attention_dim=768, attention_head_dim=8,
+)
+SD15_VAE = dict(
+    in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
+    up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[128, 256, 512, 512], layers_per_block=2,
+    act_fn="silu", latent_channels=4, norm_num_groups=32, sample_size=512, scaling_factor=0.18215,
+)
+SD15_TEXT = dict(
+    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+    max_position_embeddings=77, hidden_act="quick_gelu", layer_norm_eps=1e-5, projection_dim=768,
+    bos_token_id=0, eos_token_id=2, pad_token_id=1,
+)
+
+CONFIGS = {
+    "tiny": dict(
+        unet=dict(
+            sample_size=16, block_out_channels=[32, 64], layers_per_block=1, norm_num_groups=8,
+            down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"], up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
+            cross_attention_dim=32, attention_head_dim=4,
+        ),
+        vae=dict(
+            block_out_channels=[16, 32], layers_per_block=1, norm_num_groups=8, latent_channels=4,
+            down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2, sample_size=32,
+        ),
+        text=dict(
+            vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=77, hidden_act="quick_gelu", eos_token_id=2,
+        ),
+        pad=SD1_PAD,
+    ),
+    "sd2": dict(
+        unet=dict(
+            sample_size=24, block_out_channels=[32, 64, 64], layers_per_block=[1, 2, 1], norm_num_groups=16,
+            down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+            up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+            cross_attention_dim=1024, attention_head_dim=[2, 4, 8], use_linear_projection=True,
+            upcast_attention=True, flip_sin_to_cos=True, freq_shift=0,
+        ),
+        vae=dict(
+            block_out_channels=[16, 32, 32], layers_per_block=2, norm_num_groups=16, latent_channels=4,
+            down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3, sample_size=32,
+        ),
+        text=dict(
+            vocab_size=49408, hidden_size=1024, intermediate_size=128, num_hidden_layers=2, num_attention_heads=16,
+            max_position_embeddings=77, hidden_act="gelu", eos_token_id=49407, bos_token_id=49406, pad_token_id=0,
+        ),
+        pad=SD2_PAD,
+    ),
+    "sd15": dict(unet=SD15_UNET, vae=SD15_VAE, text=SD15_TEXT, pad=SD1_PAD),
+}
+
+
+def _perturb_norms(module, generator):
+    """Random affine parameters for every norm layer: diffusers initialises them to the identity,
+    which would let a mix-up of weight and bias (or of two norms) pass unnoticed."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if "norm" in name:
+                p.add_(0.2 * torch.randn(p.shape, generator=generator))
+
+
+def build_pipeline(kind, directory, seed=0):
+    """Saves a random pipeline of the given kind to `directory` (diffusers layout); returns it."""
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    cfg = CONFIGS[kind]
+    directory = Path(directory)
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**cfg["unet"])
+    vae = AutoencoderKL(**cfg["vae"])
+    text_encoder = CLIPTextModel(CLIPTextConfig(**cfg["text"]))
+    for m in (unet, vae, text_encoder):
+        _perturb_norms(m, g)
+        m.eval()
+
+    tok_dir = directory / "_tokenizer_src"
+    write_clip_tokenizer(tok_dir, pad_token=cfg["pad"])
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    scheduler = PNDMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
+        steps_offset=1, set_alpha_to_one=False,
+        prediction_type="v_prediction" if kind == "sd2" else "epsilon",
+    )
+    pipe = StableDiffusionPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(directory, safe_serialization=True)
+    # Published SD folders carry vocab.json/merges.txt; transformers 5 writes tokenizer.json only.
+    write_clip_tokenizer(directory / "tokenizer", pad_token=cfg["pad"])
+    return pipe

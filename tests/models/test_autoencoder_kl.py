@@ -1,0 +1,31 @@
+"""AutoencoderKL parity: encoder moments (mean, logvar) and decoder output against diffusers."""
+
+import pytest
+import torch
+from parity import check
+
+CASES = [("tiny", 2, 32, 32), ("tiny", 1, 24, 40), ("sd2", 1, 32, 48), ("sd15", 1, 64, 64), ("sd15", 1, 48, 64)]
+
+
+@pytest.mark.parametrize("kind,batch,H,W", CASES)
+def test_vae_encode_matches_diffusers(pipeline, forward, kind, batch, H, W):
+    folder, pipe = pipeline(kind)
+    g = torch.Generator().manual_seed(H + W)
+    image = torch.rand(batch, 3, H, W, generator=g) * 2 - 1
+    with torch.no_grad():
+        dist = pipe.vae.encode(image).latent_dist
+    out = forward(folder, "vae-encoder", sample=image)
+    check(f"vae-encoder.mean[{kind}]", out["mean"], dist.mean)
+    check(f"vae-encoder.logvar[{kind}]", out["logvar"], dist.logvar)
+
+
+@pytest.mark.parametrize("kind,batch,H,W", CASES)
+def test_vae_decode_matches_diffusers(pipeline, forward, kind, batch, H, W):
+    folder, pipe = pipeline(kind)
+    factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    g = torch.Generator().manual_seed(H * W)
+    # What the pipeline passes to vae.decode: latents / scaling_factor.
+    latents = torch.randn(batch, 4, H // factor, W // factor, generator=g) / pipe.vae.config.scaling_factor
+    with torch.no_grad():
+        reference = pipe.vae.decode(latents).sample
+    check(f"vae-decoder[{kind}]", forward(folder, "vae-decoder", latents=latents)["sample"], reference)
