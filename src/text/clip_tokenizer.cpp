@@ -174,45 +174,78 @@ std::optional<std::string> token_field(const json& config, const char* key,
 
 }  // namespace
 
-ClipTokenizer ClipTokenizer::load(const std::filesystem::path& dir) {
-  const std::filesystem::path vocab_path = dir / "vocab.json";
-  const json vocab_json = read_json(vocab_path);
-  if (!vocab_json.is_object()) {
-    throw Error("expected an object mapping token to id", vocab_path.string());
-  }
+namespace {
+
+std::unordered_map<std::string, int64_t> parse_vocab(const json& vocab_json,
+                                                     const std::filesystem::path& source) {
+  if (!vocab_json.is_object()) throw Error("expected an object mapping token to id", source.string());
   std::unordered_map<std::string, int64_t> vocab;
   vocab.reserve(vocab_json.size());
   for (const auto& [token, id] : vocab_json.items()) {
     if (!id.is_number_integer() || id.get<int64_t>() < 0 ||
         id.get<int64_t>() > std::numeric_limits<int32_t>::max()) {
-      throw Error("expected a non-negative integer id, got " + id.dump(), vocab_path.string(),
-                  token);
+      throw Error("expected a non-negative integer id, got " + id.dump(), source.string(), token);
     }
     vocab.emplace(token, id.get<int64_t>());
   }
   for (std::string_view token : {kBosToken, kEosToken}) {
     if (!vocab.contains(std::string(token))) {
-      throw Error("special token " + std::string(token) + " is not in the vocabulary",
-                  vocab_path.string());
+      throw Error("special token " + std::string(token) + " is not in the vocabulary", source.string());
     }
   }
+  return vocab;
+}
 
-  const std::filesystem::path merges_path = dir / "merges.txt";
-  std::ifstream merges_in(merges_path, std::ios::binary);
-  if (!merges_in) throw Error("cannot open file", merges_path.string());
+// One merge rule "left right"; `where` says which line or entry for the error.
+std::pair<std::string, std::string> parse_merge(const std::string& line, const std::string& where,
+                                                const std::filesystem::path& source) {
+  const std::size_t space = line.find(' ');
+  if (space == std::string::npos || space == 0 || space + 1 == line.size() ||
+      line.find(' ', space + 1) != std::string::npos) {
+    throw Error(where + ": expected \"left right\", got \"" + line + "\"", source.string());
+  }
+  return {line.substr(0, space), line.substr(space + 1)};
+}
+
+}  // namespace
+
+ClipTokenizer ClipTokenizer::load(const std::filesystem::path& dir) {
+  // Published SD folders hold vocab.json + merges.txt; folders saved by transformers 5 hold only
+  // tokenizer.json, whose "model" section carries the same vocabulary and merges.
+  std::filesystem::path vocab_path = dir / "vocab.json";
+  std::filesystem::path merges_path = dir / "merges.txt";
+  std::unordered_map<std::string, int64_t> vocab;
   std::vector<std::pair<std::string, std::string>> merges;
-  std::string line;
-  for (int line_number = 1; std::getline(merges_in, line); ++line_number) {
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    if (line.empty() || line.starts_with("#version")) continue;
-    const std::size_t space = line.find(' ');
-    if (space == std::string::npos || space == 0 || space + 1 == line.size() ||
-        line.find(' ', space + 1) != std::string::npos) {
-      throw Error(
-          "line " + std::to_string(line_number) + ": expected \"left right\", got \"" + line + "\"",
-          merges_path.string());
+  if (!std::filesystem::exists(vocab_path) && std::filesystem::exists(dir / "tokenizer.json")) {
+    vocab_path = merges_path = dir / "tokenizer.json";
+    const json tokenizer = read_json(vocab_path);
+    const json* model = tokenizer.is_object() && tokenizer.contains("model") ? &tokenizer["model"] : nullptr;
+    if (!model || !model->is_object() || !model->contains("vocab") || !model->contains("merges") ||
+        !(*model)["merges"].is_array())
+      throw Error("expected a BPE \"model\" with \"vocab\" and \"merges\"", vocab_path.string(), "model");
+    vocab = parse_vocab((*model)["vocab"], vocab_path);
+    int index = 0;
+    for (const auto& m : (*model)["merges"]) {
+      const std::string where = "merge " + std::to_string(++index);
+      // tokenizers writes merges as "a b" strings (older) or ["a", "b"] pairs (newer).
+      if (m.is_string()) {
+        merges.push_back(parse_merge(m.get<std::string>(), where, vocab_path));
+      } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
+        merges.emplace_back(m[0].get<std::string>(), m[1].get<std::string>());
+      } else {
+        throw Error(where + ": expected \"left right\" or [left, right], got " + m.dump(), vocab_path.string());
+      }
     }
-    merges.emplace_back(line.substr(0, space), line.substr(space + 1));
+  } else {
+    vocab = parse_vocab(read_json(vocab_path), vocab_path);
+    std::ifstream merges_in(merges_path, std::ios::binary);
+    if (!merges_in) throw Error("cannot open file", merges_path.string());
+    std::string line;
+    for (int line_number = 1; std::getline(merges_in, line); ++line_number) {
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      if (line.empty() || line.starts_with("#version")) continue;
+      merges.push_back(parse_merge(line, "line " + std::to_string(line_number), merges_path));
+    }
   }
 
   // transformers' legacy loading: special_tokens_map.json overrides tokenizer_config.json, unless

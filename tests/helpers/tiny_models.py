@@ -7,7 +7,6 @@ Three families (the parity matrix of the foundation issue):
 - "sd15":  SD 1.5's exact unet/vae/text_encoder configs with random weights.
 """
 
-import json
 from pathlib import Path
 
 import torch

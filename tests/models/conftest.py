@@ -1,7 +1,6 @@
 """Random pipelines saved once per session, and a helper that runs `sdtune forward` on them."""
 
 import pytest
-import torch
 from safetensors.torch import load_file, save_file
 
 from tiny_models import build_pipeline

@@ -5,19 +5,14 @@ transformers then treats as a special token, so every "!" in a prompt becomes id
 """
 
 import json
-import os
 import random
 import subprocess
-import sys
 import unicodedata
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers.clip_vocab import MAX_LENGTH, SD1_PAD, SD2_PAD, write_clip_tokenizer  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[2]
+from clip_vocab import MAX_LENGTH, SD1_PAD, SD2_PAD, write_clip_tokenizer
 
 HAND_WRITTEN = [
     "",
@@ -165,22 +160,26 @@ PROMPTS = HAND_WRITTEN + generated_prompts()
 
 
 def _sdtune_bin(request):
-    try:
-        return Path(request.getfixturevalue("sdtune_bin"))
-    except pytest.FixtureLookupError:
-        return Path(os.environ.get("SDTUNE_BIN", REPO / "build" / "sdtune"))
+    return Path(request.getfixturevalue("sdtune_bin"))
 
 
-@pytest.fixture(scope="module", params=[SD1_PAD, SD2_PAD], ids=["sd1", "sd2"])
+@pytest.fixture(scope="module", params=["sd1", "sd2", "sd1-saved-by-transformers5"])
 def model_dir(request, tmp_path_factory):
-    model = tmp_path_factory.mktemp("sd1" if request.param == SD1_PAD else "sd2")
-    write_clip_tokenizer(model / "tokenizer", pad_token=request.param)
+    """A pipeline folder's tokenizer/: the published SD 1.x / 2.x layout (vocab.json, merges.txt),
+    or what transformers 5's save_pretrained writes (tokenizer.json only)."""
+    model = tmp_path_factory.mktemp(request.param)
+    if request.param == "sd1-saved-by-transformers5":
+        from transformers import CLIPTokenizer
+
+        source = write_clip_tokenizer(model / "source", pad_token=SD1_PAD)
+        CLIPTokenizer.from_pretrained(source).save_pretrained(model / "tokenizer")
+        assert not (model / "tokenizer" / "vocab.json").exists()
+    else:
+        write_clip_tokenizer(model / "tokenizer", pad_token=SD1_PAD if request.param == "sd1" else SD2_PAD)
     return model
 
 
 def run_tokenize(binary, model, prompts):
-    if not binary.exists():
-        pytest.skip(f"sdtune binary not built: {binary}")
     stdin = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in prompts).encode("utf-8")
     result = subprocess.run(
         [str(binary), "tokenize", "--model", str(model), "--json-lines"],
