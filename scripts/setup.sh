@@ -39,10 +39,15 @@ then
   $PY -m pip install -q "${PY_PACKAGES[@]}"
 fi
 
-# Build (Release: the tests run real models). ccache + precompiled headers keep rebuilds short.
+# Build (Release: the tests run real models). ccache + precompiled headers keep rebuilds short;
+# the base dir makes cache hits survive a fresh clone in another folder, and the sloppiness lets
+# ccache cache compiles that use the precompiled header.
+export CCACHE_BASEDIR="$PWD" CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime
+export CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-5G}
 TORCH_PREFIX=$($PY -c 'import torch;print(torch.utils.cmake_prefix_path)')
 BUILD=${BUILD_DIR:-build}
 if [ ! -f "$BUILD/build.ninja" ]; then
-  cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$TORCH_PREFIX"
+  cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" \
+    > "$BUILD.configure.log" 2>&1 || { cat "$BUILD.configure.log"; exit 1; }
 fi
 cmake --build "$BUILD"
