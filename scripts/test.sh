@@ -3,9 +3,8 @@
 # builds first (scripts/setup.sh), so it works from a clean clone.
 #   1. formatting (clang-format) of our C++;
 #   2. C++ unit tests (GoogleTest) of the Release build;
-#   3. the torch-free core's unit tests again under AddressSanitizer + UBSan (file parsers,
-#      configs, tokenizer: where malformed input meets memory);
-#   4. pytest: parity against diffusers/transformers, tokenizer parity, CLI behaviour.
+#   3. pytest: parity against diffusers/transformers, tokenizer parity, CLI behaviour;
+#   4. under AddressSanitizer + UBSan: the unit tests and the bad-input tests again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -18,13 +17,21 @@ echo "== C++ unit tests"
 build/sdtune_core_tests --gtest_brief=1
 build/sdtune_tests --gtest_brief=1
 
-echo "== C++ core unit tests under ASan+UBSan"
-export CCACHE_BASEDIR="$PWD" CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime
-if [ ! -f build-asan/build.ninja ]; then
-  cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DSDTUNE_WITH_TORCH=OFF -DSDTUNE_SANITIZE=ON > build-asan.configure.log
-fi
-cmake --build build-asan
-ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 build-asan/sdtune_core_tests --gtest_brief=1
-
 echo "== pytest"
 python3 -m pytest -q "$@"
+
+# AddressSanitizer + UBSan build (Debug): the unit tests, then the command line fed every kind of
+# malformed input (files, configs, weights, tensors) -- where bad input meets memory.
+echo "== ASan+UBSan: unit tests and bad-input tests"
+export CCACHE_BASEDIR="$PWD" CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime
+if [ ! -f build-asan/build.ninja ]; then
+  cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DSDTUNE_SANITIZE=ON \
+    -DCMAKE_PREFIX_PATH="$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')" \
+    > build-asan.configure.log 2>&1 || { cat build-asan.configure.log; exit 1; }
+fi
+cmake --build build-asan --target sdtune_core_tests sdtune_tests sdtune_cli
+# The torch-free core is checked for leaks too; LibTorch's own start-up allocations are not ours.
+ASAN_OPTIONS=detect_leaks=1 build-asan/sdtune_core_tests --gtest_brief=1
+export ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1
+build-asan/sdtune_tests --gtest_brief=1
+SDTUNE_BIN=build-asan/sdtune python3 -m pytest -q -p no:cacheprovider tests/cli/test_bad_input.py

@@ -5,6 +5,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file, save_file
+
+from tiny_models import build_pipeline
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,5 +39,37 @@ def run_sdtune(sdtune_bin):
         if check and proc.returncode != 0:
             raise AssertionError(f"sdtune {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
         return proc
+
+    return run
+
+
+_PIPELINES = {}
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory):
+    """pipeline(kind) -> (folder, diffusers StableDiffusionPipeline) for kind in
+    tiny_models.CONFIGS, built with diffusers on first use and shared by the whole session."""
+
+    def get(kind):
+        if kind not in _PIPELINES:
+            folder = tmp_path_factory.mktemp(f"pipe_{kind}")
+            _PIPELINES[kind] = (folder, build_pipeline(kind, folder))
+        return _PIPELINES[kind]
+
+    yield get
+    _PIPELINES.clear()
+
+
+@pytest.fixture
+def forward(run_sdtune, tmp_path):
+    """forward(folder, component, *extra_args, **inputs) -> dict of the output tensors of
+    `sdtune forward` on those inputs."""
+
+    def run(folder, component, *extra_args, **inputs):
+        inp, out = tmp_path / f"{component}_in.safetensors", tmp_path / f"{component}_out.safetensors"
+        save_file({k: v.contiguous() for k, v in inputs.items()}, inp)
+        run_sdtune("forward", "--model", folder, "--component", component, "--inputs", inp, "--out", out, *extra_args)
+        return load_file(out)
 
     return run

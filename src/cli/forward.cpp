@@ -1,8 +1,10 @@
 // sdtune forward: runs one pipeline component on tensors from a safetensors file and writes its
 // outputs (float32) to another. The reference point for parity with diffusers / transformers.
 #include <map>
+#include <optional>
 #include <string>
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <c10/core/InferenceMode.h>
 
 #include "cli/commands.h"
@@ -14,23 +16,113 @@ namespace sdtune::cli {
 namespace {
 
 using Tensors = std::map<std::string, at::Tensor>;
+using Outputs = std::vector<std::pair<std::string, at::Tensor>>;
+
+struct Args {
+  std::string model, component, inputs, out, device = "cpu", dtype = "fp32";
+  bool output_hidden_states = false;
+  std::optional<uint64_t> seed;
+};
 
 // The named input, checked for rank; errors name the inputs file and the tensor.
-at::Tensor input(const Tensors& in, const std::string& file, const std::string& name, int64_t rank) {
+at::Tensor input(const Tensors& in, const std::string& file, const std::string& name,
+                 int64_t rank) {
   auto it = in.find(name);
   if (it == in.end()) throw Error("missing input tensor", file, name);
-  if (it->second.dim() != rank)
-    throw Error("expected " + std::to_string(rank) + " dimensions, got " + std::to_string(it->second.dim()),
-                file, name);
+  if (rank >= 0 && it->second.dim() != rank)
+    throw Error(
+        "expected " + std::to_string(rank) + " dimensions, got " + std::to_string(it->second.dim()),
+        file, name);
   return it->second;
+}
+
+// Dimension 1 of an [B,C,H,W] input against the channels the model's config asks for.
+void check_channels(const at::Tensor& t, int64_t channels, const std::string& file,
+                    const std::string& name) {
+  if (t.size(1) != channels)
+    throw Error(
+        "expected " + std::to_string(channels) + " channels, got " + std::to_string(t.size(1)),
+        file, name);
+}
+
+Outputs text_encoder(const io::ModelFolder& folder, const models::LoadOptions& opts,
+                     const Tensors& in, const Args& a) {
+  at::Tensor ids = input(in, a.inputs, "input_ids", 2);
+  if (ids.scalar_type() != at::kLong)
+    throw Error("expected int64 token ids", a.inputs, "input_ids");
+  auto model = models::load_text_encoder(folder, opts);
+  // Checked here so that the error names the inputs file, not just the model's limit.
+  if (ids.size(1) > model->config.max_position_embeddings)
+    throw Error("has " + std::to_string(ids.size(1)) +
+                    " tokens, more than max_position_embeddings " +
+                    std::to_string(model->config.max_position_embeddings),
+                a.inputs, "input_ids");
+  if (ids.numel() > 0) {
+    const int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
+    if (lo < 0 || hi >= model->config.vocab_size)
+      throw Error("token id " + std::to_string(lo < 0 ? lo : hi) + " outside the vocabulary [0, " +
+                      std::to_string(model->config.vocab_size) + ")",
+                  a.inputs, "input_ids");
+  }
+  auto r = model->forward(ids.to(opts.device), a.output_hidden_states);
+  Outputs out{{"last_hidden_state", r.last_hidden_state}, {"pooler_output", r.pooler_output}};
+  // hidden_states.0 is the embedding output, hidden_states.i the output of layer i (clip skip k
+  // uses hidden_states.{N-k} through the final layer norm).
+  for (size_t i = 0; i < r.hidden_states.size(); ++i)
+    out.emplace_back("hidden_states." + std::to_string(i), r.hidden_states[i]);
+  return out;
+}
+
+Outputs vae_encoder(const io::ModelFolder& folder, const models::LoadOptions& opts,
+                    const Tensors& in, const Args& a) {
+  at::Tensor sample = input(in, a.inputs, "sample", 4);
+  auto model = models::load_vae(folder, opts);
+  check_channels(sample, model->config.vae.in_channels, a.inputs, "sample");
+  auto posterior = model->encode(sample.to(opts.device, opts.dtype));
+  Outputs out{{"mean", posterior.mean}, {"logvar", posterior.logvar}};
+  // With a seed, one draw from the posterior by a CPU generator, as diffusers'
+  // latent_dist.sample(generator=torch.Generator("cpu").manual_seed(seed)) draws it.
+  if (a.seed)
+    out.emplace_back("latents",
+                     posterior.sample(at::make_generator<at::CPUGeneratorImpl>(*a.seed)));
+  return out;
+}
+
+Outputs vae_decoder(const io::ModelFolder& folder, const models::LoadOptions& opts,
+                    const Tensors& in, const Args& a) {
+  at::Tensor latents = input(in, a.inputs, "latents", 4);
+  auto model = models::load_vae(folder, opts);
+  check_channels(latents, model->config.vae.latent_channels, a.inputs, "latents");
+  return {{"sample", model->decode(latents.to(opts.device, opts.dtype))}};
+}
+
+Outputs unet(const io::ModelFolder& folder, const models::LoadOptions& opts, const Tensors& in,
+             const Args& a) {
+  at::Tensor sample = input(in, a.inputs, "sample", 4);
+  at::Tensor timestep = input(in, a.inputs, "timestep", -1);
+  if (timestep.dim() > 1 ||
+      (timestep.dim() == 1 && timestep.size(0) != sample.size(0) && timestep.size(0) != 1))
+    throw Error("expected a scalar or [B] timesteps with B = " + std::to_string(sample.size(0)),
+                a.inputs, "timestep");
+  at::Tensor context = input(in, a.inputs, "encoder_hidden_states", 3);
+  auto model = models::load_unet(folder, opts);
+  if (context.size(2) != model->config.cross_attention_dim)
+    throw Error("last dimension " + std::to_string(context.size(2)) + " != cross_attention_dim " +
+                    std::to_string(model->config.cross_attention_dim),
+                a.inputs, "encoder_hidden_states");
+  if (context.size(0) != sample.size(0))
+    throw Error("batch size " + std::to_string(context.size(0)) + " != batch size " +
+                    std::to_string(sample.size(0)) + " of 'sample'",
+                a.inputs, "encoder_hidden_states");
+  check_channels(sample, model->config.in_channels, a.inputs, "sample");
+  at::Tensor t = timestep.is_floating_point() ? timestep.to(at::kFloat) : timestep.to(at::kLong);
+  return {{"sample", model->forward(sample.to(opts.device, opts.dtype), t.to(opts.device),
+                                    context.to(opts.device, opts.dtype))}};
 }
 
 }  // namespace
 
 void add_forward(CLI::App& app) {
-  struct Args {
-    std::string model, component, inputs, out, device = "cpu", dtype = "fp32";
-  };
   auto a = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("forward", "Run one component on tensors from a safetensors file");
   cmd->add_option("--model", a->model, "Pipeline folder")->required();
@@ -39,50 +131,26 @@ void add_forward(CLI::App& app) {
       ->check(CLI::IsMember({"text-encoder", "vae-encoder", "vae-decoder", "unet"}));
   cmd->add_option("--inputs", a->inputs, "Input tensors (.safetensors)")->required();
   cmd->add_option("--out", a->out, "Output tensors (.safetensors), float32")->required();
-  cmd->add_option("--device", a->device, "cpu or cuda")->capture_default_str()->check(CLI::IsMember({"cpu", "cuda"}));
+  cmd->add_option("--device", a->device, "cpu or cuda")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_option("--dtype", a->dtype, "fp32, fp16 or bf16")->capture_default_str();
+  cmd->add_flag(
+      "--output-hidden-states", a->output_hidden_states,
+      "text-encoder: also write hidden_states.0 (embeddings) .. hidden_states.N (each layer)");
+  cmd->add_option("--seed", a->seed,
+                  "vae-encoder: also write latents, one draw from the posterior");
   cmd->callback([a] {
     models::LoadOptions opts;
     opts.device = c10::Device(a->device);
     opts.dtype = models::parse_dtype(a->dtype);
     auto folder = io::ModelFolder::open(a->model);
     Tensors in = io::read_tensors(a->inputs);
-    auto to_model = [&](const at::Tensor& t) { return t.to(opts.device, opts.dtype); };
     c10::InferenceMode guard;
-    std::vector<std::pair<std::string, at::Tensor>> out;
-
-    if (a->component == "text-encoder") {
-      at::Tensor ids = input(in, a->inputs, "input_ids", 2);
-      if (ids.scalar_type() != at::kLong) throw Error("expected int64 token ids", a->inputs, "input_ids");
-      auto model = models::load_text_encoder(folder, opts);
-      auto r = model->forward(ids.to(opts.device));
-      out = {{"last_hidden_state", r.last_hidden_state}, {"pooler_output", r.pooler_output}};
-    } else if (a->component == "vae-encoder") {
-      auto model = models::load_vae(folder, opts);
-      auto posterior = model->encode(to_model(input(in, a->inputs, "sample", 4)));
-      out = {{"mean", posterior.mean}, {"logvar", posterior.logvar}};
-    } else if (a->component == "vae-decoder") {
-      auto model = models::load_vae(folder, opts);
-      out = {{"sample", model->decode(to_model(input(in, a->inputs, "latents", 4)))}};
-    } else {
-      at::Tensor sample = input(in, a->inputs, "sample", 4);
-      auto tit = in.find("timestep");
-      if (tit == in.end()) throw Error("missing input tensor", a->inputs, "timestep");
-      at::Tensor timestep = tit->second;
-      if (timestep.dim() > 1 || (timestep.dim() == 1 && timestep.size(0) != sample.size(0) && timestep.size(0) != 1))
-        throw Error("expected a scalar or [B] timesteps with B = " + std::to_string(sample.size(0)), a->inputs, "timestep");
-      at::Tensor context = input(in, a->inputs, "encoder_hidden_states", 3);
-      auto model = models::load_unet(folder, opts);
-      if (context.size(2) != model->config.cross_attention_dim)
-        throw Error("last dimension " + std::to_string(context.size(2)) + " != cross_attention_dim " +
-                        std::to_string(model->config.cross_attention_dim),
-                    a->inputs, "encoder_hidden_states");
-      if (sample.size(1) != model->config.in_channels)
-        throw Error("expected " + std::to_string(model->config.in_channels) + " channels, got " +
-                        std::to_string(sample.size(1)), a->inputs, "sample");
-      at::Tensor t = timestep.is_floating_point() ? timestep.to(at::kFloat) : timestep.to(at::kLong);
-      out = {{"sample", model->forward(to_model(sample), t.to(opts.device), to_model(context))}};
-    }
+    Outputs out = a->component == "text-encoder"  ? text_encoder(folder, opts, in, *a)
+                  : a->component == "vae-encoder" ? vae_encoder(folder, opts, in, *a)
+                  : a->component == "vae-decoder" ? vae_decoder(folder, opts, in, *a)
+                                                  : unet(folder, opts, in, *a);
     for (auto& [name, t] : out) t = t.to(at::kCPU, at::kFloat);
     io::write_tensors(a->out, out);
   });

@@ -14,10 +14,14 @@ namespace {
 
 std::string human_count(int64_t n) {
   char buf[32];
-  if (n >= 1'000'000'000) std::snprintf(buf, sizeof buf, "%.2fB", n / 1e9);
-  else if (n >= 1'000'000) std::snprintf(buf, sizeof buf, "%.1fM", n / 1e6);
-  else if (n >= 1'000) std::snprintf(buf, sizeof buf, "%.1fK", n / 1e3);
-  else std::snprintf(buf, sizeof buf, "%lld", static_cast<long long>(n));
+  if (n >= 1'000'000'000)
+    std::snprintf(buf, sizeof buf, "%.2fB", n / 1e9);
+  else if (n >= 1'000'000)
+    std::snprintf(buf, sizeof buf, "%.1fM", n / 1e6);
+  else if (n >= 1'000)
+    std::snprintf(buf, sizeof buf, "%.1fK", n / 1e3);
+  else
+    std::snprintf(buf, sizeof buf, "%lld", static_cast<long long>(n));
   return buf;
 }
 
@@ -35,7 +39,8 @@ void print_weights(const std::filesystem::path& dir) {
     }
   }
   std::string dtypes;
-  for (const auto& [name, n] : per_dtype) dtypes += (dtypes.empty() ? "" : ", ") + name + " " + human_count(n);
+  for (const auto& [name, n] : per_dtype)
+    dtypes += (dtypes.empty() ? "" : ", ") + name + " " + human_count(n);
   std::printf("    weights: %zu file(s), %lld tensors, %s parameters (%lld), %.1f MB, dtypes: %s\n",
               files.size(), static_cast<long long>(tensors), human_count(params).c_str(),
               static_cast<long long>(params), bytes / 1e6, dtypes.c_str());
@@ -44,13 +49,16 @@ void print_weights(const std::filesystem::path& dir) {
 // One line of the config keys a user most often wants to see for each component.
 void print_config(const io::ModelFolder& folder, const io::Component& c) {
   static const std::map<std::string, std::vector<std::string>> keys{
-      {"unet", {"sample_size", "block_out_channels", "layers_per_block", "attention_head_dim",
-                "num_attention_heads", "cross_attention_dim", "use_linear_projection", "upcast_attention"}},
+      {"unet",
+       {"sample_size", "block_out_channels", "layers_per_block", "attention_head_dim",
+        "num_attention_heads", "cross_attention_dim", "use_linear_projection", "upcast_attention"}},
       {"vae", {"block_out_channels", "latent_channels", "scaling_factor"}},
-      {"text_encoder", {"hidden_size", "num_hidden_layers", "num_attention_heads", "hidden_act",
-                        "max_position_embeddings"}},
-      {"scheduler", {"num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type",
-                     "timestep_spacing", "steps_offset"}},
+      {"text_encoder",
+       {"hidden_size", "num_hidden_layers", "num_attention_heads", "hidden_act",
+        "max_position_embeddings"}},
+      {"scheduler",
+       {"num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type",
+        "timestep_spacing", "steps_offset"}},
   };
   auto it = keys.find(c.name);
   if (it == keys.end()) return;
@@ -65,7 +73,8 @@ void print_config(const io::ModelFolder& folder, const io::Component& c) {
 
 void add_inspect(CLI::App& app) {
   auto dir = std::make_shared<std::string>();
-  auto* cmd = app.add_subcommand("inspect", "Show a pipeline folder's components, configs, parameter counts and dtypes");
+  auto* cmd = app.add_subcommand(
+      "inspect", "Show a pipeline folder's components, configs, parameter counts and dtypes");
   cmd->add_option("DIR", *dir, "Pipeline folder (diffusers layout)")->required();
   cmd->callback([dir] {
     auto folder = io::ModelFolder::open(*dir);
@@ -82,7 +91,8 @@ void add_inspect(CLI::App& app) {
         continue;
       }
       print_config(folder, c);
-      if (c.name == "unet" || c.name == "vae" || c.name == "text_encoder" || c.name == "safety_checker")
+      if (c.name == "unet" || c.name == "vae" || c.name == "text_encoder" ||
+          c.name == "safety_checker")
         print_weights(folder.component_dir(c.name));
     }
   });

@@ -17,13 +17,15 @@ void add_tokenize(CLI::App& app) {
     bool json_lines = false;
   };
   auto args = std::make_shared<Args>();
-  auto* cmd = app.add_subcommand("tokenize", "Print the CLIP token ids of prompts read from stdin, one per line");
+  auto* cmd = app.add_subcommand(
+      "tokenize", "Print the CLIP token ids of prompts read from stdin, one per line");
   cmd->add_option("--model", args->model, "Pipeline folder (its tokenizer/ is used)")->required();
   cmd->add_flag("--json-lines", args->json_lines,
                 "Each input line is a JSON string literal (so prompts can hold newlines)");
   cmd->callback([args] {
     std::filesystem::path dir = std::filesystem::path(args->model) / "tokenizer";
-    if (!std::filesystem::is_directory(args->model)) throw Error("model folder not found", args->model);
+    if (!std::filesystem::is_directory(args->model))
+      throw Error("model folder not found", args->model);
     auto tokenizer = text::ClipTokenizer::load(dir);
     std::string line;
     int64_t line_no = 0;

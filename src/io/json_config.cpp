@@ -40,7 +40,8 @@ int64_t JsonConfig::get_int(std::string_view key) const {
   const auto& v = at(key);
   if (v.is_number_integer()) return v.get<int64_t>();
   // 8.0 is accepted as 8: some configs are written by tools that emit floats.
-  if (v.is_number_float() && v.get<double>() == static_cast<double>(static_cast<int64_t>(v.get<double>())))
+  if (v.is_number_float() &&
+      v.get<double>() == static_cast<double>(static_cast<int64_t>(v.get<double>())))
     return static_cast<int64_t>(v.get<double>());
   type_error(key, "an integer");
 }

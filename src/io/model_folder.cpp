@@ -47,13 +47,15 @@ std::vector<fs::path> shards_of(const fs::path& index_path) {
     throw Error("missing required key", index_path.string(), "weight_map");
   std::set<std::string> names;
   for (const auto& [tensor, file] : map->items()) {
-    if (!file.is_string()) throw Error("shard file name is not a string", index_path.string(), tensor);
+    if (!file.is_string())
+      throw Error("shard file name is not a string", index_path.string(), tensor);
     names.insert(file.get<std::string>());
   }
   std::vector<fs::path> files;
   for (const auto& name : names) {
     fs::path shard = index_path.parent_path() / name;
-    if (!fs::exists(shard)) throw Error("shard listed in the index is missing: " + name, index_path.string());
+    if (!fs::exists(shard))
+      throw Error("shard listed in the index is missing: " + name, index_path.string());
     files.push_back(shard);
   }
   return files;
@@ -73,7 +75,8 @@ std::vector<fs::path> find_variant(const fs::path& dir, const std::string& varia
 }  // namespace
 
 std::vector<fs::path> find_weight_files(const fs::path& component_dir, const std::string& variant) {
-  if (!fs::is_directory(component_dir)) throw Error("component folder not found", component_dir.string());
+  if (!fs::is_directory(component_dir))
+    throw Error("component folder not found", component_dir.string());
   std::vector<fs::path> files = find_variant(component_dir, variant);
   if (files.empty() && variant.empty()) files = find_variant(component_dir, "fp16");
   if (files.empty())

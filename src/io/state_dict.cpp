@@ -36,7 +36,8 @@ StateDict read_state_dict(const std::vector<std::filesystem::path>& files) {
   for (const auto& file : files) {
     for (auto& [name, tensor] : read_tensors(file)) {
       if (merged.count(name))
-        throw Error("tensor appears in two files (also in " + origin[name] + ")", file.string(), name);
+        throw Error("tensor appears in two files (also in " + origin[name] + ")", file.string(),
+                    name);
       origin[name] = file.string();
       merged.emplace(name, std::move(tensor));
     }
@@ -89,8 +90,10 @@ void load_into(torch::nn::Module& module, const StateDict& state, const std::str
 
 std::vector<std::pair<std::string, at::Tensor>> state_dict_of(const torch::nn::Module& module) {
   std::vector<std::pair<std::string, at::Tensor>> out;
-  for (const auto& item : module.named_parameters(/*recurse=*/true)) out.emplace_back(item.key(), item.value());
-  for (const auto& item : module.named_buffers(/*recurse=*/true)) out.emplace_back(item.key(), item.value());
+  for (const auto& item : module.named_parameters(/*recurse=*/true))
+    out.emplace_back(item.key(), item.value());
+  for (const auto& item : module.named_buffers(/*recurse=*/true))
+    out.emplace_back(item.key(), item.value());
   return out;
 }
 

@@ -14,10 +14,14 @@ Activation parse_activation(const std::string& name) {
 
 at::Tensor activate(Activation act, const at::Tensor& x) {
   switch (act) {
-    case Activation::SiLU: return at::silu(x);
-    case Activation::GELU: return at::gelu(x);
-    case Activation::GELUTanh: return at::gelu(x, "tanh");
-    case Activation::QuickGELU: return x * at::sigmoid(1.702 * x);
+    case Activation::SiLU:
+      return at::silu(x);
+    case Activation::GELU:
+      return at::gelu(x);
+    case Activation::GELUTanh:
+      return at::gelu(x, "tanh");
+    case Activation::QuickGELU:
+      return x * at::sigmoid(1.702 * x);
   }
   return x;
 }

@@ -20,8 +20,10 @@ AutoencoderKLConfig AutoencoderKLConfig::from_json(const io::JsonConfig& j) {
   for (const char* key : {"down_block_types", "up_block_types"}) {
     if (!j.has(key)) continue;
     auto types = j.get_string_list(key);
-    const std::string want = std::string(key) == "down_block_types" ? "DownEncoderBlock2D" : "UpDecoderBlock2D";
-    if (types.size() != n) throw Error("expected one block type per block_out_channels entry", j.source(), key);
+    const std::string want =
+        std::string(key) == "down_block_types" ? "DownEncoderBlock2D" : "UpDecoderBlock2D";
+    if (types.size() != n)
+      throw Error("expected one block type per block_out_channels entry", j.source(), key);
     for (const auto& t : types)
       if (t != want) throw Error("unsupported block type '" + t + "'", j.source(), key);
   }
@@ -31,10 +33,16 @@ AutoencoderKLConfig AutoencoderKLConfig::from_json(const io::JsonConfig& j) {
   return c;
 }
 
-at::Tensor DiagonalGaussian::std() const { return at::exp(0.5 * logvar); }
+at::Tensor DiagonalGaussian::std() const {
+  return at::exp(0.5 * logvar);
+}
 
 at::Tensor DiagonalGaussian::sample(std::optional<at::Generator> generator) const {
-  at::Tensor eps = at::randn(mean.sizes(), generator, mean.options());
+  // Noise is drawn on the generator's device and then moved, as diffusers' randn_tensor does, so
+  // that a CPU generator gives the same latents whether the model runs on CPU or GPU.
+  const c10::Device device = generator ? generator->device() : mean.device();
+  at::Tensor eps =
+      at::randn(mean.sizes(), generator, mean.options().device(device)).to(mean.device());
   return mean + std() * eps;
 }
 
@@ -42,8 +50,10 @@ AutoencoderKLImpl::AutoencoderKLImpl(const AutoencoderKLConfig& c) : config(c) {
   const int64_t L = c.vae.latent_channels;
   encoder = register_module("encoder", Encoder(c.vae));
   decoder = register_module("decoder", Decoder(c.vae));
-  if (c.use_quant_conv) quant_conv = register_module("quant_conv", nn::Conv2d(nn::Conv2dOptions(2 * L, 2 * L, 1)));
-  if (c.use_post_quant_conv) post_quant_conv = register_module("post_quant_conv", nn::Conv2d(nn::Conv2dOptions(L, L, 1)));
+  if (c.use_quant_conv)
+    quant_conv = register_module("quant_conv", nn::Conv2d(nn::Conv2dOptions(2 * L, 2 * L, 1)));
+  if (c.use_post_quant_conv)
+    post_quant_conv = register_module("post_quant_conv", nn::Conv2d(nn::Conv2dOptions(L, L, 1)));
 }
 
 DiagonalGaussian AutoencoderKLImpl::encode(const at::Tensor& image) {

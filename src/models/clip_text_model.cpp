@@ -17,7 +17,8 @@ CLIPTextConfig CLIPTextConfig::from_json(const io::JsonConfig& j) {
   c.hidden_act = parse_activation(j.get_string("hidden_act", "quick_gelu"));
   c.eos_token_id = j.get_int("eos_token_id", c.eos_token_id);
   if (c.hidden_size % c.num_attention_heads != 0)
-    throw Error("hidden_size " + std::to_string(c.hidden_size) + " not divisible by num_attention_heads " +
+    throw Error("hidden_size " + std::to_string(c.hidden_size) +
+                    " not divisible by num_attention_heads " +
                     std::to_string(c.num_attention_heads),
                 j.source(), "num_attention_heads");
   return c;
@@ -36,11 +37,13 @@ CLIPEncoderLayerImpl::CLIPEncoderLayerImpl(const CLIPTextConfig& c)
   k_proj = attn->register_module("k_proj", nn::Linear(d, d));
   v_proj = attn->register_module("v_proj", nn::Linear(d, d));
   out_proj = attn->register_module("out_proj", nn::Linear(d, d));
-  layer_norm1 = register_module("layer_norm1", nn::LayerNorm(nn::LayerNormOptions({d}).eps(c.layer_norm_eps)));
+  layer_norm1 = register_module("layer_norm1",
+                                nn::LayerNorm(nn::LayerNormOptions({d}).eps(c.layer_norm_eps)));
   auto mlp = register_module("mlp", std::make_shared<nn::Module>());
   fc1 = mlp->register_module("fc1", nn::Linear(d, c.intermediate_size));
   fc2 = mlp->register_module("fc2", nn::Linear(c.intermediate_size, d));
-  layer_norm2 = register_module("layer_norm2", nn::LayerNorm(nn::LayerNormOptions({d}).eps(c.layer_norm_eps)));
+  layer_norm2 = register_module("layer_norm2",
+                                nn::LayerNorm(nn::LayerNormOptions({d}).eps(c.layer_norm_eps)));
 }
 
 at::Tensor CLIPEncoderLayerImpl::forward(const at::Tensor& x) {
@@ -59,23 +62,27 @@ at::Tensor CLIPEncoderLayerImpl::forward(const at::Tensor& x) {
 CLIPTextModelImpl::CLIPTextModelImpl(const CLIPTextConfig& c) : config(c) {
   auto text_model = register_module("text_model", std::make_shared<nn::Module>());
   auto embeddings = text_model->register_module("embeddings", std::make_shared<nn::Module>());
-  token_embedding = embeddings->register_module("token_embedding", nn::Embedding(c.vocab_size, c.hidden_size));
+  token_embedding =
+      embeddings->register_module("token_embedding", nn::Embedding(c.vocab_size, c.hidden_size));
   position_embedding = embeddings->register_module(
       "position_embedding", nn::Embedding(c.max_position_embeddings, c.hidden_size));
   auto encoder = text_model->register_module("encoder", std::make_shared<nn::Module>());
   layers = encoder->register_module("layers", nn::ModuleList());
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) layers->push_back(CLIPEncoderLayer(c));
   final_layer_norm = text_model->register_module(
-      "final_layer_norm", nn::LayerNorm(nn::LayerNormOptions({c.hidden_size}).eps(c.layer_norm_eps)));
+      "final_layer_norm",
+      nn::LayerNorm(nn::LayerNormOptions({c.hidden_size}).eps(c.layer_norm_eps)));
 }
 
 CLIPTextOutput CLIPTextModelImpl::forward(const at::Tensor& input_ids, bool output_hidden_states) {
   const int64_t L = input_ids.size(1);
   if (L > config.max_position_embeddings)
-    throw Error("input_ids has " + std::to_string(L) + " tokens, more than max_position_embeddings " +
+    throw Error("input_ids has " + std::to_string(L) +
+                " tokens, more than max_position_embeddings " +
                 std::to_string(config.max_position_embeddings));
   at::Tensor positions = at::arange(L, input_ids.options().dtype(at::kLong));
-  at::Tensor h = token_embedding->forward(input_ids) + position_embedding->forward(positions).unsqueeze(0);
+  at::Tensor h =
+      token_embedding->forward(input_ids) + position_embedding->forward(positions).unsqueeze(0);
   CLIPTextOutput out;
   if (output_hidden_states) out.hidden_states.push_back(h);
   for (const auto& layer : *layers) {

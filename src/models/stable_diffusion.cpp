@@ -36,8 +36,8 @@ AutoencoderKL load_vae(const io::ModelFolder& folder, const LoadOptions& options
 
 CLIPTextModel load_text_encoder(const io::ModelFolder& folder, const LoadOptions& options) {
   auto config = CLIPTextConfig::from_json(folder.component_config("text_encoder"));
-  return load_component(folder, "text_encoder", CLIPTextModel(config), options, clip_text_ignored_keys(),
-                        formats::canonical_clip_text_keys);
+  return load_component(folder, "text_encoder", CLIPTextModel(config), options,
+                        clip_text_ignored_keys(), formats::canonical_clip_text_keys);
 }
 
 text::ClipTokenizer load_tokenizer(const io::ModelFolder& folder) {

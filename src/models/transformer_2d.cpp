@@ -41,19 +41,23 @@ at::Tensor BasicTransformerBlockImpl::forward(const at::Tensor& x, const at::Ten
 
 Transformer2DModelImpl::Transformer2DModelImpl(const Transformer2DOptions& o) : options(o) {
   const int64_t inner = o.heads * o.dim_head;
-  norm = register_module("norm", nn::GroupNorm(nn::GroupNormOptions(o.norm_num_groups, o.in_channels).eps(1e-6)));
+  norm = register_module(
+      "norm", nn::GroupNorm(nn::GroupNormOptions(o.norm_num_groups, o.in_channels).eps(1e-6)));
   if (o.use_linear_projection) {
     proj_in_linear = register_module("proj_in", nn::Linear(o.in_channels, inner));
   } else {
-    proj_in_conv = register_module("proj_in", nn::Conv2d(nn::Conv2dOptions(o.in_channels, inner, 1)));
+    proj_in_conv =
+        register_module("proj_in", nn::Conv2d(nn::Conv2dOptions(o.in_channels, inner, 1)));
   }
   transformer_blocks = register_module("transformer_blocks", nn::ModuleList());
   for (int64_t i = 0; i < o.num_layers; ++i)
-    transformer_blocks->push_back(BasicTransformerBlock(inner, o.heads, o.dim_head, o.cross_attention_dim));
+    transformer_blocks->push_back(
+        BasicTransformerBlock(inner, o.heads, o.dim_head, o.cross_attention_dim));
   if (o.use_linear_projection) {
     proj_out_linear = register_module("proj_out", nn::Linear(inner, o.in_channels));
   } else {
-    proj_out_conv = register_module("proj_out", nn::Conv2d(nn::Conv2dOptions(inner, o.in_channels, 1)));
+    proj_out_conv =
+        register_module("proj_out", nn::Conv2d(nn::Conv2dOptions(inner, o.in_channels, 1)));
   }
 }
 
@@ -70,7 +74,8 @@ at::Tensor Transformer2DModelImpl::forward(const at::Tensor& x, const at::Tensor
     h = proj_in_conv->forward(h);
     h = h.permute({0, 2, 3, 1}).reshape({B, H * W, inner});
   }
-  for (const auto& block : *transformer_blocks) h = block->as<BasicTransformerBlock>()->forward(h, context);
+  for (const auto& block : *transformer_blocks)
+    h = block->as<BasicTransformerBlock>()->forward(h, context);
   if (options.use_linear_projection) {
     h = proj_out_linear->forward(h);
     h = h.reshape({B, H, W, options.in_channels}).permute({0, 3, 1, 2}).contiguous();

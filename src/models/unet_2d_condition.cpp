@@ -9,7 +9,10 @@ namespace nn = torch::nn;
 
 UNet2DConditionConfig UNet2DConditionConfig::from_json(const io::JsonConfig& j) {
   auto unsupported_unless = [&](const char* key, bool ok) {
-    if (!ok) throw Error("unsupported value " + j.json().at(key).dump() + " (sdtune implements SD 1.x/2.x UNets)", j.source(), key);
+    if (!ok)
+      throw Error(
+          "unsupported value " + j.json().at(key).dump() + " (sdtune implements SD 1.x/2.x UNets)",
+          j.source(), key);
   };
   UNet2DConditionConfig c;
   c.in_channels = j.get_int("in_channels", 4);
@@ -38,7 +41,8 @@ UNet2DConditionConfig UNet2DConditionConfig::from_json(const io::JsonConfig& j) 
   if (j.has("cross_attention_dim")) {
     auto dims = j.get_int_or_list("cross_attention_dim", n);
     if (std::adjacent_find(dims.begin(), dims.end(), std::not_equal_to<>()) != dims.end())
-      throw Error("per-block cross_attention_dim values must be equal", j.source(), "cross_attention_dim");
+      throw Error("per-block cross_attention_dim values must be equal", j.source(),
+                  "cross_attention_dim");
     c.cross_attention_dim = dims[0];
   }
   c.norm_num_groups = j.get_int("norm_num_groups", 32);
@@ -56,9 +60,12 @@ UNet2DConditionConfig UNet2DConditionConfig::from_json(const io::JsonConfig& j) 
                           "num_class_embeds", "time_cond_proj_dim", "timestep_post_act",
                           "projection_class_embeddings_input_dim", "time_embedding_dim"})
     unsupported_unless(key, !j.has(key));
-  unsupported_unless("mid_block_type", j.get_string("mid_block_type", "UNetMidBlock2DCrossAttn") == "UNetMidBlock2DCrossAttn");
-  unsupported_unless("time_embedding_type", j.get_string("time_embedding_type", "positional") == "positional");
-  unsupported_unless("resnet_time_scale_shift", j.get_string("resnet_time_scale_shift", "default") == "default");
+  unsupported_unless("mid_block_type", j.get_string("mid_block_type", "UNetMidBlock2DCrossAttn") ==
+                                           "UNetMidBlock2DCrossAttn");
+  unsupported_unless("time_embedding_type",
+                     j.get_string("time_embedding_type", "positional") == "positional");
+  unsupported_unless("resnet_time_scale_shift",
+                     j.get_string("resnet_time_scale_shift", "default") == "default");
   unsupported_unless("dual_cross_attention", !j.get_bool("dual_cross_attention", false));
   unsupported_unless("conv_in_kernel", j.get_int("conv_in_kernel", 3) == 3);
   unsupported_unless("conv_out_kernel", j.get_int("conv_out_kernel", 3) == 3);
@@ -72,8 +79,10 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNet2DConditionConfig& 
   const auto& ch = c.block_out_channels;
   const int64_t n = static_cast<int64_t>(ch.size());
   const int64_t time_embed_dim = ch[0] * 4;
-  conv_in = register_module("conv_in", nn::Conv2d(nn::Conv2dOptions(c.in_channels, ch[0], 3).padding(1)));
-  time_embedding = register_module("time_embedding", TimestepEmbedding(ch[0], time_embed_dim, c.act));
+  conv_in =
+      register_module("conv_in", nn::Conv2d(nn::Conv2dOptions(c.in_channels, ch[0], 3).padding(1)));
+  time_embedding =
+      register_module("time_embedding", TimestepEmbedding(ch[0], time_embed_dim, c.act));
 
   auto block_options = [&](int64_t i) {
     UNetBlockOptions o;
@@ -123,24 +132,28 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNet2DConditionConfig& 
   }
 
   conv_norm_out = register_module(
-      "conv_norm_out", nn::GroupNorm(nn::GroupNormOptions(c.norm_num_groups, ch[0]).eps(c.norm_eps)));
-  conv_out = register_module("conv_out", nn::Conv2d(nn::Conv2dOptions(ch[0], c.out_channels, 3).padding(1)));
+      "conv_norm_out",
+      nn::GroupNorm(nn::GroupNormOptions(c.norm_num_groups, ch[0]).eps(c.norm_eps)));
+  conv_out = register_module("conv_out",
+                             nn::Conv2d(nn::Conv2dOptions(ch[0], c.out_channels, 3).padding(1)));
 }
 
-at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample_in, const at::Tensor& timestep,
+at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample_in,
+                                             const at::Tensor& timestep,
                                              const at::Tensor& context) {
   const int64_t B = sample_in.size(0);
   // Latent sizes that are not multiples of 2^(number of upsamplers) need explicit upsample sizes
   // so that up-path states line up with their skip connections.
   const int64_t up_factor = int64_t{1} << (config.block_out_channels.size() - 1);
-  const bool explicit_upsample_size = sample_in.size(2) % up_factor != 0 || sample_in.size(3) % up_factor != 0;
+  const bool explicit_upsample_size =
+      sample_in.size(2) % up_factor != 0 || sample_in.size(3) % up_factor != 0;
 
   at::Tensor sample = config.center_input_sample ? 2.0 * sample_in - 1.0 : sample_in;
   at::Tensor t = timestep.dim() == 0 ? timestep.reshape({1}) : timestep;
   t = t.to(sample.device()).expand({B});
-  at::Tensor t_emb = timestep_embedding(t, config.block_out_channels[0], config.flip_sin_to_cos,
-                                        config.freq_shift)
-                         .to(sample.scalar_type());
+  at::Tensor t_emb =
+      timestep_embedding(t, config.block_out_channels[0], config.flip_sin_to_cos, config.freq_shift)
+          .to(sample.scalar_type());
   at::Tensor emb = time_embedding->forward(t_emb);
 
   sample = conv_in->forward(sample);

@@ -7,8 +7,11 @@ namespace {
 constexpr double kVaeEps = 1e-6;  // diffusers' VAE uses eps 1e-6 in every norm
 
 ResnetBlock2D vae_resnet(int64_t in, int64_t out, const VaeOptions& o) {
-  return ResnetBlock2D(ResnetBlock2DOptions{
-      .in_channels = in, .out_channels = out, .groups = o.norm_num_groups, .eps = kVaeEps, .act = o.act});
+  return ResnetBlock2D(ResnetBlock2DOptions{.in_channels = in,
+                                            .out_channels = out,
+                                            .groups = o.norm_num_groups,
+                                            .eps = kVaeEps,
+                                            .act = o.act});
 }
 
 nn::GroupNorm vae_norm(int64_t channels, const VaeOptions& o) {
@@ -42,7 +45,8 @@ DownEncoderBlockImpl::DownEncoderBlockImpl(int64_t in, int64_t out, bool add_dow
                                            const VaeOptions& o) {
   resnets = register_module("resnets", nn::ModuleList());
   downsamplers = register_module("downsamplers", nn::ModuleList());
-  for (int64_t i = 0; i < o.layers_per_block; ++i) resnets->push_back(vae_resnet(i == 0 ? in : out, out, o));
+  for (int64_t i = 0; i < o.layers_per_block; ++i)
+    resnets->push_back(vae_resnet(i == 0 ? in : out, out, o));
   if (add_downsample) downsamplers->push_back(Downsample2D(out, out, /*padding=*/0));
 }
 
@@ -53,10 +57,12 @@ at::Tensor DownEncoderBlockImpl::forward(const at::Tensor& x) {
   return h;
 }
 
-UpDecoderBlockImpl::UpDecoderBlockImpl(int64_t in, int64_t out, bool add_upsample, const VaeOptions& o) {
+UpDecoderBlockImpl::UpDecoderBlockImpl(int64_t in, int64_t out, bool add_upsample,
+                                       const VaeOptions& o) {
   resnets = register_module("resnets", nn::ModuleList());
   upsamplers = register_module("upsamplers", nn::ModuleList());
-  for (int64_t i = 0; i < o.layers_per_block + 1; ++i) resnets->push_back(vae_resnet(i == 0 ? in : out, out, o));
+  for (int64_t i = 0; i < o.layers_per_block + 1; ++i)
+    resnets->push_back(vae_resnet(i == 0 ? in : out, out, o));
   if (add_upsample) upsamplers->push_back(Upsample2D(out, out));
 }
 
@@ -69,7 +75,8 @@ at::Tensor UpDecoderBlockImpl::forward(const at::Tensor& x) {
 
 EncoderImpl::EncoderImpl(const VaeOptions& o) : options(o) {
   const auto& ch = o.block_out_channels;
-  conv_in = register_module("conv_in", nn::Conv2d(nn::Conv2dOptions(o.in_channels, ch[0], 3).padding(1)));
+  conv_in =
+      register_module("conv_in", nn::Conv2d(nn::Conv2dOptions(o.in_channels, ch[0], 3).padding(1)));
   down_blocks = register_module("down_blocks", nn::ModuleList());
   int64_t out = ch[0];
   for (size_t i = 0; i < ch.size(); ++i) {
@@ -92,7 +99,8 @@ at::Tensor EncoderImpl::forward(const at::Tensor& x) {
 
 DecoderImpl::DecoderImpl(const VaeOptions& o) : options(o) {
   const auto& ch = o.block_out_channels;
-  conv_in = register_module("conv_in", nn::Conv2d(nn::Conv2dOptions(o.latent_channels, ch.back(), 3).padding(1)));
+  conv_in = register_module(
+      "conv_in", nn::Conv2d(nn::Conv2dOptions(o.latent_channels, ch.back(), 3).padding(1)));
   mid_block = register_module("mid_block", VaeMidBlock(ch.back(), o));
   up_blocks = register_module("up_blocks", nn::ModuleList());
   int64_t out = ch.back();
@@ -102,7 +110,8 @@ DecoderImpl::DecoderImpl(const VaeOptions& o) : options(o) {
     up_blocks->push_back(UpDecoderBlock(prev, out, i + 1 != ch.size(), o));
   }
   conv_norm_out = register_module("conv_norm_out", vae_norm(ch[0], o));
-  conv_out = register_module("conv_out", nn::Conv2d(nn::Conv2dOptions(ch[0], o.out_channels, 3).padding(1)));
+  conv_out = register_module("conv_out",
+                             nn::Conv2d(nn::Conv2dOptions(ch[0], o.out_channels, 3).padding(1)));
 }
 
 at::Tensor DecoderImpl::forward(const at::Tensor& z) {

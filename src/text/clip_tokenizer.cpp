@@ -178,7 +178,8 @@ namespace {
 
 std::unordered_map<std::string, int64_t> parse_vocab(const json& vocab_json,
                                                      const std::filesystem::path& source) {
-  if (!vocab_json.is_object()) throw Error("expected an object mapping token to id", source.string());
+  if (!vocab_json.is_object())
+    throw Error("expected an object mapping token to id", source.string());
   std::unordered_map<std::string, int64_t> vocab;
   vocab.reserve(vocab_json.size());
   for (const auto& [token, id] : vocab_json.items()) {
@@ -190,7 +191,8 @@ std::unordered_map<std::string, int64_t> parse_vocab(const json& vocab_json,
   }
   for (std::string_view token : {kBosToken, kEosToken}) {
     if (!vocab.contains(std::string(token))) {
-      throw Error("special token " + std::string(token) + " is not in the vocabulary", source.string());
+      throw Error("special token " + std::string(token) + " is not in the vocabulary",
+                  source.string());
     }
   }
   return vocab;
@@ -219,10 +221,12 @@ ClipTokenizer ClipTokenizer::load(const std::filesystem::path& dir) {
   if (!std::filesystem::exists(vocab_path) && std::filesystem::exists(dir / "tokenizer.json")) {
     vocab_path = merges_path = dir / "tokenizer.json";
     const json tokenizer = read_json(vocab_path);
-    const json* model = tokenizer.is_object() && tokenizer.contains("model") ? &tokenizer["model"] : nullptr;
+    const json* model =
+        tokenizer.is_object() && tokenizer.contains("model") ? &tokenizer["model"] : nullptr;
     if (!model || !model->is_object() || !model->contains("vocab") || !model->contains("merges") ||
         !(*model)["merges"].is_array())
-      throw Error("expected a BPE \"model\" with \"vocab\" and \"merges\"", vocab_path.string(), "model");
+      throw Error("expected a BPE \"model\" with \"vocab\" and \"merges\"", vocab_path.string(),
+                  "model");
     vocab = parse_vocab((*model)["vocab"], vocab_path);
     int index = 0;
     for (const auto& m : (*model)["merges"]) {
@@ -233,7 +237,8 @@ ClipTokenizer ClipTokenizer::load(const std::filesystem::path& dir) {
       } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
         merges.emplace_back(m[0].get<std::string>(), m[1].get<std::string>());
       } else {
-        throw Error(where + ": expected \"left right\" or [left, right], got " + m.dump(), vocab_path.string());
+        throw Error(where + ": expected \"left right\" or [left, right], got " + m.dump(),
+                    vocab_path.string());
       }
     }
   } else {

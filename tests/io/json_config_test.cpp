@@ -18,7 +18,9 @@ fs::path temp_dir(const std::string& name) {
   return dir;
 }
 
-void write(const fs::path& path, const std::string& text) { std::ofstream(path) << text; }
+void write(const fs::path& path, const std::string& text) {
+  std::ofstream(path) << text;
+}
 
 // Expects an sdtune::Error whose message contains every fragment.
 template <typename F>
@@ -27,12 +29,15 @@ void expect_error(F&& f, std::initializer_list<std::string> fragments) {
     f();
     FAIL() << "expected an sdtune::Error";
   } catch (const Error& e) {
-    for (const auto& frag : fragments) EXPECT_NE(std::string(e.what()).find(frag), std::string::npos) << e.what();
+    for (const auto& frag : fragments)
+      EXPECT_NE(std::string(e.what()).find(frag), std::string::npos) << e.what();
   }
 }
 
 TEST(JsonConfig, TypedAccessAndDefaults) {
-  JsonConfig c(nlohmann::json::parse(R"({"a": 3, "b": 2.5, "c": true, "d": "x", "e": [1,2], "f": null, "g": 8.0})"), "cfg");
+  JsonConfig c(nlohmann::json::parse(
+                   R"({"a": 3, "b": 2.5, "c": true, "d": "x", "e": [1,2], "f": null, "g": 8.0})"),
+               "cfg");
   EXPECT_EQ(c.get_int("a"), 3);
   EXPECT_EQ(c.get_int("g"), 8);
   EXPECT_DOUBLE_EQ(c.get_double("b"), 2.5);
@@ -49,7 +54,8 @@ TEST(JsonConfig, TypedAccessAndDefaults) {
 
 TEST(JsonConfig, ErrorsNameFileAndKey) {
   JsonConfig c(nlohmann::json::parse(R"({"a": "3", "b": 2.5, "e": [1,2]})"), "unet/config.json");
-  expect_error([&] { c.get_int("missing"); }, {"unet/config.json", "'missing'", "missing required key"});
+  expect_error([&] { c.get_int("missing"); },
+               {"unet/config.json", "'missing'", "missing required key"});
   expect_error([&] { c.get_int("a"); }, {"unet/config.json", "'a'", "expected an integer"});
   expect_error([&] { c.get_int("b"); }, {"'b'", "expected an integer"});
   expect_error([&] { c.get_bool("b"); }, {"'b'", "true or false"});
@@ -79,16 +85,21 @@ TEST(ModelFolder, ComponentsAndWeightFiles) {
   fs::create_directories(dir / "unet");
   expect_error([&] { find_weight_files(dir / "unet"); }, {"no safetensors weights"});
   write(dir / "unet" / "diffusion_pytorch_model.fp16.safetensors", "");
-  EXPECT_EQ(find_weight_files(dir / "unet").at(0).filename(), "diffusion_pytorch_model.fp16.safetensors");
+  EXPECT_EQ(find_weight_files(dir / "unet").at(0).filename(),
+            "diffusion_pytorch_model.fp16.safetensors");
   write(dir / "unet" / "diffusion_pytorch_model.safetensors", "");
-  EXPECT_EQ(find_weight_files(dir / "unet").at(0).filename(), "diffusion_pytorch_model.safetensors");
-  EXPECT_EQ(find_weight_files(dir / "unet", "fp16").at(0).filename(), "diffusion_pytorch_model.fp16.safetensors");
+  EXPECT_EQ(find_weight_files(dir / "unet").at(0).filename(),
+            "diffusion_pytorch_model.safetensors");
+  EXPECT_EQ(find_weight_files(dir / "unet", "fp16").at(0).filename(),
+            "diffusion_pytorch_model.fp16.safetensors");
 
   fs::create_directories(dir / "text_encoder");
-  write(dir / "text_encoder" / "model.safetensors.index.json",
-        R"({"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}})");
+  write(
+      dir / "text_encoder" / "model.safetensors.index.json",
+      R"({"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}})");
   write(dir / "text_encoder" / "model-00001-of-00002.safetensors", "");
-  expect_error([&] { find_weight_files(dir / "text_encoder"); }, {"model.safetensors.index.json", "model-00002-of-00002"});
+  expect_error([&] { find_weight_files(dir / "text_encoder"); },
+               {"model.safetensors.index.json", "model-00002-of-00002"});
   write(dir / "text_encoder" / "model-00002-of-00002.safetensors", "");
   EXPECT_EQ(find_weight_files(dir / "text_encoder").size(), 2u);
 

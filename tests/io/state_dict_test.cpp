@@ -40,7 +40,9 @@ TEST(StateDict, LoadsByNameAndConvertsDtype) {
 
 TEST(StateDict, ReportsMissingUnexpectedAndMismatchedByName) {
   TinyImpl m;
-  StateDict s{{"lin.weight", at::zeros({3, 3})}, {"extra.weight", at::zeros({1})}, {"scale", at::ones({2})}};
+  StateDict s{{"lin.weight", at::zeros({3, 3})},
+              {"extra.weight", at::zeros({1})},
+              {"scale", at::ones({2})}};
   std::string e = error_of(m, s);
   EXPECT_NE(e.find("tiny.safetensors"), std::string::npos) << e;
   EXPECT_NE(e.find("missing keys (1): lin.bias"), std::string::npos) << e;

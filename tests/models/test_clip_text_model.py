@@ -17,3 +17,17 @@ def test_text_encoder_matches_transformers(pipeline, forward, kind):
     out = forward(folder, "text-encoder", input_ids=ids)
     check(f"text-encoder.last_hidden_state[{kind}]", out["last_hidden_state"], ref.last_hidden_state)
     check(f"text-encoder.pooler_output[{kind}]", out["pooler_output"], ref.pooler_output)
+
+
+@pytest.mark.parametrize("kind", ["tiny", "sd2"])
+def test_hidden_states_for_clip_skip(pipeline, forward, kind):
+    """Every intermediate layer (what "clip skip" selects) equals transformers' hidden_states."""
+    folder, pipe = pipeline(kind)
+    ids = pipe.tokenizer(PROMPTS[:2], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        ref = pipe.text_encoder(ids, output_hidden_states=True).hidden_states
+    out = forward(folder, "text-encoder", "--output-hidden-states", input_ids=ids)
+    assert len(ref) == pipe.text_encoder.config.num_hidden_layers + 1
+    assert sorted(k for k in out if k.startswith("hidden_states.")) == sorted(f"hidden_states.{i}" for i in range(len(ref)))
+    for i, r in enumerate(ref):
+        check(f"text-encoder.hidden_states[{kind}]", out[f"hidden_states.{i}"], r)

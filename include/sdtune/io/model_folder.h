@@ -10,9 +10,9 @@
 namespace sdtune::io {
 
 struct Component {
-  std::string name;       // "unet"
-  std::string library;    // "diffusers"
-  std::string class_name; // "UNet2DConditionModel"
+  std::string name;        // "unet"
+  std::string library;     // "diffusers"
+  std::string class_name;  // "UNet2DConditionModel"
 };
 
 class ModelFolder {

@@ -18,10 +18,26 @@ namespace sdtune::io {
 
 // Every dtype of the safetensors format.
 enum class DType {
-  BOOL, U8, I8, I16, U16, I32, U32, I64, U64,
-  F16, BF16, F32, F64, C64,
-  F8_E4M3, F8_E5M2, F8_E8M0,
-  F4, F6_E2M3, F6_E3M2,  // sub-byte types: sizes counted in bits
+  BOOL,
+  U8,
+  I8,
+  I16,
+  U16,
+  I32,
+  U32,
+  I64,
+  U64,
+  F16,
+  BF16,
+  F32,
+  F64,
+  C64,
+  F8_E4M3,
+  F8_E5M2,
+  F8_E8M0,
+  F4,
+  F6_E2M3,
+  F6_E3M2,  // sub-byte types: sizes counted in bits
 };
 
 // Size of one element in bits (8 × bytes for the byte-sized types).

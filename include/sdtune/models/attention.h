@@ -14,8 +14,8 @@ struct AttentionOptions {
   int64_t cross_attention_dim = 0;  // 0: self-attention (keys/values from the query input)
   int64_t heads = 1;
   int64_t dim_head = 64;
-  bool bias = false;      // bias on to_q/to_k/to_v
-  bool out_bias = true;   // bias on to_out.0
+  bool bias = false;            // bias on to_q/to_k/to_v
+  bool out_bias = true;         // bias on to_out.0
   int64_t norm_num_groups = 0;  // > 0: a GroupNorm "group_norm" on the input (VAE attention)
   double norm_eps = 1e-5;
   bool residual_connection = false;

@@ -26,8 +26,8 @@ struct AutoencoderKLConfig {
 struct DiagonalGaussian {
   at::Tensor mean, logvar;  // [B,latent,h,w]; logvar clamped to [-30, 20] as diffusers does
   at::Tensor std() const;
-  // mean + std · ε, ε ~ N(0,1) drawn from `generator` (the default one when absent) on
-  // mean's device, in one randn call of mean's shape, as diffusers draws it.
+  // mean + std · ε, ε ~ N(0,1) drawn from `generator` (the default one when absent) on the
+  // generator's device in mean's dtype, in one randn call of mean's shape, as diffusers draws it.
   at::Tensor sample(std::optional<at::Generator> generator = std::nullopt) const;
 };
 

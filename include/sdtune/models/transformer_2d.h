@@ -11,8 +11,8 @@
 
 namespace sdtune::models {
 
-// GEGLU feed-forward: net.0.proj = Linear(dim, 2·inner); h, gate = chunk(2); net.2 = Linear(inner, dim)
-// of h · gelu(gate).
+// GEGLU feed-forward: net.0.proj = Linear(dim, 2·inner); h, gate = chunk(2); net.2 = Linear(inner,
+// dim) of h · gelu(gate).
 class FeedForwardImpl : public torch::nn::Module {
  public:
   FeedForwardImpl(int64_t dim, int64_t inner_dim);
@@ -25,7 +25,8 @@ TORCH_MODULE(FeedForward);
 // x = x + attn1(norm1(x)); x = x + attn2(norm2(x), text); x = x + ff(norm3(x))
 class BasicTransformerBlockImpl : public torch::nn::Module {
  public:
-  BasicTransformerBlockImpl(int64_t dim, int64_t heads, int64_t dim_head, int64_t cross_attention_dim);
+  BasicTransformerBlockImpl(int64_t dim, int64_t heads, int64_t dim_head,
+                            int64_t cross_attention_dim);
   at::Tensor forward(const at::Tensor& x, const at::Tensor& context);
 
   torch::nn::LayerNorm norm1{nullptr}, norm2{nullptr}, norm3{nullptr};
@@ -52,7 +53,8 @@ class Transformer2DModelImpl : public torch::nn::Module {
 
   Transformer2DOptions options;
   torch::nn::GroupNorm norm{nullptr};
-  // proj_in/proj_out are Linear (use_linear_projection) or 1×1 Conv2d: exactly one of each pair is set.
+  // proj_in/proj_out are Linear (use_linear_projection) or 1×1 Conv2d: exactly one of each pair is
+  // set.
   torch::nn::Linear proj_in_linear{nullptr}, proj_out_linear{nullptr};
   torch::nn::Conv2d proj_in_conv{nullptr}, proj_out_conv{nullptr};
   torch::nn::ModuleList transformer_blocks;

@@ -19,8 +19,8 @@ struct UNetBlockOptions {
   int64_t prev_output_channels = 0;  // up blocks: channels coming from the block below
   int64_t temb_channels = 0;
   int64_t num_layers = 2;
-  bool cross_attention = true;       // Transformer2DModel after each resnet
-  bool add_sampler = true;           // downsampler (down blocks) / upsampler (up blocks)
+  bool cross_attention = true;  // Transformer2DModel after each resnet
+  bool add_sampler = true;      // downsampler (down blocks) / upsampler (up blocks)
   int64_t resnet_groups = 32;
   double resnet_eps = 1e-5;
   double output_scale_factor = 1.0;
@@ -38,7 +38,8 @@ struct UNetBlockOptions {
 class DownBlockImpl : public torch::nn::Module {
  public:
   explicit DownBlockImpl(const UNetBlockOptions& options);
-  std::pair<at::Tensor, std::vector<at::Tensor>> forward(const at::Tensor& x, const at::Tensor& temb,
+  std::pair<at::Tensor, std::vector<at::Tensor>> forward(const at::Tensor& x,
+                                                         const at::Tensor& temb,
                                                          const at::Tensor& context);
   torch::nn::ModuleList resnets, attentions, downsamplers;
 };

@@ -21,8 +21,8 @@ struct UNet2DConditionConfig {
   std::vector<std::string> down_block_types;
   std::vector<std::string> up_block_types;
   std::vector<int64_t> block_out_channels;
-  std::vector<int64_t> layers_per_block;         // per down block
-  std::vector<int64_t> num_attention_heads;      // per down block (see from_json)
+  std::vector<int64_t> layers_per_block;     // per down block
+  std::vector<int64_t> num_attention_heads;  // per down block (see from_json)
   std::vector<int64_t> transformer_layers_per_block;
   int64_t cross_attention_dim = 768;
   int64_t norm_num_groups = 32;
@@ -49,7 +49,8 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
 
   // sample [B,in,h,w] (any h, w), timestep [B] or scalar (int or float), context [B,L,D]
   // -> predicted noise (or v) [B,out,h,w].
-  at::Tensor forward(const at::Tensor& sample, const at::Tensor& timestep, const at::Tensor& context);
+  at::Tensor forward(const at::Tensor& sample, const at::Tensor& timestep,
+                     const at::Tensor& context);
 
   UNet2DConditionConfig config;
   torch::nn::Conv2d conv_in{nullptr}, conv_out{nullptr};

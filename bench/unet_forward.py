@@ -1,0 +1,91 @@
+"""UNet forward time: sdtune against diffusers on the same weights, inputs and machine, in one run.
+
+CPU (default): an SD 1.5-shaped UNet scaled down to run on a laptop-class CPU (channels
+[160,320,640,640], 8 heads, cross-attention 768), batch 2 (classifier-free guidance), 32x32
+latents (256x256 images). GPU (--device cuda): SD 1.5's exact UNet, 64x64 latents (512x512),
+fp16, batch 2. Prints seconds per forward for both and the ratio diffusers / sdtune (> 1 means
+sdtune is faster).
+
+    python3 bench/unet_forward.py [--device cuda --dtype fp16 --sd15] [--iters N]
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests" / "helpers"))
+
+from tiny_models import SD15_UNET  # noqa: E402
+
+SCALED = dict(SD15_UNET, block_out_channels=[160, 320, 640, 640], sample_size=32)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    ap.add_argument("--sd15", action="store_true", help="SD 1.5's exact UNet (default on cuda)")
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--latent", type=int, default=None, help="latent side (default 32 cpu, 64 cuda)")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--bin", default=os.environ.get("SDTUNE_BENCH_UNET", REPO / "build" / "sdtune_bench_unet"))
+    args = ap.parse_args()
+    cuda = args.device == "cuda"
+    latent = args.latent or (64 if cuda else 32)
+    config = SD15_UNET if (args.sd15 or cuda) else SCALED
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**config).eval()
+    with tempfile.TemporaryDirectory() as d:
+        folder = Path(d)
+        (folder / "model_index.json").write_text(json.dumps({"unet": ["diffusers", "UNet2DConditionModel"]}))
+        unet.save_pretrained(folder / "unet")
+        unet = unet.to(args.device, dtype)
+        sample = torch.randn(args.batch, 4, latent, latent, device=args.device, dtype=dtype)
+        context = torch.randn(args.batch, 77, config["cross_attention_dim"], device=args.device, dtype=dtype)
+        t = torch.full((args.batch,), 500, device=args.device)
+
+        def sync():
+            if cuda:
+                torch.cuda.synchronize()
+
+        with torch.inference_mode():
+            for _ in range(args.warmup):
+                unet(sample, t, context)
+            sync()
+            start = time.perf_counter()
+            for _ in range(args.iters):
+                unet(sample, t, context)
+            sync()
+            diffusers_s = (time.perf_counter() - start) / args.iters
+        del unet
+        if cuda:
+            torch.cuda.empty_cache()
+
+        out = subprocess.run(
+            [str(args.bin), str(folder), args.device, args.dtype, str(args.batch), str(latent), str(latent),
+             str(args.warmup), str(args.iters)], capture_output=True, text=True, check=True)
+        sdtune_s = json.loads(out.stdout.strip().splitlines()[-1])["seconds_per_forward"]
+
+    where = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
+    shape = "SD 1.5 UNet" if config is SD15_UNET else "SD 1.5-shaped UNet, channels [160,320,640,640]"
+    print(f"unet forward ({shape}, batch {args.batch}, latent {latent}x{latent}, {args.dtype}, {where})")
+    print(f"  diffusers {diffusers_s:.4f} s/forward")
+    print(f"  sdtune    {sdtune_s:.4f} s/forward")
+    print(f"  ratio diffusers/sdtune = {diffusers_s / sdtune_s:.3f}")
+
+
+if __name__ == "__main__":
+    main()
