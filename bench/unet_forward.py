@@ -52,7 +52,8 @@ def main():
         folder = Path(d)
         (folder / "model_index.json").write_text(json.dumps({"unet": ["diffusers", "UNet2DConditionModel"]}))
         unet.save_pretrained(folder / "unet")
-        unet = unet.to(args.device, dtype)
+        if cuda or dtype != torch.float32:
+            unet = unet.to(args.device, dtype)
         sample = torch.randn(args.batch, 4, latent, latent, device=args.device, dtype=dtype)
         context = torch.randn(args.batch, 77, config["cross_attention_dim"], device=args.device, dtype=dtype)
         t = torch.full((args.batch,), 500, device=args.device)

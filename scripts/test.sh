@@ -8,6 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+# Nothing may be fetched: the references are built from local files only.
+export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 
 echo "== clang-format"
 files=$(git ls-files 'src/*.cpp' 'src/*.h' 'include/*.h' 'tests/*.cpp' 'bench/*.cpp')
