@@ -30,3 +30,6 @@ for b in 2 1; do
   SDTUNE_BENCH_UNET=build-gpu/sdtune_bench_unet timeout 150 python3 bench/unet_forward.py \
     --device cuda --dtype fp16 --batch $b --warmup 5 --iters 30
 done
+
+echo "== Generation benchmark: SD 1.5, 512x512, fp16, 1 image (CFG), 30 steps PNDM"
+SDTUNE_BIN=build-gpu/sdtune timeout 200 python3 bench/generate.py --device cuda --dtype fp16

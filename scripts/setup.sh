@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(cmake ninja-build g++ ccache nlohmann-json3-dev libcli11-dev libtomlplusplus-dev
-              libgtest-dev libutf8proc-dev libpcre2-dev)
+              libgtest-dev libutf8proc-dev libpcre2-dev libvips-dev pkg-config fonts-dejavu-core)
 # Python: torch supplies LibTorch (its bundled C++ library). diffusers/transformers/open-clip-torch
 # are test-only references; open-clip-torch also carries the real CLIP BPE vocabulary.
 PY_PACKAGES=(torch==2.15.0 diffusers==0.42.1 transformers==5.23.0 open-clip-torch==3.3.0

@@ -36,4 +36,4 @@ cmake --build build-asan --target sdtune_core_tests sdtune_tests sdtune_cli
 ASAN_OPTIONS=detect_leaks=1 build-asan/sdtune_core_tests --gtest_brief=1
 export ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1
 build-asan/sdtune_tests --gtest_brief=1
-SDTUNE_BIN=build-asan/sdtune python3 -m pytest -q -p no:cacheprovider tests/cli/test_bad_input.py
+SDTUNE_BIN=build-asan/sdtune python3 -m pytest -q -p no:cacheprovider tests/cli/test_bad_input.py tests/cli/test_generate_errors.py

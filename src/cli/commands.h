@@ -8,5 +8,7 @@ namespace sdtune::cli {
 void add_inspect(CLI::App& app);
 void add_tokenize(CLI::App& app);
 void add_forward(CLI::App& app);
+void add_generate(CLI::App& app);
+void add_grid(CLI::App& app);
 
 }  // namespace sdtune::cli

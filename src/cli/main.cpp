@@ -11,6 +11,8 @@ int main(int argc, char** argv) {
   sdtune::cli::add_inspect(app);
   sdtune::cli::add_tokenize(app);
   sdtune::cli::add_forward(app);
+  sdtune::cli::add_generate(app);
+  sdtune::cli::add_grid(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

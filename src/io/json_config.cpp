@@ -1,19 +1,71 @@
 #include "sdtune/io/json_config.h"
 
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include "sdtune/error.h"
 
 namespace sdtune::io {
+namespace {
+
+constexpr std::string_view kNonFinite = "__sdtune_nonfinite__:";
+
+// Python's json module writes NaN, Infinity and -Infinity (diffusers does for e.g. DPM-Solver's
+// lambda_min_clipped), which strict JSON lacks. Outside strings they become marker strings here
+// and numbers again after parsing.
+std::string quote_non_finite(const std::string& text) {
+  std::string out;
+  out.reserve(text.size());
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      out += c;
+      if (c == '\\' && i + 1 < text.size())
+        out += text[++i];
+      else if (c == '"')
+        in_string = false;
+      continue;
+    }
+    if (c == '"') in_string = true;
+    bool replaced = false;
+    for (std::string_view word : {"-Infinity", "Infinity", "NaN"}) {
+      if (text.compare(i, word.size(), word) == 0) {
+        out += "\"" + std::string(kNonFinite) + std::string(word) + "\"";
+        i += word.size() - 1;
+        replaced = true;
+        break;
+      }
+    }
+    if (!replaced) out += c;
+  }
+  return out;
+}
+
+void restore_non_finite(nlohmann::json& j) {
+  if (j.is_string()) {
+    const auto& s = j.get_ref<const std::string&>();
+    if (s.rfind(kNonFinite, 0) != 0) return;
+    const std::string word = s.substr(kNonFinite.size());
+    j = word == "NaN" ? std::numeric_limits<double>::quiet_NaN()
+                      : (word[0] == '-' ? -1.0 : 1.0) * std::numeric_limits<double>::infinity();
+  } else if (j.is_structured()) {
+    for (auto& child : j) restore_non_finite(child);
+  }
+}
+
+}  // namespace
 
 JsonConfig JsonConfig::load(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error("cannot open file (missing or unreadable)", path.string());
   std::stringstream buffer;
   buffer << in.rdbuf();
-  nlohmann::json json = nlohmann::json::parse(buffer.str(), nullptr, /*allow_exceptions=*/false);
+  nlohmann::json json =
+      nlohmann::json::parse(quote_non_finite(buffer.str()), nullptr, /*allow_exceptions=*/false);
   if (json.is_discarded()) throw Error("not valid JSON", path.string());
+  restore_non_finite(json);
   if (!json.is_object()) throw Error("top level is not a JSON object", path.string());
   return JsonConfig(std::move(json), path.string());
 }

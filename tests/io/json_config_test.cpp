@@ -1,6 +1,8 @@
 #include "sdtune/io/json_config.h"
 
+#include <cmath>
 #include <fstream>
+#include <limits>
 
 #include <gtest/gtest.h>
 
@@ -69,6 +71,20 @@ TEST(JsonConfig, LoadErrors) {
   expect_error([&] { JsonConfig::load(dir / "bad.json"); }, {"bad.json", "not valid JSON"});
   write(dir / "list.json", "[1, 2]");
   expect_error([&] { JsonConfig::load(dir / "list.json"); }, {"list.json", "not a JSON object"});
+}
+
+TEST(JsonConfig, PythonNonFiniteNumbers) {
+  fs::path dir = temp_dir("nonfinite");
+  // As Python's json.dump writes them (diffusers' DPM-Solver config has lambda_min_clipped:
+  // -Infinity).
+  write(dir / "c.json",
+        R"({"a": -Infinity, "b": Infinity, "c": NaN, "s": "NaN -Infinity", "l": [Infinity]})");
+  auto c = JsonConfig::load(dir / "c.json");
+  EXPECT_EQ(c.get_double("a"), -std::numeric_limits<double>::infinity());
+  EXPECT_EQ(c.get_double("b"), std::numeric_limits<double>::infinity());
+  EXPECT_TRUE(std::isnan(c.get_double("c")));
+  EXPECT_EQ(c.get_string("s"), "NaN -Infinity");
+  EXPECT_EQ(c.json().at("l")[0].get<double>(), std::numeric_limits<double>::infinity());
 }
 
 TEST(ModelFolder, ComponentsAndWeightFiles) {

@@ -1,0 +1,34 @@
+#pragma once
+// Image files through libvips: reading any format it decodes (JPEG, PNG, WebP, TIFF, ...) into
+// 8-bit RGB, and writing PNGs with text chunks.
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+namespace sdtune::io {
+
+// uint8 [H,W,3] RGB. EXIF orientation is applied; grayscale, CMYK, palette and 16-bit images are
+// converted to 8-bit sRGB; alpha is flattened onto white. An Error naming the file when it is
+// missing, truncated or not an image.
+at::Tensor read_image_rgb(const std::filesystem::path& path);
+
+// Resizes uint8 [H,W,3] to width × height with a Lanczos-3 filter.
+at::Tensor resize_image(const at::Tensor& rgb, int64_t width, int64_t height);
+
+// Writes uint8 [H,W,3] as an 8-bit PNG with the given tEXt chunks (e.g. "parameters", which
+// A1111-compatible tools read). Never overwrites: an existing `path` is an Error. The file appears
+// whole or not at all (temporary file, then rename).
+void write_png(const std::filesystem::path& path, const at::Tensor& rgb,
+               const std::map<std::string, std::string>& text = {});
+
+// One image of `rows` × `cols` cells (uint8 [H,W,3] each, row-major), white background, with a
+// text label left of each row and above each column: the side-by-side comparisons users make
+// (base against fine-tuned model, plain against engineered prompt, several seeds).
+at::Tensor labelled_grid(const std::vector<at::Tensor>& cells, int64_t rows, int64_t cols,
+                         const std::vector<std::string>& row_labels,
+                         const std::vector<std::string>& col_labels);
+
+}  // namespace sdtune::io

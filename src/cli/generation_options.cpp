@@ -1,0 +1,61 @@
+#include "cli/generation_options.h"
+
+#include <cstdio>
+
+#include "sdtune/error.h"
+
+namespace sdtune::cli {
+
+void add_generation_options(CLI::App* cmd, GenerationFlags& f) {
+  auto& g = f.gen;
+  cmd->add_option("--negative-prompt", g.negative_prompt, "What to steer away from")
+      ->capture_default_str();
+  cmd->add_option("--steps", g.steps, "Denoising steps")->capture_default_str();
+  cmd->add_option("--guidance-scale", g.guidance_scale,
+                  "Classifier-free guidance scale (<= 1 turns it off)")
+      ->capture_default_str();
+  cmd->add_option("--scheduler", f.scheduler,
+                  "pndm|ddim|ddpm|euler|euler-ancestral|dpmpp-2m (default: the model's own)");
+  cmd->add_flag("--karras", f.karras, "Karras sigmas (euler, euler-ancestral, dpmpp-2m)");
+  cmd->add_option("--eta", g.eta, "DDIM eta (0 = deterministic)")->capture_default_str();
+  cmd->add_option("--width", g.width,
+                  "Image width, a multiple of 8 (default: the model's native size)");
+  cmd->add_option("--height", g.height,
+                  "Image height, a multiple of 8 (default: the model's native size)");
+  cmd->add_option("--clip-skip", g.clip_skip,
+                  "Use the text encoder's output this many layers before the last")
+      ->capture_default_str();
+  cmd->add_option("--device", f.device, "cpu or cuda")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  cmd->add_option("--dtype", f.dtype, "fp32, fp16 (GPU only) or bf16")->capture_default_str();
+  cmd->add_flag("--quiet", f.quiet, "No progress bar or timing summary");
+}
+
+models::LoadOptions checked_load_options(const GenerationFlags& f) {
+  if (f.gen.width % 8 != 0 || f.gen.height % 8 != 0)
+    throw Error("--width and --height must be multiples of 8, got " + std::to_string(f.gen.width) +
+                "x" + std::to_string(f.gen.height));
+  models::LoadOptions load;
+  load.device = c10::Device(f.device);
+  load.dtype = models::parse_dtype(f.dtype);
+  if (load.device.is_cpu() && load.dtype == c10::kHalf)
+    throw Error("fp16 runs on the GPU only; use --dtype fp32 or bf16 on the CPU");
+  return load;
+}
+
+std::string a1111_settings(const GenerationFlags& f, const pipeline::StableDiffusionPipeline& pipe,
+                           int64_t width, int64_t height, const std::string& model) {
+  const auto& g = f.gen;
+  char cfg[32];
+  std::snprintf(cfg, sizeof cfg, "%g", g.guidance_scale);
+  std::string s = "Steps: " + std::to_string(g.steps) + ", Sampler: " + pipe.sampler_label() +
+                  ", CFG scale: " + cfg + ", Seed: " + std::to_string(g.seed) +
+                  ", Size: " + std::to_string(width) + "x" + std::to_string(height) +
+                  ", Model: " + model;
+  // A1111 counts clip skip from 1 (= last layer); ours counts layers skipped.
+  if (g.clip_skip > 0) s += ", Clip skip: " + std::to_string(g.clip_skip + 1);
+  return s;
+}
+
+}  // namespace sdtune::cli

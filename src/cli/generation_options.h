@@ -1,0 +1,31 @@
+#pragma once
+// The options `generate` and `grid` share: sampling settings, scheduler, device and precision.
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include "sdtune/models/stable_diffusion.h"
+#include "sdtune/pipeline/stable_diffusion_pipeline.h"
+
+namespace sdtune::cli {
+
+struct GenerationFlags {
+  pipeline::GenerateOptions gen;
+  std::string scheduler, device = "cpu", dtype = "fp32";
+  bool karras = false, quiet = false;
+};
+
+// Registers --negative-prompt, --steps, --guidance-scale, --scheduler, --karras, --eta, --width,
+// --height, --clip-skip, --device, --dtype and --quiet on `cmd`.
+void add_generation_options(CLI::App* cmd, GenerationFlags& flags);
+
+// Device and dtype from the flags; an Error for fp16 on the CPU and for sizes not a multiple of 8.
+models::LoadOptions checked_load_options(const GenerationFlags& flags);
+
+// The settings line of A1111's "parameters" text:
+// "Steps: 30, Sampler: PLMS, CFG scale: 7.5, Seed: 1, Size: 512x512, Model: NAME".
+std::string a1111_settings(const GenerationFlags& flags,
+                           const pipeline::StableDiffusionPipeline& pipe, int64_t width,
+                           int64_t height, const std::string& model);
+
+}  // namespace sdtune::cli

@@ -1,0 +1,211 @@
+#include "sdtune/io/image.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+
+#include <vips/vips8>
+
+#include "sdtune/error.h"
+
+namespace sdtune::io {
+namespace {
+
+// libvips reports some problems (e.g. "not enough data" in a truncated file) only as GLib
+// warnings: they are kept here, not printed, and become part of the one-line error.
+thread_local std::string last_vips_warning;
+
+void keep_warning(const gchar*, GLogLevelFlags, const gchar* message, gpointer) {
+  last_vips_warning = message ? message : "";
+}
+
+void init_vips() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    if (VIPS_INIT("sdtune")) throw Error("cannot initialise libvips");
+    // Decoding errors surface as exceptions we report.
+    vips_cache_set_max(0);
+    g_log_set_handler("VIPS",
+                      static_cast<GLogLevelFlags>(G_LOG_LEVEL_WARNING | G_LOG_LEVEL_MESSAGE),
+                      keep_warning, nullptr);
+  });
+}
+
+// libvips' error text may span lines: one line, empty parts dropped, warnings appended.
+std::string vips_message(const vips::VError& e) {
+  std::string out;
+  std::string what = std::string(e.what()) + "\n" + last_vips_warning;
+  size_t start = 0;
+  while (start < what.size()) {
+    size_t end = what.find('\n', start);
+    if (end == std::string::npos) end = what.size();
+    std::string line = what.substr(start, end - start);
+    while (!line.empty() && (line.back() == ' ' || line.back() == '\r')) line.pop_back();
+    if (!line.empty() && out.find(line) == std::string::npos)
+      out += (out.empty() ? "" : "; ") + line;
+    start = end + 1;
+  }
+  last_vips_warning.clear();
+  return out.empty() ? "not a readable image" : out;
+}
+
+at::Tensor to_tensor(vips::VImage img) {
+  const int64_t w = img.width(), h = img.height();
+  size_t size = 0;
+  void* mem = img.write_to_memory(&size);
+  at::Tensor out = at::empty({h, w, 3}, at::kByte);
+  std::memcpy(out.data_ptr(), mem, size);
+  g_free(mem);
+  return out;
+}
+
+vips::VImage from_tensor(const at::Tensor& rgb) {
+  TORCH_CHECK(rgb.dim() == 3 && rgb.size(2) == 3 && rgb.scalar_type() == at::kByte,
+              "expected uint8 [H,W,3]");
+  at::Tensor c = rgb.contiguous().cpu();
+  // new_from_memory does not copy: copy_memory() detaches the image from the tensor's buffer.
+  return vips::VImage::new_from_memory(c.data_ptr(), c.numel(), static_cast<int>(c.size(1)),
+                                       static_cast<int>(c.size(0)), 3, VIPS_FORMAT_UCHAR)
+      .copy_memory();
+}
+
+// Black text on white, RGB, wrapped to `width` pixels.
+vips::VImage label(const std::string& text, int width) {
+  if (text.empty()) return vips::VImage::black(1, 1).invert().bandjoin_const({255, 255});
+  // vips' text takes Pango markup: escape it so that prompts are shown literally.
+  gchar* escaped = g_markup_escape_text(text.c_str(), -1);
+  vips::VImage mask =
+      vips::VImage::text(escaped, vips::VImage::option()->set("width", width)->set("dpi", 96));
+  g_free(escaped);
+  vips::VImage ink = mask.invert();  // the mask is 255 where ink is: invert for black on white
+  return ink.bandjoin(ink).bandjoin(ink).cast(VIPS_FORMAT_UCHAR);
+}
+
+// `img` centred on a white canvas of width × height.
+vips::VImage pad_to(const vips::VImage& img, int width, int height) {
+  return img.gravity(VIPS_COMPASS_DIRECTION_CENTRE, width, height,
+                     vips::VImage::option()->set("extend", VIPS_EXTEND_WHITE));
+}
+
+}  // namespace
+
+at::Tensor read_image_rgb(const std::filesystem::path& path) {
+  init_vips();
+  if (!std::filesystem::is_regular_file(path)) throw Error("image file not found", path.string());
+  try {
+    // fail_on=error: a truncated or corrupt file is an error, not a half-grey image.
+    vips::VImage img =
+        vips::VImage::new_from_file(path.c_str(), vips::VImage::option()
+                                                      ->set("access", VIPS_ACCESS_SEQUENTIAL)
+                                                      ->set("fail_on", VIPS_FAIL_ON_ERROR));
+    img = img.autorot();
+    if (img.interpretation() != VIPS_INTERPRETATION_sRGB &&
+        img.interpretation() != VIPS_INTERPRETATION_B_W) {
+      img = img.colourspace(VIPS_INTERPRETATION_sRGB);
+    }
+    if (img.has_alpha())
+      img = img.flatten(
+          vips::VImage::option()->set("background", std::vector<double>{255, 255, 255}));
+    if (img.format() != VIPS_FORMAT_UCHAR)
+      img = img.colourspace(VIPS_INTERPRETATION_sRGB);  // 16-bit -> 8-bit
+    if (img.bands() == 1) img = img.bandjoin(img).bandjoin(img);
+    if (img.bands() != 3)
+      throw Error("unsupported image: " + std::to_string(img.bands()) + " bands", path.string());
+    return to_tensor(img.cast(VIPS_FORMAT_UCHAR));
+  } catch (const vips::VError& e) {
+    throw Error("cannot read image: " + vips_message(e), path.string());
+  }
+}
+
+at::Tensor resize_image(const at::Tensor& rgb, int64_t width, int64_t height) {
+  init_vips();
+  vips::VImage img = from_tensor(rgb);
+  const double sx = static_cast<double>(width) / img.width(),
+               sy = static_cast<double>(height) / img.height();
+  img = img.resize(sx,
+                   vips::VImage::option()->set("vscale", sy)->set("kernel", VIPS_KERNEL_LANCZOS3));
+  return to_tensor(img);
+}
+
+at::Tensor labelled_grid(const std::vector<at::Tensor>& cells, int64_t rows, int64_t cols,
+                         const std::vector<std::string>& row_labels,
+                         const std::vector<std::string>& col_labels) {
+  init_vips();
+  TORCH_CHECK(static_cast<int64_t>(cells.size()) == rows * cols && rows > 0 && cols > 0,
+              "grid cell count");
+  constexpr int kGap = 6, kLabelWidth = 220;
+  const int cell_w = static_cast<int>(cells[0].size(1)),
+            cell_h = static_cast<int>(cells[0].size(0));
+  std::vector<vips::VImage> row_texts, col_texts;
+  int label_w = 0, header_h = 0;
+  for (const auto& t : row_labels) {
+    row_texts.push_back(label(t, kLabelWidth));
+    label_w = std::max(label_w, row_texts.back().width());
+  }
+  for (const auto& t : col_labels) {
+    col_texts.push_back(label(t, std::max(cell_w, 64)));
+    header_h = std::max(header_h, col_texts.back().height());
+  }
+  const int col_w = std::max(cell_w, header_h > 0 ? col_texts[0].width() : 0);
+  auto join_right = [](const vips::VImage& a, const vips::VImage& b) {
+    return a.join(b, VIPS_DIRECTION_HORIZONTAL,
+                  vips::VImage::option()
+                      ->set("expand", true)
+                      ->set("shim", kGap)
+                      ->set("background", std::vector<double>{255, 255, 255}));
+  };
+  auto join_below = [](const vips::VImage& a, const vips::VImage& b) {
+    return a.join(b, VIPS_DIRECTION_VERTICAL,
+                  vips::VImage::option()
+                      ->set("expand", true)
+                      ->set("shim", kGap)
+                      ->set("background", std::vector<double>{255, 255, 255}));
+  };
+  // Header: blank corner, then each column's label.
+  vips::VImage grid = pad_to(label("", 1), label_w + kGap, header_h + kGap);
+  for (int64_t c = 0; c < cols; ++c) {
+    int w = std::max(col_w, col_texts[c].width());
+    grid = join_right(grid, pad_to(col_texts[c], w, header_h));
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const int row_h = std::max(cell_h, row_texts[r].height());
+    vips::VImage row = pad_to(row_texts[r], label_w + kGap, row_h);
+    for (int64_t c = 0; c < cols; ++c) {
+      int w = std::max(col_w, col_texts[c].width());
+      row = join_right(row, pad_to(from_tensor(cells[r * cols + c]), w, row_h));
+    }
+    grid = join_below(grid, row);
+  }
+  return to_tensor(pad_to(grid, grid.width() + 2 * kGap, grid.height() + 2 * kGap));
+}
+
+void write_png(const std::filesystem::path& path, const at::Tensor& rgb,
+               const std::map<std::string, std::string>& text) {
+  init_vips();
+  if (std::filesystem::exists(path))
+    throw Error("refusing to overwrite an existing file", path.string());
+  const std::filesystem::path tmp = path.string() + ".tmp." + std::to_string(::getpid()) + ".png";
+  try {
+    vips::VImage img = from_tensor(rgb);
+    int i = 0;
+    for (const auto& [key, value] : text)
+      img.set(("png-comment-" + std::to_string(i++) + "-" + key).c_str(), value.c_str());
+    img.pngsave(tmp.c_str());
+  } catch (const vips::VError& e) {
+    std::filesystem::remove(tmp);
+    throw Error("cannot write PNG: " + vips_message(e), path.string());
+  }
+  // link() fails if `path` appeared meanwhile, so a concurrent writer is never clobbered either.
+  if (::link(tmp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    std::filesystem::remove(tmp);
+    throw Error(err == EEXIST ? "refusing to overwrite an existing file"
+                              : std::string("cannot create: ") + std::strerror(err),
+                path.string());
+  }
+  std::filesystem::remove(tmp);
+}
+
+}  // namespace sdtune::io

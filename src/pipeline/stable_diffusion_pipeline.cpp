@@ -1,0 +1,133 @@
+#include "sdtune/pipeline/stable_diffusion_pipeline.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <c10/core/InferenceMode.h>
+
+#include "sdtune/error.h"
+#include "sdtune/schedulers/ddim.h"
+
+namespace sdtune::pipeline {
+
+StableDiffusionPipeline::StableDiffusionPipeline(const io::ModelFolder& folder,
+                                                 const models::LoadOptions& options,
+                                                 const std::string& scheduler, bool karras)
+    : load_(options), tokenizer_(models::load_tokenizer(folder)) {
+  text_encoder_ = models::load_text_encoder(folder, options);
+  unet_ = models::load_unet(folder, options);
+  vae_ = models::load_vae(folder, options);
+  auto config = schedulers::SchedulerConfig::from_json(folder.component_config("scheduler"));
+  scheduler_name_ = schedulers::resolve_scheduler_name(scheduler, config);
+  scheduler_ = schedulers::make_scheduler(scheduler_name_, std::move(config), karras);
+}
+
+int64_t StableDiffusionPipeline::vae_scale_factor() const {
+  return int64_t{1} << (vae_->config.vae.block_out_channels.size() - 1);
+}
+
+std::string StableDiffusionPipeline::sampler_label() const {
+  static const std::map<std::string, std::string> labels{{"ddpm", "DDPM"},
+                                                         {"ddim", "DDIM"},
+                                                         {"pndm", "PLMS"},
+                                                         {"euler", "Euler"},
+                                                         {"euler-ancestral", "Euler a"},
+                                                         {"dpmpp-2m", "DPM++ 2M"}};
+  std::string label = labels.at(scheduler_name_);
+  if (scheduler_->config().use_karras_sigmas) label += " Karras";
+  return label;
+}
+
+at::Tensor StableDiffusionPipeline::encode_prompt(const GenerateOptions& o, bool* truncated) {
+  const int64_t layers = text_encoder_->config.num_hidden_layers;
+  if (o.clip_skip < 0 || o.clip_skip >= layers)
+    throw Error("clip skip " + std::to_string(o.clip_skip) + " out of range [0, " +
+                std::to_string(layers) + ")");
+  // clip_skip k: hidden_states[-(k+1)] through the final layer norm, as diffusers' encode_prompt.
+  auto encode = [&](const std::string& text, int64_t clip_skip, bool* cut) {
+    auto ids = tokenizer_.encode_padded(text, cut);
+    at::Tensor input = at::tensor(ids, at::kLong).unsqueeze(0).to(load_.device);
+    if (clip_skip == 0) return text_encoder_->forward(input).last_hidden_state;
+    auto out = text_encoder_->forward(input, /*output_hidden_states=*/true);
+    return text_encoder_->final_layer_norm->forward(
+        out.hidden_states[out.hidden_states.size() - 1 - clip_skip]);
+  };
+  at::Tensor positive = encode(o.prompt, o.clip_skip, truncated).repeat({o.num_images, 1, 1});
+  if (o.guidance_scale <= 1.0) return positive;
+  // diffusers encodes the negative prompt without clip skip.
+  at::Tensor negative = encode(o.negative_prompt, 0, nullptr).repeat({o.num_images, 1, 1});
+  return at::cat({negative, positive});
+}
+
+at::Tensor StableDiffusionPipeline::generate(const GenerateOptions& o,
+                                             const StepCallback& on_step) {
+  c10::InferenceMode inference;
+  const int64_t f = vae_scale_factor();
+  if (o.steps < 1) throw Error("steps must be at least 1, got " + std::to_string(o.steps));
+  if (o.num_images < 1)
+    throw Error("num-images must be at least 1, got " + std::to_string(o.num_images));
+  if (o.init_image && (o.strength <= 0.0 || o.strength > 1.0))
+    throw Error("strength must be in (0, 1], got " + std::to_string(o.strength));
+  int64_t width = o.width > 0 ? o.width : unet_->config.sample_size * f;
+  int64_t height = o.height > 0 ? o.height : unet_->config.sample_size * f;
+  if (o.init_image) {  // img2img takes the image's size, rounded down to the VAE's factor
+    height = o.init_image->size(0) - o.init_image->size(0) % f;
+    width = o.init_image->size(1) - o.init_image->size(1) % f;
+  }
+  if (width % 8 != 0 || height % 8 != 0)
+    throw Error("width and height must be multiples of 8, got " + std::to_string(width) + "x" +
+                std::to_string(height));
+
+  at::Tensor embeddings = encode_prompt(o);
+  const bool guidance = o.guidance_scale > 1.0;
+  // One CPU generator makes every draw, in diffusers' order, so a seed means the same image there.
+  at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(o.seed);
+  const auto cpu = at::TensorOptions().dtype(load_.dtype);
+  auto& sched = *scheduler_;
+  if (auto* ddim = dynamic_cast<schedulers::DDIMScheduler*>(scheduler_.get())) ddim->set_eta(o.eta);
+  sched.set_timesteps(o.steps);
+  at::Tensor timesteps = sched.timesteps();
+
+  at::Tensor latents;
+  if (!o.init_image) {
+    latents =
+        at::randn({o.num_images, unet_->config.in_channels, height / f, width / f}, generator, cpu)
+            .to(load_.device);
+    latents = latents * sched.init_noise_sigma();
+  } else {
+    // StableDiffusionImg2ImgPipeline: skip the first (1 − strength) of the schedule, encode the
+    // image (one posterior draw), then noise it to the first remaining timestep.
+    const int64_t init_steps = std::min(static_cast<int64_t>(o.steps * o.strength), o.steps);
+    const int64_t t_start = std::max<int64_t>(o.steps - init_steps, 0) * sched.order();
+    timesteps = timesteps.slice(0, t_start);
+    sched.set_begin_index(t_start);
+    if (timesteps.numel() == 0)
+      throw Error("strength " + std::to_string(o.strength) + " leaves no denoising step");
+    at::Tensor image = o.init_image->slice(0, 0, height).slice(1, 0, width);
+    image = image.permute({2, 0, 1}).unsqueeze(0).to(at::kFloat).div(255.0).mul(2.0).sub(1.0);
+    at::Tensor init = vae_->encode(image.to(load_.device, load_.dtype)).sample(generator);
+    init = (init * vae_->config.scaling_factor).repeat({o.num_images, 1, 1, 1});
+    at::Tensor noise = at::randn(init.sizes(), generator, cpu).to(load_.device);
+    latents = sched.add_noise(init, noise, timesteps.slice(0, 0, 1).repeat({o.num_images}));
+  }
+
+  const int64_t n = timesteps.numel();
+  for (int64_t i = 0; i < n; ++i) {
+    at::Tensor t = timesteps[i];
+    at::Tensor input = guidance ? at::cat({latents, latents}) : latents;
+    input = sched.scale_model_input(input, t);
+    at::Tensor noise_pred = unet_->forward(input, t, embeddings);
+    if (guidance) {
+      // Classifier-free guidance: ε = ε_uncond + s · (ε_text − ε_uncond).
+      auto parts = noise_pred.chunk(2);
+      noise_pred = parts[0] + o.guidance_scale * (parts[1] - parts[0]);
+    }
+    latents = sched.step(noise_pred, t, latents, generator);
+    if (on_step) on_step(i, n);
+  }
+
+  at::Tensor image = vae_->decode(latents / vae_->config.scaling_factor);
+  // [-1,1] -> [0,1] -> round(255·x), as diffusers' image processor.
+  image = (image / 2 + 0.5).clamp(0, 1).to(at::kCPU).permute({0, 2, 3, 1}).to(at::kFloat);
+  return (image * 255).round().to(at::kByte).contiguous();
+}
+
+}  // namespace sdtune::pipeline
