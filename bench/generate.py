@@ -5,7 +5,7 @@ CPU (default): an SD 1.5-shaped pipeline scaled down to run on a small CPU (UNet
 [160,320,640,640], VAE channels [64,128,256,256], SD 1.5's text encoder), 256x256, guidance 7.5
 (batch 2 through the UNet), PNDM, 10 steps, fp32. GPU (--device cuda): SD 1.5's exact configs,
 512x512, fp16, batch 1, 30 steps. The denoising loop alone is timed on both sides (diffusers:
-from the first to the last step callback; sdtune: its own "s/step" summary).
+from the first to the last step callback; sdtune: its own "s/step" summary, measured the same way).
 
     python3 bench/generate.py [--device cuda --dtype fp16] [--steps N]
 """
@@ -58,8 +58,10 @@ def main():
             stamps.append(time.perf_counter())
             return kw
 
+        # Both sides are timed the same way, in a fresh process each: from the end of the first
+        # denoising step to the end of the last (first-call warm-up, prompt encoding and VAE
+        # decoding left out).
         with torch.inference_mode():
-            pipe(prompt, num_inference_steps=2, height=size, width=size)  # warm-up
             pipe(prompt, num_inference_steps=steps, height=size, width=size, guidance_scale=7.5,
                  generator=torch.Generator("cpu").manual_seed(seed), callback_on_step_end=on_step)
         # n callbacks bracket n-1 full steps after the first.

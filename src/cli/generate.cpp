@@ -50,14 +50,19 @@ void run(Args& a) {
     std::fprintf(stderr,
                  "sdtune: warning: the prompt is longer than 77 CLIP tokens; the rest was cut off, "
                  "as diffusers does\n");
+  // Step timing: from the end of the first denoising step to the end of the last, so that the
+  // per-step figure leaves out prompt encoding, VAE decoding and first-call warm-up.
   int64_t steps_run = 0;
-  const double start = progress.elapsed();
+  double first_step_end = 0, last_step_end = 0;
   at::Tensor images = pipe.generate(g, [&](int64_t i, int64_t n) {
     steps_run = n;
+    last_step_end = progress.elapsed();
+    if (i == 0) first_step_end = last_step_end;
     progress.update(i + 1, n);
   });
-  const double loop_seconds = progress.elapsed() - start;
   progress.finish();
+  const double per_step = steps_run > 1 ? (last_step_end - first_step_end) / (steps_run - 1)
+                                        : last_step_end - load_seconds;
 
   const int64_t height = images.size(1), width = images.size(2);
   const std::string model_name =
@@ -76,11 +81,10 @@ void run(Args& a) {
   if (!a.flags.quiet) {
     std::fprintf(
         stderr,
-        "sdtune: %lld image(s) %lldx%lld, %lld steps in %.2f s (%.3f s/step), loading %.2f s, "
-        "total %.2f s\n",
+        "sdtune: %lld image(s) %lldx%lld, %lld steps (%.3f s/step), loading %.2f s, total %.2f s\n",
         static_cast<long long>(images.size(0)), static_cast<long long>(width),
-        static_cast<long long>(height), static_cast<long long>(steps_run), loop_seconds,
-        steps_run ? loop_seconds / steps_run : 0.0, load_seconds, progress.elapsed());
+        static_cast<long long>(height), static_cast<long long>(steps_run), per_step, load_seconds,
+        progress.elapsed());
     for (const auto& p : paths) std::printf("%s\n", p.string().c_str());
   }
 }
