@@ -1,6 +1,7 @@
 #include "sdtune/models/unet_2d_blocks.h"
 
 #include "sdtune/error.h"
+#include "sdtune/train/gradient_checkpoint.h"
 
 namespace sdtune::models {
 namespace nn = torch::nn;
@@ -30,6 +31,30 @@ Transformer2DModel make_transformer(const UNetBlockOptions& o, int64_t channels)
                                                  .use_linear_projection = o.use_linear_projection});
 }
 
+// Checkpointing applies only where a backward pass will follow.
+bool use_checkpoint(const nn::Module& block, bool enabled) {
+  return enabled && block.is_training() && at::GradMode::is_enabled();
+}
+
+// resnets[i](h, temb) and attentions[i](h, context), through a gradient checkpoint when asked.
+at::Tensor run_resnet(nn::ModuleList resnets, size_t i, const at::Tensor& h, const at::Tensor& temb,
+                      bool checkpoint) {
+  auto* resnet = resnets[i]->as<ResnetBlock2D>();
+  if (!checkpoint) return resnet->forward(h, temb);
+  return train::checkpoint(
+      [resnet](const std::vector<at::Tensor>& in) { return resnet->forward(in[0], in[1]); },
+      {h, temb}, resnet->parameters());
+}
+
+at::Tensor run_attention(nn::ModuleList attentions, size_t i, const at::Tensor& h,
+                         const at::Tensor& context, bool checkpoint) {
+  auto* attention = attentions[i]->as<Transformer2DModel>();
+  if (!checkpoint) return attention->forward(h, context);
+  return train::checkpoint(
+      [attention](const std::vector<at::Tensor>& in) { return attention->forward(in[0], in[1]); },
+      {h, context}, attention->parameters());
+}
+
 }  // namespace
 
 DownBlockImpl::DownBlockImpl(const UNetBlockOptions& o) {
@@ -47,11 +72,12 @@ DownBlockImpl::DownBlockImpl(const UNetBlockOptions& o) {
 std::pair<at::Tensor, std::vector<at::Tensor>> DownBlockImpl::forward(const at::Tensor& x,
                                                                       const at::Tensor& temb,
                                                                       const at::Tensor& context) {
+  const bool ckpt = use_checkpoint(*this, gradient_checkpointing);
   std::vector<at::Tensor> states;
   at::Tensor h = x;
   for (size_t i = 0; i < resnets->size(); ++i) {
-    h = resnets[i]->as<ResnetBlock2D>()->forward(h, temb);
-    if (!attentions->is_empty()) h = attentions[i]->as<Transformer2DModel>()->forward(h, context);
+    h = run_resnet(resnets, i, h, temb, ckpt);
+    if (!attentions->is_empty()) h = run_attention(attentions, i, h, context, ckpt);
     states.push_back(h);
   }
   if (!downsamplers->is_empty()) {
@@ -73,10 +99,11 @@ MidBlockCrossAttnImpl::MidBlockCrossAttnImpl(const UNetBlockOptions& o) {
 
 at::Tensor MidBlockCrossAttnImpl::forward(const at::Tensor& x, const at::Tensor& temb,
                                           const at::Tensor& context) {
-  at::Tensor h = resnets[0]->as<ResnetBlock2D>()->forward(x, temb);
+  const bool ckpt = use_checkpoint(*this, gradient_checkpointing);
+  at::Tensor h = run_resnet(resnets, 0, x, temb, ckpt);
   for (size_t i = 0; i < attentions->size(); ++i) {
-    h = attentions[i]->as<Transformer2DModel>()->forward(h, context);
-    h = resnets[i + 1]->as<ResnetBlock2D>()->forward(h, temb);
+    h = run_attention(attentions, i, h, context, ckpt);
+    h = run_resnet(resnets, i + 1, h, temb, ckpt);
   }
   return h;
 }
@@ -98,12 +125,13 @@ UpBlockImpl::UpBlockImpl(const UNetBlockOptions& o) {
 at::Tensor UpBlockImpl::forward(const at::Tensor& x, std::vector<at::Tensor> skips,
                                 const at::Tensor& temb, const at::Tensor& context,
                                 std::optional<std::vector<int64_t>> upsample_size) {
+  const bool ckpt = use_checkpoint(*this, gradient_checkpointing);
   at::Tensor h = x;
   for (size_t i = 0; i < resnets->size(); ++i) {
     h = at::cat({h, skips.back()}, 1);
     skips.pop_back();
-    h = resnets[i]->as<ResnetBlock2D>()->forward(h, temb);
-    if (!attentions->is_empty()) h = attentions[i]->as<Transformer2DModel>()->forward(h, context);
+    h = run_resnet(resnets, i, h, temb, ckpt);
+    if (!attentions->is_empty()) h = run_attention(attentions, i, h, context, ckpt);
   }
   if (!upsamplers->is_empty()) h = upsamplers[0]->as<Upsample2D>()->forward(h, upsample_size);
   return h;

@@ -138,6 +138,12 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNet2DConditionConfig& 
                              nn::Conv2d(nn::Conv2dOptions(ch[0], c.out_channels, 3).padding(1)));
 }
 
+void UNet2DConditionModelImpl::set_gradient_checkpointing(bool enabled) {
+  for (const auto& block : *down_blocks) block->as<DownBlock>()->gradient_checkpointing = enabled;
+  mid_block->gradient_checkpointing = enabled;
+  for (const auto& block : *up_blocks) block->as<UpBlock>()->gradient_checkpointing = enabled;
+}
+
 at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample_in,
                                              const at::Tensor& timestep,
                                              const at::Tensor& context) {

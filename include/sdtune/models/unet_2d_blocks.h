@@ -2,6 +2,9 @@
 // The UNet's down, mid and up blocks (diffusers' unet_2d_blocks.py). A block with attention
 // (CrossAttnDownBlock2D / CrossAttnUpBlock2D) and one without (DownBlock2D / UpBlock2D) differ
 // only in whether a Transformer2DModel follows each resnet, so one class serves both.
+// Each block's `gradient_checkpointing`: when set and the block is training with grad mode on,
+// every resnet and transformer call goes through train::checkpoint (activations recomputed in
+// backward instead of kept), as diffusers' enable_gradient_checkpointing.
 #include <optional>
 #include <vector>
 
@@ -42,6 +45,7 @@ class DownBlockImpl : public torch::nn::Module {
                                                          const at::Tensor& temb,
                                                          const at::Tensor& context);
   torch::nn::ModuleList resnets, attentions, downsamplers;
+  bool gradient_checkpointing = false;
 };
 TORCH_MODULE(DownBlock);
 
@@ -51,6 +55,7 @@ class MidBlockCrossAttnImpl : public torch::nn::Module {
   explicit MidBlockCrossAttnImpl(const UNetBlockOptions& options);
   at::Tensor forward(const at::Tensor& x, const at::Tensor& temb, const at::Tensor& context);
   torch::nn::ModuleList resnets, attentions;
+  bool gradient_checkpointing = false;
 };
 TORCH_MODULE(MidBlockCrossAttn);
 
@@ -64,6 +69,7 @@ class UpBlockImpl : public torch::nn::Module {
                      std::optional<std::vector<int64_t>> upsample_size = std::nullopt);
   int64_t num_layers() const { return static_cast<int64_t>(resnets->size()); }
   torch::nn::ModuleList resnets, attentions, upsamplers;
+  bool gradient_checkpointing = false;
 };
 TORCH_MODULE(UpBlock);
 

@@ -52,6 +52,10 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
   at::Tensor forward(const at::Tensor& sample, const at::Tensor& timestep,
                      const at::Tensor& context);
 
+  // Gradient checkpointing of every resnet and transformer in the down, mid and up blocks (in
+  // effect while training with grad mode on): less activation memory for one more forward.
+  void set_gradient_checkpointing(bool enabled);
+
   UNet2DConditionConfig config;
   torch::nn::Conv2d conv_in{nullptr}, conv_out{nullptr};
   TimestepEmbedding time_embedding{nullptr};

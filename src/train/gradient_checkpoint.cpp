@@ -1,0 +1,80 @@
+#include "sdtune/train/gradient_checkpoint.h"
+
+#include <utility>
+
+#include <ATen/core/ivalue.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include "sdtune/error.h"
+
+namespace sdtune::train {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// Carries the function from forward to backward inside ctx->saved_data (an IValue capsule).
+struct FnHolder : torch::CustomClassHolder {
+  explicit FnHolder(CheckpointedFn f) : fn(std::move(f)) {}
+  CheckpointedFn fn;
+};
+
+struct Checkpoint : torch::autograd::Function<Checkpoint> {
+  // `params` are arguments only so that autograd links them to the output: fn reads them itself.
+  static at::Tensor forward(AutogradContext* ctx, c10::intrusive_ptr<FnHolder> holder,
+                            at::TensorList inputs, at::TensorList params) {
+    // Function::apply already runs forward with grad mode off: no graph, no saved activations.
+    at::NoGradGuard no_grad;
+    at::Tensor out = holder->fn(inputs.vec());
+    ctx->saved_data["fn"] = c10::IValue::make_capsule(std::move(holder));
+    ctx->saved_data["num_inputs"] = static_cast<int64_t>(inputs.size());
+    variable_list saved = inputs.vec();
+    saved.insert(saved.end(), params.begin(), params.end());
+    ctx->save_for_backward(std::move(saved));
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    auto holder = c10::static_intrusive_pointer_cast<FnHolder>(ctx->saved_data["fn"].toCapsule());
+    const auto num_inputs = static_cast<size_t>(ctx->saved_data["num_inputs"].toInt());
+    variable_list wrt = ctx->get_saved_variables();  // inputs, then params
+    // Recompute from detached copies of the inputs, so that the recomputed graph starts at them.
+    variable_list inputs;
+    for (size_t i = 0; i < num_inputs; ++i) {
+      wrt[i] = wrt[i].detach().requires_grad_(wrt[i].requires_grad());
+      inputs.push_back(wrt[i]);
+    }
+    at::Tensor out;
+    {
+      at::AutoGradMode grad_mode(true);
+      out = holder->fn(inputs);
+    }
+    // d out / d (inputs, params) · grad_out, for those that need it.
+    variable_list targets;
+    for (const at::Tensor& x : wrt)
+      if (x.requires_grad()) targets.push_back(x);
+    variable_list grads;
+    if (!targets.empty() && out.requires_grad())
+      grads = torch::autograd::grad({out}, targets, {grad_outputs[0]}, /*retain_graph=*/false,
+                                    /*create_graph=*/false, /*allow_unused=*/true);
+    // One gradient per forward argument: none for the function, then the inputs and params.
+    variable_list result{at::Tensor()};
+    size_t next = 0;
+    for (const at::Tensor& x : wrt)
+      result.push_back(x.requires_grad() && next < grads.size() ? grads[next++] : at::Tensor());
+    return result;
+  }
+};
+
+}  // namespace
+
+at::Tensor checkpoint(CheckpointedFn fn, const std::vector<at::Tensor>& inputs,
+                      const std::vector<at::Tensor>& params) {
+  for (const at::Tensor& x : inputs)
+    if (!x.defined()) throw Error("gradient checkpoint: undefined input tensor");
+  return Checkpoint::apply(c10::make_intrusive<FnHolder>(std::move(fn)), at::TensorList(inputs),
+                           at::TensorList(params));
+}
+
+}  // namespace sdtune::train

@@ -1,0 +1,160 @@
+// Test driver: runs N training-loop updates (AdamW over two parameter groups, a named LR schedule
+// setting both groups' lr every step, and two EMAs of the weights) on gradients read from a file,
+// so that tests/train/test_optim.py can compare it with torch.optim.AdamW(fused=True),
+// diffusers.optimization.get_scheduler and diffusers.training_utils.EMAModel doing the same.
+//
+//   sdtune_optim_check --inputs in.safetensors --out out.safetensors --steps N
+//       --schedule NAME --warmup W --total T --lr A,B --wd C,D [--num-cycles K] [--power P]
+//       [--grad-scale S] [--found-inf-step K]
+//
+// Inputs: "param.{j}" (j = 0..3; group 0 holds params 0 and 1, group 1 params 2 and 3),
+// "grad.{k}.{j}" (the gradient of param j at step k; absent: no gradient that step), "frozen"
+// (a weight without grad) and "frozen.{k}" (its value set at step k, which the EMA copies).
+// With --grad-scale the gradients are taken as scaled by S (the loss scaler's) and the optimizer
+// gets grad_scale = S and found_inf = 1 at step --found-inf-step, 0 otherwise.
+// Outputs: "param.{j}", "frozen", "opt.{optimizer state_dict key}", "lr.{g}" (float64 [N]),
+// "ema.shadow.{j}" / "ema_warmup.shadow.{j}" (j = 0..4, 4 = frozen), "ema.decay" /
+// "ema_warmup.decay" (float64 [N]); "ema" has the defaults, "ema_warmup" use_ema_warmup with
+// update_after_step 2, min_decay 0.05, power 3/4.
+#include <iostream>
+#include <map>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "sdtune/error.h"
+#include "sdtune/io/tensor.h"
+#include "sdtune/train/adamw.h"
+#include "sdtune/train/ema.h"
+#include "sdtune/train/lr_schedule.h"
+
+namespace {
+
+using sdtune::Error;
+namespace train = sdtune::train;
+
+constexpr int kParams = 4;
+
+std::vector<double> parse_pair(const std::string& text) {
+  std::vector<double> out;
+  std::stringstream s(text);
+  for (std::string item; std::getline(s, item, ',');) out.push_back(std::stod(item));
+  if (out.size() != 2) throw Error("expected two comma-separated values, got '" + text + "'");
+  return out;
+}
+
+void run(std::map<std::string, std::string> args) {
+  auto take = [&](const std::string& key, std::optional<std::string> fallback = std::nullopt) {
+    auto it = args.find(key);
+    if (it == args.end()) {
+      if (!fallback) throw Error("missing " + key);
+      return *fallback;
+    }
+    std::string value = it->second;
+    args.erase(it);
+    return value;
+  };
+  const std::string inputs = take("--inputs"), out_path = take("--out");
+  const int64_t steps = std::stoll(take("--steps"));
+  const std::vector<double> lr = parse_pair(take("--lr")), wd = parse_pair(take("--wd"));
+  train::LrScheduleOptions sched_options;
+  const std::string schedule_name = take("--schedule");
+  sched_options.warmup_steps = std::stoll(take("--warmup"));
+  sched_options.total_steps = std::stoll(take("--total"));
+  sched_options.num_cycles = std::stoll(take("--num-cycles", "1"));
+  sched_options.power = std::stod(take("--power", "1.0"));
+  sched_options.base_lr = lr[0];  // optimizer.defaults["lr"]
+  const std::string scale_text = take("--grad-scale", "");
+  const int64_t found_inf_step = std::stoll(take("--found-inf-step", "-1"));
+  if (!args.empty()) throw Error("unknown option " + args.begin()->first);
+
+  const auto in = sdtune::io::read_tensors(inputs);
+  auto input = [&](const std::string& name) -> const at::Tensor* {
+    auto it = in.find(name);
+    return it == in.end() ? nullptr : &it->second;
+  };
+  auto required = [&](const std::string& name) {
+    const at::Tensor* t = input(name);
+    if (!t) throw Error("missing input tensor", inputs, name);
+    return t->clone();
+  };
+
+  std::vector<at::Tensor> params;
+  for (int j = 0; j < kParams; ++j)
+    params.push_back(required("param." + std::to_string(j)).set_requires_grad(true));
+  at::Tensor frozen = required("frozen");
+  std::vector<at::Tensor> model = params;
+  model.push_back(frozen);
+
+  train::LrSchedule schedule(schedule_name, sched_options);
+  train::AdamW opt(
+      {{{params[0], params[1]}, lr[0], wd[0]}, {{params[2], params[3]}, lr[1], wd[1]}});
+  train::Ema ema(model);
+  train::EmaOptions warm_options;
+  warm_options.use_ema_warmup = true;
+  warm_options.update_after_step = 2;
+  warm_options.min_decay = 0.05;
+  warm_options.power = 3.0 / 4.0;
+  train::Ema ema_warmup(model, warm_options);
+
+  at::Tensor lrs = at::zeros({2, steps}, at::kDouble);
+  at::Tensor decays = at::zeros({2, steps}, at::kDouble);
+  for (int64_t k = 0; k < steps; ++k) {
+    for (int g = 0; g < 2; ++g) {
+      opt.set_lr(g, schedule.lr(lr[g], k));
+      lrs[g][k] = opt.lr(g);
+    }
+    for (int j = 0; j < kParams; ++j) {
+      const at::Tensor* grad = input("grad." + std::to_string(k) + "." + std::to_string(j));
+      if (grad) params[j].mutable_grad() = grad->clone();
+    }
+    std::optional<at::Tensor> grad_scale, found_inf;
+    if (!scale_text.empty()) {
+      grad_scale = at::scalar_tensor(std::stod(scale_text), at::kFloat);
+      found_inf = at::scalar_tensor(k == found_inf_step ? 1.0 : 0.0, at::kFloat);
+    }
+    opt.step(grad_scale, found_inf);
+    opt.zero_grad();
+    for (const auto& p : params)
+      if (p.grad().defined()) throw Error("zero_grad left a gradient");
+    frozen.copy_(required("frozen." + std::to_string(k)));
+    ema.step(model);
+    ema_warmup.step(model);
+    decays[0][k] = ema.cur_decay_value();
+    decays[1][k] = ema_warmup.cur_decay_value();
+  }
+
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (int j = 0; j < kParams; ++j) out.emplace_back("param." + std::to_string(j), params[j]);
+  out.emplace_back("frozen", frozen);
+  for (const auto& [key, t] : opt.state_dict()) out.emplace_back("opt." + key, t);
+  for (int g = 0; g < 2; ++g) out.emplace_back("lr." + std::to_string(g), lrs[g].clone());
+  for (size_t j = 0; j < model.size(); ++j) {
+    out.emplace_back("ema.shadow." + std::to_string(j), ema.shadow_params()[j]);
+    out.emplace_back("ema_warmup.shadow." + std::to_string(j), ema_warmup.shadow_params()[j]);
+  }
+  out.emplace_back("ema.decay", decays[0].clone());
+  out.emplace_back("ema_warmup.decay", decays[1].clone());
+  sdtune::io::write_tensors(out_path, out);
+  std::cout << "parameters " << opt.num_parameters() << " state_bytes " << opt.state_bytes()
+            << "\n";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    std::map<std::string, std::string> args;
+    for (int i = 1; i < argc; ++i) {
+      const std::string flag = argv[i];
+      if (flag.rfind("--", 0) != 0 || i + 1 >= argc) throw Error("unexpected argument " + flag);
+      args[flag] = argv[++i];
+    }
+    run(std::move(args));
+  } catch (const std::exception& e) {
+    std::cerr << "sdtune_optim_check: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}

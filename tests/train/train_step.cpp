@@ -1,0 +1,132 @@
+// Test driver: one training step of the UNet (forward, loss, backward) on given inputs, so that
+// tests/train/test_train_step.py can compare the loss and every parameter's gradient with
+// diffusers' UNet under train_text_to_image.py's loss.
+//
+//   sdtune_train_step --model DIR --inputs in.safetensors --out out.safetensors
+//       [--prediction-type epsilon|v_prediction|sample] [--snr-gamma G] [--gradient-checkpointing]
+//
+// Inputs: `latents` (x₀), `noise` (ε), `timesteps` (int64 [B]), `encoder_hidden_states`.
+// Outputs: `loss` and `grad.<parameter name>` for every UNet parameter. The prediction type
+// defaults to the scheduler config's.
+#include <iostream>
+#include <map>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "sdtune/error.h"
+#include "sdtune/io/model_folder.h"
+#include "sdtune/io/tensor.h"
+#include "sdtune/models/stable_diffusion.h"
+#include "sdtune/schedulers/scheduler.h"
+#include "sdtune/train/diffusion_loss.h"
+
+namespace {
+
+using sdtune::Error;
+namespace sched = sdtune::schedulers;
+namespace train = sdtune::train;
+
+struct Args {
+  std::string model, inputs, out;
+  std::optional<std::string> prediction_type;
+  std::optional<double> snr_gamma;
+  bool gradient_checkpointing = false;
+};
+
+Args parse_args(int argc, char** argv) {
+  Args a;
+  std::map<std::string, std::string> values;
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    if (flag == "--gradient-checkpointing") {
+      a.gradient_checkpointing = true;
+    } else if (flag.rfind("--", 0) == 0 && i + 1 < argc) {
+      values[flag] = argv[++i];
+    } else {
+      throw Error("unexpected argument '" + flag + "'");
+    }
+  }
+  auto take = [&](const std::string& key) -> std::optional<std::string> {
+    auto it = values.find(key);
+    if (it == values.end()) return std::nullopt;
+    std::string value = it->second;
+    values.erase(it);
+    return value;
+  };
+  auto required = [&](const std::string& key) {
+    auto value = take(key);
+    if (!value) throw Error("missing " + key);
+    return *value;
+  };
+  a.model = required("--model");
+  a.inputs = required("--inputs");
+  a.out = required("--out");
+  a.prediction_type = take("--prediction-type");
+  if (auto gamma = take("--snr-gamma")) a.snr_gamma = std::stod(*gamma);
+  if (!values.empty()) throw Error("unknown option " + values.begin()->first);
+  return a;
+}
+
+sched::PredictionType parse_prediction_type(const std::string& name) {
+  if (name == "epsilon") return sched::PredictionType::Epsilon;
+  if (name == "v_prediction") return sched::PredictionType::VPrediction;
+  if (name == "sample") return sched::PredictionType::Sample;
+  throw Error("unknown prediction type '" + name + "'");
+}
+
+at::Tensor input(const std::map<std::string, at::Tensor>& in, const std::string& name) {
+  auto it = in.find(name);
+  if (it == in.end()) throw Error("missing input tensor '" + name + "'");
+  return it->second;
+}
+
+void run(const Args& a) {
+  const auto folder = sdtune::io::ModelFolder::open(a.model);
+  auto unet = sdtune::models::load_unet(folder);
+  const auto config = sched::SchedulerConfig::from_json(folder.component_config("scheduler"));
+  const sched::NoiseSchedule schedule = sched::make_noise_schedule(config);
+  const sched::PredictionType type =
+      a.prediction_type ? parse_prediction_type(*a.prediction_type) : config.prediction_type;
+
+  const auto in = sdtune::io::read_tensors(a.inputs);
+  const at::Tensor latents = input(in, "latents"), noise = input(in, "noise");
+  const at::Tensor timesteps = input(in, "timesteps").to(at::kLong);
+  const at::Tensor context = input(in, "encoder_hidden_states");
+
+  unet->train();
+  unet->set_gradient_checkpointing(a.gradient_checkpointing);
+  // x_t = √ᾱ_t · x₀ + √(1 − ᾱ_t) · ε (DDPMScheduler.add_noise).
+  std::vector<int64_t> shape(latents.dim(), 1);
+  shape[0] = -1;
+  const at::Tensor ac = schedule.alphas_cumprod.index_select(0, timesteps).reshape(shape);
+  const at::Tensor noisy = at::pow(ac, 0.5) * latents + at::pow(1 - ac, 0.5) * noise;
+
+  const at::Tensor model_pred = unet->forward(noisy, timesteps, context);
+  const at::Tensor target = train::training_target(type, latents, noise, timesteps, schedule);
+  std::optional<at::Tensor> weights;
+  if (a.snr_gamma)
+    weights = train::min_snr_weights(train::snr(schedule, timesteps), *a.snr_gamma, type);
+  const at::Tensor loss = train::diffusion_loss(model_pred, target, weights);
+  loss.backward();
+
+  std::vector<std::pair<std::string, at::Tensor>> out{{"loss", loss.detach()}};
+  for (const auto& p : unet->named_parameters()) {
+    const at::Tensor& grad = p.value().grad();
+    out.emplace_back("grad." + p.key(), grad.defined() ? grad : at::zeros_like(p.value()));
+  }
+  sdtune::io::write_tensors(a.out, out);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    run(parse_args(argc, argv));
+    return 0;
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  }
+}
