@@ -12,14 +12,6 @@
 namespace sdtune::io {
 namespace {
 
-std::string shape_str(at::IntArrayRef shape) {
-  std::ostringstream s;
-  s << "[";
-  for (size_t i = 0; i < shape.size(); ++i) s << (i ? "," : "") << shape[i];
-  s << "]";
-  return s.str();
-}
-
 // "a, b, c and 12 more": keeps a one-line error readable for a wholly wrong checkpoint.
 std::string name_list(const std::vector<std::string>& names, size_t shown = 8) {
   std::string out;
@@ -29,6 +21,35 @@ std::string name_list(const std::vector<std::string>& names, size_t shown = 8) {
 }
 
 }  // namespace
+
+std::string shape_string(at::IntArrayRef shape) {
+  std::ostringstream s;
+  s << "[";
+  for (size_t i = 0; i < shape.size(); ++i) s << (i ? "," : "") << shape[i];
+  s << "]";
+  return s.str();
+}
+
+void KeyMismatch::add_mismatch(const std::string& key, at::IntArrayRef expected,
+                               at::IntArrayRef got) {
+  mismatched.push_back(key + " (expected " + shape_string(expected) + ", got " + shape_string(got) +
+                       ")");
+}
+
+void KeyMismatch::throw_if_any(const std::string& what, const std::string& source) const {
+  if (missing.empty() && mismatched.empty() && unexpected.empty()) return;
+  std::string msg = what + ":";
+  auto part = [&](const char* label, const std::vector<std::string>& names) {
+    if (!names.empty())
+      msg += std::string(" ") + label + " (" + std::to_string(names.size()) +
+             "): " + name_list(names) + ";";
+  };
+  part("missing keys", missing);
+  part("shape mismatches", mismatched);
+  part("unexpected keys", unexpected);
+  msg.pop_back();
+  throw Error(msg, source);
+}
 
 StateDict read_state_dict(const std::vector<std::filesystem::path>& files) {
   StateDict merged;
@@ -50,36 +71,23 @@ void load_into(torch::nn::Module& module, const StateDict& state, const std::str
   auto targets = state_dict_of(module);
   std::set<std::string> ignore(ignored.begin(), ignored.end());
   std::set<std::string> used;
-  std::vector<std::string> missing, mismatched, unexpected;
+  KeyMismatch report;
   for (auto& [name, target] : targets) {
     auto it = state.find(name);
     if (it == state.end()) {
-      if (!ignore.count(name)) missing.push_back(name);
+      if (!ignore.count(name)) report.missing.push_back(name);
       continue;
     }
     used.insert(name);
     if (!it->second.sizes().equals(target.sizes())) {
-      mismatched.push_back(name + " (expected " + shape_str(target.sizes()) + ", got " +
-                           shape_str(it->second.sizes()) + ")");
+      report.add_mismatch(name, target.sizes(), it->second.sizes());
       continue;
     }
   }
   for (const auto& [name, tensor] : state)
-    if (!used.count(name) && !ignore.count(name)) unexpected.push_back(name);
+    if (!used.count(name) && !ignore.count(name)) report.unexpected.push_back(name);
 
-  if (!missing.empty() || !mismatched.empty() || !unexpected.empty()) {
-    std::string msg = "weights do not match the model config:";
-    if (!missing.empty())
-      msg += " missing keys (" + std::to_string(missing.size()) + "): " + name_list(missing) + ";";
-    if (!mismatched.empty())
-      msg += " shape mismatches (" + std::to_string(mismatched.size()) +
-             "): " + name_list(mismatched) + ";";
-    if (!unexpected.empty())
-      msg += " unexpected keys (" + std::to_string(unexpected.size()) +
-             "): " + name_list(unexpected) + ";";
-    msg.pop_back();
-    throw Error(msg, source);
-  }
+  report.throw_if_any("weights do not match the model config", source);
 
   at::NoGradGuard no_grad;
   for (auto& [name, target] : targets) {

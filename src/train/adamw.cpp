@@ -14,22 +14,6 @@ namespace {
 
 const char* const kStateNames[] = {"exp_avg", "exp_avg_sq", "step"};
 
-std::string shape_str(at::IntArrayRef shape) {
-  std::ostringstream s;
-  s << "[";
-  for (size_t i = 0; i < shape.size(); ++i) s << (i ? "," : "") << shape[i];
-  s << "]";
-  return s.str();
-}
-
-// "a, b, c and 12 more": keeps the one-line error readable for a wholly wrong checkpoint.
-std::string name_list(const std::vector<std::string>& names, size_t shown = 8) {
-  std::string out;
-  for (size_t i = 0; i < names.size() && i < shown; ++i) out += (i ? ", " : "") + names[i];
-  if (names.size() > shown) out += " and " + std::to_string(names.size() - shown) + " more";
-  return out;
-}
-
 std::string state_key(size_t g, size_t i, const std::string& name) {
   return "group" + std::to_string(g) + ".param" + std::to_string(i) + "." + name;
 }
@@ -202,8 +186,8 @@ void AdamW::load_state_dict(const io::StateDict& state) {
     const at::Tensor& p = groups_[g].params[i];
     const bool is_step = name == "step";
     if (is_step ? tensor.numel() != 1 || tensor.dim() != 0 : !tensor.sizes().equals(p.sizes())) {
-      mismatched.push_back(key + " (expected " + (is_step ? "[]" : shape_str(p.sizes())) +
-                           ", got " + shape_str(tensor.sizes()) + ")");
+      mismatched.push_back(key + " (expected " + (is_step ? "[]" : io::shape_string(p.sizes())) +
+                           ", got " + io::shape_string(tensor.sizes()) + ")");
     }
     found[{g, i}][name] = tensor;  // present, even when mismatched: not also reported missing
   }
@@ -211,19 +195,8 @@ void AdamW::load_state_dict(const io::StateDict& state) {
     for (const char* name : kStateNames)
       if (!entries.count(name)) missing.push_back(state_key(gi.first, gi.second, name));
 
-  if (!missing.empty() || !mismatched.empty() || !unexpected.empty()) {
-    std::string msg = "optimizer state does not match the parameter groups:";
-    if (!missing.empty())
-      msg += " missing keys (" + std::to_string(missing.size()) + "): " + name_list(missing) + ";";
-    if (!mismatched.empty())
-      msg += " shape mismatches (" + std::to_string(mismatched.size()) +
-             "): " + name_list(mismatched) + ";";
-    if (!unexpected.empty())
-      msg += " unexpected keys (" + std::to_string(unexpected.size()) +
-             "): " + name_list(unexpected) + ";";
-    msg.pop_back();
-    throw Error(msg);
-  }
+  io::KeyMismatch{missing, mismatched, unexpected}.throw_if_any(
+      "optimizer state does not match the parameter groups");
 
   // As torch's Optimizer.load_state_dict: the saved state replaces the current one entirely, so
   // a parameter without saved state starts fresh.

@@ -17,21 +17,6 @@ const char* const kScalarKeys[] = {
     "optimization_step", "decay",     "min_decay", "update_after_step",
     "use_ema_warmup",    "inv_gamma", "power"};
 
-std::string shape_str(at::IntArrayRef shape) {
-  std::ostringstream s;
-  s << "[";
-  for (size_t i = 0; i < shape.size(); ++i) s << (i ? "," : "") << shape[i];
-  s << "]";
-  return s.str();
-}
-
-std::string name_list(const std::vector<std::string>& names, size_t shown = 8) {
-  std::string out;
-  for (size_t i = 0; i < names.size() && i < shown; ++i) out += (i ? ", " : "") + names[i];
-  if (names.size() > shown) out += " and " + std::to_string(names.size() - shown) + " more";
-  return out;
-}
-
 std::string shadow_key(size_t i) {
   return "shadow_params." + std::to_string(i);
 }
@@ -140,8 +125,8 @@ void Ema::load_state_dict(const io::StateDict& state) {
     if (it == state.end())
       missing.push_back(key);
     else if (!it->second.sizes().equals(shadow_[i].sizes()))
-      mismatched.push_back(key + " (expected " + shape_str(shadow_[i].sizes()) + ", got " +
-                           shape_str(it->second.sizes()) + ")");
+      mismatched.push_back(key + " (expected " + io::shape_string(shadow_[i].sizes()) + ", got " +
+                           io::shape_string(it->second.sizes()) + ")");
   }
   for (const char* key : kScalarKeys) {
     auto it = state.find(key);
@@ -149,23 +134,12 @@ void Ema::load_state_dict(const io::StateDict& state) {
       missing.push_back(key);
     else if (it->second.numel() != 1)
       mismatched.push_back(std::string(key) + " (expected [], got " +
-                           shape_str(it->second.sizes()) + ")");
+                           io::shape_string(it->second.sizes()) + ")");
   }
   for (const auto& [key, tensor] : state)
     if (!known.count(key)) unexpected.push_back(key);
-  if (!missing.empty() || !mismatched.empty() || !unexpected.empty()) {
-    std::string msg = "EMA state does not match the model:";
-    if (!missing.empty())
-      msg += " missing keys (" + std::to_string(missing.size()) + "): " + name_list(missing) + ";";
-    if (!mismatched.empty())
-      msg += " shape mismatches (" + std::to_string(mismatched.size()) +
-             "): " + name_list(mismatched) + ";";
-    if (!unexpected.empty())
-      msg += " unexpected keys (" + std::to_string(unexpected.size()) +
-             "): " + name_list(unexpected) + ";";
-    msg.pop_back();
-    throw Error(msg);
-  }
+  io::KeyMismatch{missing, mismatched, unexpected}.throw_if_any(
+      "EMA state does not match the model");
   const double decay = state.at("decay").item<double>();
   if (decay < 0.0 || decay > 1.0) throw Error("EMA state: decay must be in [0, 1]", "", "decay");
 

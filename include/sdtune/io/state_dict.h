@@ -28,6 +28,18 @@ StateDict read_state_dict(const std::vector<std::filesystem::path>& files);
 void load_into(torch::nn::Module& module, const StateDict& state, const std::string& source,
                const std::vector<std::string>& ignored = {});
 
+// "[2,3]": a shape as the key-mismatch errors print it.
+std::string shape_string(at::IntArrayRef shape);
+
+// The keys of a saved state that do not fit what loads it. throw_if_any() raises one one-line
+// Error: "<what>: missing keys (n): a, b; shape mismatches (n): k (expected [..], got [..]);
+// unexpected keys (n): ..." (long lists end in "and N more"), with file = `source`.
+struct KeyMismatch {
+  std::vector<std::string> missing, mismatched, unexpected;
+  void add_mismatch(const std::string& key, at::IntArrayRef expected, at::IntArrayRef got);
+  void throw_if_any(const std::string& what, const std::string& source = "") const;
+};
+
 // The module's parameters and buffers under their state-dict names, in registration order.
 std::vector<std::pair<std::string, at::Tensor>> state_dict_of(const torch::nn::Module& module);
 
