@@ -48,6 +48,9 @@ std::string vips_message(const vips::VError& e) {
     start = end + 1;
   }
   last_vips_warning.clear();
+  // VError copies libvips' error buffer without clearing it: clear it here, or the next failure's
+  // message would repeat this one (a training run reads many files).
+  vips_error_clear();
   return out.empty() ? "not a readable image" : out;
 }
 

@@ -1,0 +1,20 @@
+#pragma once
+// Reading one training image, where a bad file costs that example and not the run.
+#include <optional>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "sdtune/data/caption_dataset.h"
+#include "sdtune/data/image_transforms.h"
+
+namespace sdtune::data {
+
+// The example's image as transform_image makes it (float [3,R,R] in [-1, 1]), or nullopt when the
+// file is corrupt, truncated or unreadable: then a one-line warning naming it goes to stderr and
+// it is added to `skipped`. Images smaller than the resolution are upscaled.
+std::optional<at::Tensor> load_training_image(const Example& example,
+                                              const TransformOptions& options, at::Generator& gen,
+                                              std::vector<Skipped>& skipped);
+
+}  // namespace sdtune::data

@@ -1,0 +1,55 @@
+#pragma once
+// Training-image preprocessing as diffusers' train_text_to_image.py does it (Resize of the
+// shorter side, center or random crop, random horizontal flip, [-1, 1] floats), and kohya's
+// aspect-ratio buckets.
+#include <cstdint>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+namespace sdtune::data {
+
+struct TransformOptions {
+  int64_t resolution = 512;
+  bool center_crop = false;  // else a random crop
+  bool random_flip = false;  // horizontal, p = 0.5
+};
+
+// uint8 [H,W,3] RGB -> float [3,R,R] in [-1, 1]. Random crops and flips are drawn from `gen`
+// (a CPU generator), crop offsets first, as torchvision draws them.
+at::Tensor transform_image(const at::Tensor& rgb, const TransformOptions& options,
+                           at::Generator& gen);
+
+// Resizes uint8 [H,W,3] so that its shorter side is `size`; the longer side is truncated as
+// torchvision's Resize(int) does. Small images are upscaled.
+at::Tensor resize_shorter_side(const at::Tensor& rgb, int64_t size);
+
+// The top-left corner of a centred crop: torchvision's CenterCrop (Python round, half to even).
+int64_t center_crop_offset(int64_t length, int64_t crop);
+
+struct BucketResolution {
+  int64_t width = 0, height = 0;
+  bool operator==(const BucketResolution&) const = default;
+  auto operator<=>(const BucketResolution&) const = default;
+};
+
+// kohya's make_bucket_resolutions: the square bucket of side ⌊√area⌋ (in steps of `divisible`)
+// plus, for each width from min_size to max_size in steps of `divisible`, the tallest height (a
+// multiple of `divisible`, ≤ max_size) keeping width × height ≤ max_width × max_height, and its
+// transpose, where that height is ≥ min_size. Sorted, without duplicates.
+std::vector<BucketResolution> make_bucket_resolutions(int64_t max_width, int64_t max_height,
+                                                      int64_t min_size = 256,
+                                                      int64_t max_size = 1024,
+                                                      int64_t divisible = 64);
+
+// The bucket whose aspect ratio (w/h) is closest to the image's (the first on ties).
+BucketResolution select_bucket(int64_t width, int64_t height,
+                               const std::vector<BucketResolution>& buckets);
+
+// uint8 [H,W,3] resized (aspect kept) to cover the bucket, then center-cropped to it.
+at::Tensor resize_to_bucket(const at::Tensor& rgb, const BucketResolution& bucket);
+
+// uint8 [H,W,3] -> float [3,H,W], x / 127.5 - 1 (ToTensor + Normalize([0.5], [0.5])).
+at::Tensor to_model_input(const at::Tensor& rgb);
+
+}  // namespace sdtune::data

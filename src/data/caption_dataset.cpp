@@ -1,0 +1,128 @@
+#include "sdtune/data/caption_dataset.h"
+
+#include <algorithm>
+#include <cctype>
+#include <fstream>
+#include <iostream>
+#include <set>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "sdtune/error.h"
+
+namespace sdtune::data {
+namespace fs = std::filesystem;
+namespace {
+
+std::string lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return s;
+}
+
+std::vector<fs::path> find_images(const fs::path& dir) {
+  std::vector<fs::path> out;
+  for (const auto& entry : fs::recursive_directory_iterator(dir)) {
+    if (entry.is_regular_file() && is_image_file(entry.path())) out.push_back(entry.path());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error("cannot read caption file", path.string());
+  std::stringstream s;
+  s << in.rdbuf();
+  std::string text = s.str();
+  // Editors leave a trailing newline; kohya strips the caption too.
+  const auto not_space = [](unsigned char c) { return !std::isspace(c); };
+  text.erase(std::find_if(text.rbegin(), text.rend(), not_space).base(), text.end());
+  text.erase(text.begin(), std::find_if(text.begin(), text.end(), not_space));
+  return text;
+}
+
+std::string caption_of(const nlohmann::json& row, const std::string& column,
+                       const std::string& where, const fs::path& file) {
+  auto it = row.find(column);
+  if (it == row.end())
+    throw Error("row has no caption column '" + column + "'", file.string(), where);
+  if (it->is_string()) return it->get<std::string>();
+  if (it->is_array() && !it->empty() && (*it)[0].is_string()) return (*it)[0].get<std::string>();
+  throw Error("caption column '" + column + "' should hold a string or a list of strings",
+              file.string(), where);
+}
+
+}  // namespace
+
+bool is_image_file(const fs::path& path) {
+  static const std::set<std::string> kExtensions = {".jpg", ".jpeg", ".png", ".webp",
+                                                    ".bmp", ".tif",  ".tiff"};
+  return kExtensions.count(lower(path.extension().string())) > 0;
+}
+
+void skip(std::vector<Skipped>& skipped, const fs::path& path, const std::string& reason) {
+  std::cerr << "sdtune: warning: skipping " << path.string() << ": " << reason << "\n";
+  skipped.push_back({path, reason});
+}
+
+CaptionDataset CaptionDataset::from_folder(const fs::path& dir, const std::string& image_column,
+                                           const std::string& caption_column) {
+  if (!fs::is_directory(dir)) throw Error("dataset folder not found", dir.string());
+  CaptionDataset out;
+  const std::vector<fs::path> images = find_images(dir);
+  const fs::path metadata = dir / "metadata.jsonl";
+
+  if (fs::is_regular_file(metadata)) {
+    std::ifstream in(metadata);
+    if (!in) throw Error("cannot read", metadata.string());
+    std::set<fs::path> listed;
+    std::string line;
+    for (int64_t number = 1; std::getline(in, line); ++number) {
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      const std::string where = "line " + std::to_string(number);
+      nlohmann::json row;
+      try {
+        row = nlohmann::json::parse(line);
+      } catch (const nlohmann::json::parse_error& e) {
+        throw Error(where + " is not valid JSON: " + e.what(), metadata.string(), where);
+      }
+      if (!row.is_object()) throw Error(where + " is not a JSON object", metadata.string(), where);
+      auto name = row.find("file_name");
+      if (name == row.end()) name = row.find(image_column);
+      if (name == row.end() || !name->is_string())
+        throw Error("row has no \"file_name\"", metadata.string(), where);
+      const fs::path image = (dir / name->get<std::string>()).lexically_normal();
+      const std::string caption = caption_of(row, caption_column, where, metadata);
+      if (!fs::is_regular_file(image)) {
+        skip(out.skipped_, image, "listed in metadata.jsonl " + where + " but not found");
+        continue;
+      }
+      if (!listed.insert(image).second) {
+        skip(out.skipped_, image, "listed again in metadata.jsonl " + where);
+        continue;
+      }
+      out.examples_.push_back({image, caption, "metadata.jsonl:" + std::to_string(number)});
+    }
+    for (const auto& image : images) {
+      if (!listed.count(image.lexically_normal()))
+        skip(out.skipped_, image, "not listed in metadata.jsonl");
+    }
+    std::sort(out.examples_.begin(), out.examples_.end(),
+              [](const Example& a, const Example& b) { return a.image < b.image; });
+  } else {
+    for (const auto& image : images) {
+      fs::path sidecar = image;
+      sidecar.replace_extension(".txt");
+      if (fs::is_regular_file(sidecar))
+        out.examples_.push_back({image, read_text(sidecar), sidecar.filename().string()});
+      else
+        out.examples_.push_back({image, "", ""});
+    }
+  }
+  if (out.examples_.empty()) throw Error("no usable image in " + dir.string(), dir.string());
+  return out;
+}
+
+}  // namespace sdtune::data
