@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "sdtune/error.h"
+#include "sdtune/io/parquet.h"
 
 namespace sdtune::data {
 namespace fs = std::filesystem;
@@ -123,6 +124,53 @@ CaptionDataset CaptionDataset::from_folder(const fs::path& dir, const std::strin
   }
   if (out.examples_.empty()) throw Error("no usable image in " + dir.string(), dir.string());
   return out;
+}
+
+CaptionDataset CaptionDataset::from_parquet(const std::vector<fs::path>& files,
+                                            const std::string& image_column,
+                                            const std::string& caption_column) {
+  if (files.empty()) throw Error("no parquet file given");
+  CaptionDataset out;
+  for (const auto& file : files) {
+    for (auto& row : io::read_parquet_images(file, image_column, caption_column)) {
+      const std::string where = file.string() + ":row " + std::to_string(row.row);
+      const std::string name = row.path.empty() ? where : where + " (" + row.path + ")";
+      if (!row.bytes) {
+        skip(out.skipped_, name, "no image bytes in column '" + image_column + "'");
+        continue;
+      }
+      out.examples_.push_back({name, std::move(row.caption),
+                               file.filename().string() + ":row " + std::to_string(row.row),
+                               std::move(row.bytes)});
+    }
+  }
+  if (out.examples_.empty()) {
+    std::string names;
+    for (const auto& file : files) names += (names.empty() ? "" : ", ") + file.string();
+    throw Error("no usable image: no row has image bytes", names);
+  }
+  return out;
+}
+
+CaptionDataset open_dataset(const fs::path& path, const std::string& image_column,
+                            const std::string& caption_column) {
+  if (!fs::exists(path)) throw Error("dataset not found", path.string());
+  if (!fs::is_directory(path)) {
+    if (lower(path.extension().string()) == ".parquet")
+      return CaptionDataset::from_parquet({path}, image_column, caption_column);
+    throw Error("a dataset is a folder of images or a .parquet file", path.string());
+  }
+  std::vector<fs::path> parquet;
+  bool has_images = false;
+  for (const auto& entry : fs::recursive_directory_iterator(path)) {
+    if (!entry.is_regular_file()) continue;
+    if (lower(entry.path().extension().string()) == ".parquet") parquet.push_back(entry.path());
+    has_images = has_images || is_image_file(entry.path());
+  }
+  if (parquet.empty() || has_images)
+    return CaptionDataset::from_folder(path, image_column, caption_column);
+  std::sort(parquet.begin(), parquet.end());
+  return CaptionDataset::from_parquet(parquet, image_column, caption_column);
 }
 
 }  // namespace sdtune::data

@@ -10,7 +10,9 @@ std::optional<at::Tensor> load_training_image(const Example& example,
                                               std::vector<Skipped>& skipped) {
   at::Tensor rgb;
   try {
-    rgb = io::read_image_rgb(example.image);
+    rgb = example.bytes ? io::read_image_rgb(example.bytes->data(), example.bytes->size(),
+                                             example.image.string())
+                        : io::read_image_rgb(example.image);
   } catch (const Error& e) {
     skip(skipped, example.image, e.message());
     return std::nullopt;

@@ -1,12 +1,14 @@
-// Test driver: reads an image folder as `sdtune train` will and writes what training would see,
-// so that tests/data/test_caption_dataset.py can check it against PIL/torchvision.
+// Test driver: reads a dataset (image folder or parquet, through data::open_dataset) as
+// `sdtune train` will and writes what training would see, so that tests/data/test_*.py can check
+// it against PIL/torchvision.
 //
-//   sdtune_dataset_dump --data DIR --resolution R [--center-crop] [--random-flip] [--seed S]
-//       [--caption-column C] [--repeat K] --out out.safetensors
+//   sdtune_dataset_dump --data DIR|FILE.parquet --resolution R [--center-crop] [--random-flip]
+//       [--seed S] [--image-column C] [--caption-column C] [--repeat K] --out out.safetensors
 //
 // Outputs: "image.N" (float [3,R,R] in [-1, 1]) for the N-th usable example (with --repeat K,
 // each example is drawn K times: "image.N" then holds [K,3,R,R]), and __metadata__ entries
-// "caption.N", "file.N", "count" and "skipped" (a JSON list of {"path", "reason"}).
+// "caption.N", "file.N", "count" and "skipped" (a JSON list of {"path", "reason"}). No usable
+// image at all is an error.
 #include <iostream>
 #include <map>
 #include <string>
@@ -56,11 +58,12 @@ int run(int argc, char** argv) {
   options.center_crop = center_crop;
   options.random_flip = random_flip;
   const uint64_t seed = std::stoull(take("--seed", "0"));
+  const std::string image_column = take("--image-column", "image");
   const std::string caption_column = take("--caption-column", "text");
   const int64_t repeat = std::stoll(take("--repeat", "1"));
   if (!args.empty()) throw Error("unknown option " + args.begin()->first);
 
-  auto dataset = data::CaptionDataset::from_folder(dir, "image", caption_column);
+  auto dataset = data::open_dataset(dir, image_column, caption_column);
   std::vector<data::Skipped> skipped = dataset.skipped();
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   std::vector<std::pair<std::string, at::Tensor>> tensors;
@@ -79,6 +82,7 @@ int run(int argc, char** argv) {
     metadata["caption." + id] = example.caption;
     metadata["file." + id] = example.image.string();
   }
+  if (n == 0) throw Error("no usable image (" + std::to_string(skipped.size()) + " skipped)", dir);
   nlohmann::json list = nlohmann::json::array();
   for (const auto& s : skipped) list.push_back({{"path", s.path.string()}, {"reason", s.reason}});
   metadata["skipped"] = list.dump();

@@ -1,18 +1,23 @@
 #pragma once
 // A folder of training images with their captions, in the conventions of diffusers'
 // train_text_to_image.py (Hugging Face "imagefolder": metadata.jsonl) and kohya's sd-scripts
-// (a NAME.txt caption next to each image).
+// (a NAME.txt caption next to each image), or Hugging Face parquet files holding both.
 #include <cstddef>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
 namespace sdtune::data {
 
 struct Example {
+  // The image file; when `bytes` is set, a display name for warnings instead:
+  // "FILE.parquet:row N" or "FILE.parquet:row N (PATH)" with the row's own file name.
   std::filesystem::path image;
   std::string caption;
-  std::string source;  // where the caption came from: "metadata.jsonl:LINE", "NAME.txt" or ""
+  // Where the caption came from: "metadata.jsonl:LINE", "NAME.txt", "FILE.parquet:row N" or "".
+  std::string source;
+  std::shared_ptr<const std::string> bytes;  // the encoded image file, for parquet rows
 };
 
 // A file left out of training and why, for the run summary.
@@ -41,6 +46,16 @@ class CaptionDataset {
                                     const std::string& image_column = "image",
                                     const std::string& caption_column = "text");
 
+  // Rows of Hugging Face parquet files (datasets' data/train-00000-of-00001.parquet), file by file
+  // in the order given, each file's rows in order (all row groups). `image_column` is the Image
+  // feature's struct {bytes, path} or plain binary; `caption_column` a string (null: empty
+  // caption) or a list of strings (the first is used). A missing column is an Error naming the
+  // file and the columns it has. A row without image bytes is skipped with a warning; whether
+  // the bytes decode is only known when loaded (load_training_image). No row at all is an Error.
+  static CaptionDataset from_parquet(const std::vector<std::filesystem::path>& files,
+                                     const std::string& image_column = "image",
+                                     const std::string& caption_column = "text");
+
   const std::vector<Example>& examples() const { return examples_; }
   const std::vector<Skipped>& skipped() const { return skipped_; }
   size_t size() const { return examples_.size(); }
@@ -50,6 +65,13 @@ class CaptionDataset {
   std::vector<Example> examples_;
   std::vector<Skipped> skipped_;
 };
+
+// What the user points training at: a .parquet file, or a folder holding *.parquet files
+// (anywhere below it, read in path order) and no image files -> from_parquet; any other folder ->
+// from_folder. A missing path is an Error naming it.
+CaptionDataset open_dataset(const std::filesystem::path& path,
+                            const std::string& image_column = "image",
+                            const std::string& caption_column = "text");
 
 // Prints "sdtune: warning: skipping FILE: REASON" on stderr and records it.
 void skip(std::vector<Skipped>& skipped, const std::filesystem::path& path,
