@@ -5,11 +5,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(cmake ninja-build g++ ccache nlohmann-json3-dev libcli11-dev libtomlplusplus-dev
-              libgtest-dev libutf8proc-dev libpcre2-dev libvips-dev pkg-config fonts-dejavu-core)
+              libgtest-dev libutf8proc-dev libpcre2-dev libvips-dev pkg-config fonts-dejavu-core
+              libprotobuf-dev protobuf-compiler)
 # Python: torch supplies LibTorch (its bundled C++ library). diffusers/transformers/open-clip-torch
-# are test-only references; open-clip-torch also carries the real CLIP BPE vocabulary.
+# are test-only references; open-clip-torch also carries the real CLIP BPE vocabulary; tensorboard
+# (test-only) reads back the event files sdtune writes.
+# pyarrow supplies Arrow/Parquet C++ (its bundled libarrow, libparquet and headers) for Hugging
+# Face parquet datasets.
 PY_PACKAGES=(torch==2.15.0 diffusers==0.42.1 transformers==5.23.0 open-clip-torch==3.3.0
-             safetensors numpy pillow pytest accelerate)
+             safetensors numpy pillow pytest accelerate pyarrow==26.0.1
+             tensorboard==2.21.0)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -48,6 +53,7 @@ TORCH_PREFIX=$($PY -c 'import torch;print(torch.utils.cmake_prefix_path)')
 BUILD=${BUILD_DIR:-build}
 if [ ! -f "$BUILD/build.ninja" ]; then
   cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" \
+    -DSDTUNE_PYTHON="$PY" \
     > "$BUILD.configure.log" 2>&1 || { cat "$BUILD.configure.log"; exit 1; }
 fi
 cmake --build "$BUILD"

@@ -10,5 +10,6 @@ void add_tokenize(CLI::App& app);
 void add_forward(CLI::App& app);
 void add_generate(CLI::App& app);
 void add_grid(CLI::App& app);
+void add_train(CLI::App& app);
 
 }  // namespace sdtune::cli

@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   sdtune::cli::add_forward(app);
   sdtune::cli::add_generate(app);
   sdtune::cli::add_grid(app);
+  sdtune::cli::add_train(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -64,6 +64,32 @@ at::Tensor to_tensor(vips::VImage img) {
   return out;
 }
 
+// fail_on=error: a truncated or corrupt file is an error, not a half-grey image.
+vips::VOption* decode_options() {
+  return vips::VImage::option()
+      ->set("access", VIPS_ACCESS_SEQUENTIAL)
+      ->set("fail_on", VIPS_FAIL_ON_ERROR);
+}
+
+// A decoded image as uint8 [H,W,3] sRGB: EXIF orientation applied, other colour spaces, alpha
+// (onto white) and 16-bit samples converted. `name` is the file, for errors.
+at::Tensor to_rgb8(vips::VImage img, const std::string& name) {
+  img = img.autorot();
+  if (img.interpretation() != VIPS_INTERPRETATION_sRGB &&
+      img.interpretation() != VIPS_INTERPRETATION_B_W) {
+    img = img.colourspace(VIPS_INTERPRETATION_sRGB);
+  }
+  if (img.has_alpha())
+    img =
+        img.flatten(vips::VImage::option()->set("background", std::vector<double>{255, 255, 255}));
+  if (img.format() != VIPS_FORMAT_UCHAR)
+    img = img.colourspace(VIPS_INTERPRETATION_sRGB);  // 16-bit -> 8-bit
+  if (img.bands() == 1) img = img.bandjoin(img).bandjoin(img);
+  if (img.bands() != 3)
+    throw Error("unsupported image: " + std::to_string(img.bands()) + " bands", name);
+  return to_tensor(img.cast(VIPS_FORMAT_UCHAR));
+}
+
 vips::VImage from_tensor(const at::Tensor& rgb) {
   TORCH_CHECK(rgb.dim() == 3 && rgb.size(2) == 3 && rgb.scalar_type() == at::kByte,
               "expected uint8 [H,W,3]");
@@ -98,27 +124,19 @@ at::Tensor read_image_rgb(const std::filesystem::path& path) {
   init_vips();
   if (!std::filesystem::is_regular_file(path)) throw Error("image file not found", path.string());
   try {
-    // fail_on=error: a truncated or corrupt file is an error, not a half-grey image.
-    vips::VImage img =
-        vips::VImage::new_from_file(path.c_str(), vips::VImage::option()
-                                                      ->set("access", VIPS_ACCESS_SEQUENTIAL)
-                                                      ->set("fail_on", VIPS_FAIL_ON_ERROR));
-    img = img.autorot();
-    if (img.interpretation() != VIPS_INTERPRETATION_sRGB &&
-        img.interpretation() != VIPS_INTERPRETATION_B_W) {
-      img = img.colourspace(VIPS_INTERPRETATION_sRGB);
-    }
-    if (img.has_alpha())
-      img = img.flatten(
-          vips::VImage::option()->set("background", std::vector<double>{255, 255, 255}));
-    if (img.format() != VIPS_FORMAT_UCHAR)
-      img = img.colourspace(VIPS_INTERPRETATION_sRGB);  // 16-bit -> 8-bit
-    if (img.bands() == 1) img = img.bandjoin(img).bandjoin(img);
-    if (img.bands() != 3)
-      throw Error("unsupported image: " + std::to_string(img.bands()) + " bands", path.string());
-    return to_tensor(img.cast(VIPS_FORMAT_UCHAR));
+    return to_rgb8(vips::VImage::new_from_file(path.c_str(), decode_options()), path.string());
   } catch (const vips::VError& e) {
     throw Error("cannot read image: " + vips_message(e), path.string());
+  }
+}
+
+at::Tensor read_image_rgb(const void* data, size_t size, const std::string& name) {
+  init_vips();
+  try {
+    // new_from_buffer does not copy `data`: to_rgb8 finishes with it before returning.
+    return to_rgb8(vips::VImage::new_from_buffer(data, size, "", decode_options()), name);
+  } catch (const vips::VError& e) {
+    throw Error("cannot read image: " + vips_message(e), name);
   }
 }
 
@@ -182,6 +200,18 @@ at::Tensor labelled_grid(const std::vector<at::Tensor>& cells, int64_t rows, int
     grid = join_below(grid, row);
   }
   return to_tensor(pad_to(grid, grid.width() + 2 * kGap, grid.height() + 2 * kGap));
+}
+
+std::string encode_png(const at::Tensor& rgb) {
+  init_vips();
+  try {
+    VipsBlob* blob = from_tensor(rgb).pngsave_buffer();
+    std::string bytes(static_cast<const char*>(blob->area.data), blob->area.length);
+    vips_area_unref(VIPS_AREA(blob));
+    return bytes;
+  } catch (const vips::VError& e) {
+    throw Error("cannot encode PNG: " + vips_message(e));
+  }
 }
 
 void write_png(const std::filesystem::path& path, const at::Tensor& rgb,

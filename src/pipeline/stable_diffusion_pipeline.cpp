@@ -20,6 +20,22 @@ StableDiffusionPipeline::StableDiffusionPipeline(const io::ModelFolder& folder,
   scheduler_ = schedulers::make_scheduler(scheduler_name_, std::move(config), karras);
 }
 
+StableDiffusionPipeline::StableDiffusionPipeline(const io::ModelFolder& folder,
+                                                 const models::LoadOptions& options,
+                                                 models::CLIPTextModel text_encoder,
+                                                 models::UNet2DConditionModel unet,
+                                                 models::AutoencoderKL vae,
+                                                 const std::string& scheduler)
+    : load_(options),
+      tokenizer_(models::load_tokenizer(folder)),
+      text_encoder_(std::move(text_encoder)),
+      unet_(std::move(unet)),
+      vae_(std::move(vae)) {
+  auto config = schedulers::SchedulerConfig::from_json(folder.component_config("scheduler"));
+  scheduler_name_ = schedulers::resolve_scheduler_name(scheduler, config);
+  scheduler_ = schedulers::make_scheduler(scheduler_name_, std::move(config), false);
+}
+
 int64_t StableDiffusionPipeline::vae_scale_factor() const {
   return int64_t{1} << (vae_->config.vae.block_out_channels.size() - 1);
 }

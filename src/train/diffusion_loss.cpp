@@ -35,7 +35,15 @@ at::Tensor sample_noise(at::IntArrayRef latent_shape, at::Generator gen, double 
 }
 
 at::Tensor sample_timesteps(int64_t batch, int64_t num_train_timesteps, at::Generator gen) {
-  return at::randint(0, num_train_timesteps, {batch}, gen, at::TensorOptions().dtype(at::kLong));
+  return at::randint(0, num_train_timesteps, {batch}, gen,
+                     at::TensorOptions().dtype(at::kLong).device(gen.device()));
+}
+
+at::Tensor add_noise(const at::Tensor& latents, const at::Tensor& noise,
+                     const at::Tensor& timesteps, const NoiseSchedule& schedule) {
+  // x_t = √ᾱ_t · x₀ + √(1 − ᾱ_t) · ε, with ᾱ in x₀'s dtype (DDPMScheduler.add_noise).
+  const at::Tensor ac = alphas_cumprod_at(schedule, timesteps, latents);
+  return at::pow(ac, 0.5) * latents + at::pow(1 - ac, 0.5) * noise;
 }
 
 at::Tensor training_target(PredictionType type, const at::Tensor& latents, const at::Tensor& noise,

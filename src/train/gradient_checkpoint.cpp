@@ -7,6 +7,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include "sdtune/error.h"
+#include "sdtune/train/autocast.h"
 
 namespace sdtune::train {
 namespace {
@@ -29,6 +30,15 @@ struct Checkpoint : torch::autograd::Function<Checkpoint> {
     at::Tensor out = holder->fn(inputs.vec());
     ctx->saved_data["fn"] = c10::IValue::make_capsule(std::move(holder));
     ctx->saved_data["num_inputs"] = static_cast<int64_t>(inputs.size());
+    // The recomputation must see the autocast state of the forward pass (backward may run on
+    // another thread, where autocast is off), as torch.utils.checkpoint restores it.
+    const c10::DeviceType device = !inputs.empty()
+                                       ? inputs[0].device().type()
+                                       : (!params.empty() ? params[0].device().type() : c10::kCPU);
+    ctx->saved_data["device"] = static_cast<int64_t>(device);
+    ctx->saved_data["autocast"] = at::autocast::is_autocast_enabled(device);
+    ctx->saved_data["autocast_dtype"] =
+        static_cast<int64_t>(at::autocast::get_autocast_dtype(device));
     variable_list saved = inputs.vec();
     saved.insert(saved.end(), params.begin(), params.end());
     ctx->save_for_backward(std::move(saved));
@@ -47,6 +57,11 @@ struct Checkpoint : torch::autograd::Function<Checkpoint> {
     }
     at::Tensor out;
     {
+      const auto device = static_cast<c10::DeviceType>(ctx->saved_data["device"].toInt());
+      std::optional<at::ScalarType> amp;
+      if (ctx->saved_data["autocast"].toBool())
+        amp = static_cast<at::ScalarType>(ctx->saved_data["autocast_dtype"].toInt());
+      AutocastGuard autocast(device, amp);
       at::AutoGradMode grad_mode(true);
       out = holder->fn(inputs);
     }

@@ -15,6 +15,10 @@ namespace sdtune::io {
 // missing, truncated or not an image.
 at::Tensor read_image_rgb(const std::filesystem::path& path);
 
+// The same from an image file held in memory (`size` bytes at `data`, e.g. a parquet row); errors
+// name `name`.
+at::Tensor read_image_rgb(const void* data, size_t size, const std::string& name);
+
 // Resizes uint8 [H,W,3] to width × height with a Lanczos-3 filter.
 at::Tensor resize_image(const at::Tensor& rgb, int64_t width, int64_t height);
 
@@ -23,6 +27,10 @@ at::Tensor resize_image(const at::Tensor& rgb, int64_t width, int64_t height);
 // whole or not at all (temporary file, then rename).
 void write_png(const std::filesystem::path& path, const at::Tensor& rgb,
                const std::map<std::string, std::string>& text = {});
+
+// uint8 [H,W,3] as the bytes of an 8-bit RGB PNG file (no text chunks), e.g. for the validation
+// images in TensorBoard event files.
+std::string encode_png(const at::Tensor& rgb);
 
 // One image of `rows` × `cols` cells (uint8 [H,W,3] each, row-major), white background, with a
 // text label left of each row and above each column: the side-by-side comparisons users make

@@ -40,6 +40,12 @@ class StableDiffusionPipeline {
   StableDiffusionPipeline(const io::ModelFolder& folder, const models::LoadOptions& options,
                           const std::string& scheduler = "", bool karras = false);
 
+  // Generates with models already in memory (validation during training: the weights being
+  // trained, shared, not copied); the tokenizer and scheduler config come from `folder`.
+  StableDiffusionPipeline(const io::ModelFolder& folder, const models::LoadOptions& options,
+                          models::CLIPTextModel text_encoder, models::UNet2DConditionModel unet,
+                          models::AutoencoderKL vae, const std::string& scheduler = "");
+
   // Prompt embeddings [B·num_images, 77, D]; with guidance, [negative; positive] stacked.
   at::Tensor encode_prompt(const GenerateOptions& options, bool* truncated = nullptr);
 

@@ -1,0 +1,204 @@
+// Times full UNet training steps of sdtune on a pipeline folder: x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε
+// (DDPM add_noise), forward with encoder_hidden_states, the epsilon MSE loss, backward, one fused
+// AdamW update (lr 1e-5, weight decay 1e-2) and zero_grad. bench/train_step.py runs it next to
+// diffusers on the same weights and inputs and prints the ratio.
+//
+//   sdtune_bench_train_step --model DIR [--inputs in.safetensors | --batch B [--latent S]]
+//       [--device cpu|cuda] [--mixed-precision no|bf16|fp16] [--gradient-checkpointing]
+//       [--warmup N] [--iters M] [--threads T]
+//
+// DIR holds unet/ and scheduler/ (its alphas_cumprod). Inputs: `latents`, `noise`, `timesteps`
+// (int64 [B]) and `encoder_hidden_states` from the file, or random ones (seed 0) of batch B at
+// S×S latents (default: the UNet's sample_size). Mixed precision is autocast around forward and
+// loss with float32 master weights, as accelerate does it. Prints one JSON line: seconds per step
+// (mean, median, each), the loss of every step, and on CUDA the peak allocated memory.
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <iostream>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/DeviceAccelerator.h>
+#include <ATen/Parallel.h>
+#include <nlohmann/json.hpp>
+
+#include "sdtune/error.h"
+#include "sdtune/io/tensor.h"
+#include "sdtune/models/stable_diffusion.h"
+#include "sdtune/schedulers/scheduler.h"
+#include "sdtune/train/adamw.h"
+#include "sdtune/train/autocast.h"
+#include "sdtune/train/diffusion_loss.h"
+
+namespace {
+
+using sdtune::Error;
+namespace sched = sdtune::schedulers;
+namespace train = sdtune::train;
+
+struct Args {
+  std::string model;
+  std::optional<std::string> inputs;
+  std::optional<int64_t> batch, latent;
+  std::string device = "cpu";
+  std::string mixed_precision = "no";
+  bool gradient_checkpointing = false;
+  int warmup = 2, iters = 5, threads = 0;  // threads 0: LibTorch's default
+};
+
+Args parse_args(int argc, char** argv) {
+  Args a;
+  std::map<std::string, std::string> values;
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    if (flag == "--gradient-checkpointing") {
+      a.gradient_checkpointing = true;
+    } else if (flag.rfind("--", 0) == 0 && i + 1 < argc) {
+      values[flag] = argv[++i];
+    } else {
+      throw Error("unexpected argument '" + flag + "'");
+    }
+  }
+  auto take = [&](const std::string& key) -> std::optional<std::string> {
+    auto it = values.find(key);
+    if (it == values.end()) return std::nullopt;
+    std::string value = it->second;
+    values.erase(it);
+    return value;
+  };
+  auto model = take("--model");
+  if (!model) throw Error("missing --model");
+  a.model = *model;
+  a.inputs = take("--inputs");
+  if (auto v = take("--batch")) a.batch = std::stoll(*v);
+  if (auto v = take("--latent")) a.latent = std::stoll(*v);
+  if (auto v = take("--device")) a.device = *v;
+  if (auto v = take("--mixed-precision")) a.mixed_precision = *v;
+  if (auto v = take("--warmup")) a.warmup = std::stoi(*v);
+  if (auto v = take("--iters")) a.iters = std::stoi(*v);
+  if (auto v = take("--threads")) a.threads = std::stoi(*v);
+  if (!values.empty()) throw Error("unknown option " + values.begin()->first);
+  if (a.iters < 1 || a.warmup < 0) throw Error("--iters must be >= 1 and --warmup >= 0");
+  if (a.mixed_precision != "no" && a.mixed_precision != "bf16" && a.mixed_precision != "fp16")
+    throw Error("--mixed-precision must be no, bf16 or fp16, not '" + a.mixed_precision + "'");
+  return a;
+}
+
+at::Tensor input(const std::map<std::string, at::Tensor>& in, const std::string& name) {
+  auto it = in.find(name);
+  if (it == in.end()) throw Error("missing input tensor '" + name + "'");
+  return it->second;
+}
+
+void run(const Args& a) {
+  if (a.threads > 0) at::set_num_threads(a.threads);
+  const c10::Device device(a.device);
+  const auto folder = sdtune::io::ModelFolder::open(a.model);
+  sdtune::models::LoadOptions load;
+  load.device = device;  // float32 master weights, whatever the mixed precision
+  auto unet = sdtune::models::load_unet(folder, load);
+  const auto scheduler = sched::SchedulerConfig::from_json(folder.component_config("scheduler"));
+  const at::Tensor alphas_cumprod = sched::make_noise_schedule(scheduler).alphas_cumprod.to(device);
+  std::optional<at::ScalarType> autocast;
+  if (a.mixed_precision != "no") autocast = sdtune::models::parse_dtype(a.mixed_precision);
+
+  // The batch: x₀, ε, t, text embeddings, all on the device before timing starts.
+  std::map<std::string, at::Tensor> in;
+  if (a.inputs) {
+    in = sdtune::io::read_tensors(*a.inputs);
+    if (a.batch && input(in, "latents").size(0) != *a.batch)
+      throw Error(*a.inputs + ": batch " + std::to_string(input(in, "latents").size(0)) +
+                  ", --batch " + std::to_string(*a.batch));
+  } else {
+    const int64_t b = a.batch.value_or(1), s = a.latent.value_or(unet->config.sample_size);
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(0);
+    in["latents"] = at::randn({b, unet->config.in_channels, s, s}, gen);
+    in["noise"] = at::randn({b, unet->config.in_channels, s, s}, gen);
+    in["timesteps"] =
+        at::randint(0, scheduler.num_train_timesteps, {b}, gen, at::TensorOptions(at::kLong));
+    in["encoder_hidden_states"] = at::randn({b, 77, unet->config.cross_attention_dim}, gen);
+  }
+  const at::Tensor latents = input(in, "latents").to(device, at::kFloat);
+  const at::Tensor noise = input(in, "noise").to(device, at::kFloat);
+  const at::Tensor timesteps = input(in, "timesteps").to(device, at::kLong);
+  const at::Tensor context = input(in, "encoder_hidden_states").to(device, at::kFloat);
+  const int64_t batch = latents.size(0);
+
+  unet->train();
+  unet->set_gradient_checkpointing(a.gradient_checkpointing);
+  train::AdamW optimizer({train::ParamGroup{unet->parameters(), /*lr=*/1e-5, /*wd=*/1e-2}});
+
+  auto sync = [&] {
+    if (!device.is_cpu())
+      at::accelerator::synchronizeDevice(device.has_index() ? device.index()
+                                                            : at::accelerator::getDeviceIndex());
+  };
+  auto step = [&] {
+    // x_t = √ᾱ_t · x₀ + √(1 − ᾱ_t) · ε (DDPMScheduler.add_noise).
+    const at::Tensor ac = alphas_cumprod.index_select(0, timesteps).reshape({batch, 1, 1, 1});
+    const at::Tensor noisy = at::pow(ac, 0.5) * latents + at::pow(1 - ac, 0.5) * noise;
+    at::Tensor loss;
+    {
+      sdtune::train::AutocastGuard scope(device.type(), autocast);
+      const at::Tensor model_pred = unet->forward(noisy, timesteps, context);
+      loss = train::diffusion_loss(model_pred, noise);  // epsilon target
+    }
+    loss.backward();
+    optimizer.step();
+    optimizer.zero_grad();
+    return loss.detach();
+  };
+
+  std::vector<at::Tensor> losses;
+  for (int i = 0; i < a.warmup; ++i) losses.push_back(step());
+  std::vector<double> seconds;
+  for (int i = 0; i < a.iters; ++i) {
+    sync();
+    const auto start = std::chrono::steady_clock::now();
+    losses.push_back(step());
+    sync();
+    seconds.push_back(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+
+  std::vector<double> sorted = seconds;
+  std::sort(sorted.begin(), sorted.end());
+  const size_t n = sorted.size();
+  double mean = 0;
+  for (double s : seconds) mean += s / static_cast<double>(n);
+  nlohmann::json out;
+  out["seconds_per_step_mean"] = mean;
+  out["seconds_per_step_median"] = n % 2 ? sorted[n / 2] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2;
+  out["step_seconds"] = seconds;
+  std::vector<double> loss_values;
+  for (const at::Tensor& l : losses) loss_values.push_back(l.item<double>());
+  out["losses"] = loss_values;
+  out["batch"] = batch;
+  out["num_parameters"] = optimizer.num_parameters();
+  out["threads"] = at::get_num_threads();
+  if (device.is_cuda()) {
+    const auto stats = at::accelerator::getDeviceStats(
+        device.has_index() ? device.index() : at::accelerator::getDeviceIndex());
+    // torch.cuda.max_memory_allocated(): the most bytes held by tensors at any one time.
+    out["peak_memory_bytes"] =
+        stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak;
+  }
+  std::cout << out.dump() << std::endl;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    run(parse_args(argc, argv));
+    return 0;
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  }
+}

@@ -1,0 +1,84 @@
+#pragma once
+// Every setting of a fine-tuning run (`sdtune train`). The names follow diffusers'
+// examples/text_to_image/train_text_to_image.py (--learning_rate → learning_rate, ...), so a user
+// of that script finds each option where they expect it; defaults are that script's unless noted.
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace sdtune::train {
+
+struct TrainOptions {
+  // What to train and where.
+  std::filesystem::path model;  // base pipeline folder (diffusers layout)
+  std::filesystem::path data;   // image folder, .parquet file or folder of parquet files
+  std::filesystem::path out;    // final pipeline; checkpoint-STEP/ and logs/ inside
+  std::string variant;          // load base weights *.{variant}.safetensors ("fp16")
+  std::string device = "cpu";   // "cpu", "cuda", "cuda:1"
+
+  // Data.
+  std::string image_column = "image";
+  std::string caption_column = "text";
+  int64_t resolution = 512;
+  bool center_crop = false;
+  bool random_flip = false;
+  int64_t batch_size = 16;  // per device (train_batch_size)
+
+  // Schedule of the run: max_steps optimizer steps; 0 = num_train_epochs full passes.
+  int64_t max_steps = 0;
+  int64_t num_train_epochs = 100;
+  int64_t gradient_accumulation_steps = 1;
+
+  // Optimizer and learning rate.
+  double learning_rate = 1e-4;
+  bool scale_lr = false;  // lr × accumulation × batch size × processes
+  std::string lr_scheduler = "constant";
+  int64_t lr_warmup_steps = 500;
+  double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_weight_decay = 1e-2, adam_epsilon = 1e-8;
+  double max_grad_norm = 1.0;  // 0 disables clipping
+
+  // Text encoder (off by default, as in train_text_to_image.py).
+  bool train_text_encoder = false;
+  std::optional<double> text_encoder_lr;  // default: learning_rate
+
+  // Loss.
+  std::string prediction_type;  // "" = the scheduler config's; "epsilon" | "v_prediction"
+  std::optional<double> snr_gamma;
+  double noise_offset = 0.0;
+
+  // Precision and memory.
+  std::string mixed_precision = "no";  // "no" | "fp16" | "bf16"
+  bool gradient_checkpointing = false;
+
+  // EMA of the UNet weights.
+  bool use_ema = false;
+  double ema_decay = 0.9999;
+  bool ema_warmup = false;  // diffusers EMAModel use_ema_warmup (inv_gamma 1, power 2/3)
+  bool offload_ema = false;
+
+  // Checkpoints.
+  int64_t checkpointing_steps = 500;    // 0 = only at the end
+  int64_t checkpoints_total_limit = 0;  // 0 = keep all
+  std::string resume_from_checkpoint;   // "" | "latest" | a checkpoint folder
+
+  // Validation.
+  std::vector<std::string> validation_prompts;
+  int64_t validation_steps = 0;  // 0 = only at the end, when prompts are given
+  int64_t num_validation_images = 1;
+  int64_t validation_inference_steps = 20;
+  double validation_guidance_scale = 7.5;
+
+  // Non-finite losses: stop after this many optimizer steps in a row that had one.
+  int64_t max_nonfinite_steps = 5;
+
+  uint64_t seed = 0;
+  int64_t log_every = 1;  // JSONL/TensorBoard every N optimizer steps
+
+  // The effective configuration as the CLI would read it back (TOML), saved with each
+  // checkpoint; empty = not saved.
+  std::string effective_config;
+};
+
+}  // namespace sdtune::train

@@ -1,0 +1,141 @@
+#include "cli/toml_config.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <sstream>
+#include <vector>
+
+#include <toml++/toml.h>
+
+#include "sdtune/error.h"
+
+namespace sdtune::cli {
+namespace {
+
+// A TOML scalar as the text CLI11 would have received on the command line.
+bool scalar_text(const toml::node& node, std::string& out) {
+  if (auto s = node.value<std::string>(); s && node.is_string()) {
+    out = *s;
+  } else if (node.is_boolean()) {
+    out = *node.value<bool>() ? "true" : "false";
+  } else if (node.is_integer()) {
+    out = std::to_string(*node.value<int64_t>());
+  } else if (node.is_floating_point()) {
+    std::ostringstream s;
+    s.precision(17);
+    s << *node.value<double>();
+    out = s.str();
+  } else {
+    return false;
+  }
+  return true;
+}
+
+bool is_flag(const CLI::Option* opt) {
+  return opt->get_expected_min() == 0;
+}
+
+}  // namespace
+
+void apply_toml_config(CLI::App* cmd, const std::filesystem::path& file) {
+  toml::table table;
+  try {
+    table = toml::parse_file(file.string());
+  } catch (const toml::parse_error& e) {
+    const auto& where = e.source().begin;
+    throw Error(
+        "invalid TOML at line " + std::to_string(where.line) + ": " + std::string(e.description()),
+        file.string());
+  }
+  for (const auto& [raw_key, node] : table) {
+    std::string key(raw_key.str());
+    std::replace(key.begin(), key.end(), '_', '-');
+    CLI::Option* opt = cmd->get_option_no_throw("--" + key);
+    if (!opt || key == "config")
+      throw Error("unknown option (see sdtune " + cmd->get_name() + " --help)", file.string(),
+                  std::string(raw_key.str()));
+    if (opt->count() > 0) continue;  // the command line wins
+    std::vector<std::string> values;
+    std::string text;
+    if (const toml::array* array = node.as_array()) {
+      for (const auto& item : *array) {
+        if (!scalar_text(item, text))
+          throw Error("array items must be strings, numbers or booleans", file.string(),
+                      std::string(raw_key.str()));
+        values.push_back(text);
+      }
+    } else if (scalar_text(node, text)) {
+      values.push_back(text);
+    } else {
+      throw Error("value must be a string, number, boolean or array", file.string(),
+                  std::string(raw_key.str()));
+    }
+    if (values.empty()) continue;
+    if (is_flag(opt) && values.size() == 1 && values[0] == "false") continue;
+    try {
+      for (const auto& v : values) opt->add_result(v);
+      opt->run_callback();
+    } catch (const CLI::Error& e) {
+      throw Error(std::string("invalid value: ") + e.what(), file.string(),
+                  std::string(raw_key.str()));
+    }
+  }
+}
+
+std::string effective_config(const CLI::App* cmd, const std::set<std::string>& skip) {
+  // Written by hand rather than through toml++ so that options keep --help's order and numbers
+  // keep the text they were given in (0.9, not 0.90000000000000002).
+  auto quoted = [](const std::string& v) {
+    std::string out = "\"";
+    for (const char c : v) {
+      const auto u = static_cast<unsigned char>(c);
+      if (c == '"' || c == '\\') {
+        out += '\\';
+        out += c;
+      } else if (u < 0x20 || u == 0x7f) {
+        char buf[8];
+        std::snprintf(buf, sizeof buf, "\\u%04x", u);
+        out += buf;
+      } else {
+        out += c;
+      }
+    }
+    return out + "\"";
+  };
+  // Numbers and booleans bare, everything else as a string.
+  auto literal = [&](const std::string& v) {
+    char* end = nullptr;
+    if (!v.empty()) {
+      std::strtod(v.c_str(), &end);
+      const bool special = v.find_first_of("xXnNiI") != std::string::npos;  // hex, nan, inf
+      if (*end == '\0' && !special && v.find_first_not_of("0123456789+-.eE") == std::string::npos)
+        return v;
+    }
+    if (v == "true" || v == "false") return v;
+    return quoted(v);
+  };
+  std::ostringstream s;
+  for (const CLI::Option* opt : cmd->get_options()) {
+    if (opt->get_lnames().empty()) continue;
+    const std::string name = opt->get_lnames().front();
+    if (skip.count(name) || name == "help" || name == "help-all" || name == "config") continue;
+    if (is_flag(opt)) {
+      s << name << " = " << (opt->count() > 0 && opt->as<bool>() ? "true" : "false") << "\n";
+      continue;
+    }
+    std::vector<std::string> values = opt->results();
+    if (values.empty() && !opt->get_default_str().empty()) values = {opt->get_default_str()};
+    if (values.empty()) continue;
+    if (opt->get_items_expected_max() > 1) {
+      s << name << " = [";
+      for (size_t i = 0; i < values.size(); ++i) s << (i ? ", " : "") << literal(values[i]);
+      s << "]\n";
+    } else {
+      s << name << " = " << literal(values.back()) << "\n";
+    }
+  }
+  return s.str();
+}
+
+}  // namespace sdtune::cli

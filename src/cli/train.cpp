@@ -1,0 +1,223 @@
+// sdtune train: full fine-tuning on a captioned dataset. Flags are named as in diffusers'
+// train_text_to_image.py (in kebab-case; the script's own spelling is accepted where it differs)
+// and every flag is also a key of the TOML file given with --config.
+#include <unistd.h>
+
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+
+#include "cli/commands.h"
+#include "cli/progress.h"
+#include "cli/toml_config.h"
+#include "sdtune/error.h"
+#include "sdtune/train/trainer.h"
+
+namespace sdtune::cli {
+namespace {
+
+std::atomic<bool> g_stop{false};
+
+// First Ctrl-C / SIGTERM: finish the step, save a checkpoint, exit cleanly. A second one kills
+// the process the default way.
+void on_signal(int sig) {
+  g_stop.store(true);
+  std::signal(sig, SIG_DFL);
+}
+
+std::string format_duration(double seconds) {
+  if (!(seconds >= 0) || seconds > 1e8) return "?";
+  const long s = static_cast<long>(seconds + 0.5);
+  char buf[32];
+  if (s >= 3600)
+    std::snprintf(buf, sizeof buf, "%ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60);
+  else
+    std::snprintf(buf, sizeof buf, "%02ld:%02ld", s / 60, s % 60);
+  return buf;
+}
+
+struct Flags {
+  train::TrainOptions o;
+  std::string out, data, model, config;
+  std::optional<double> text_encoder_lr, snr_gamma;
+  bool quiet = false;
+};
+
+void add_options(CLI::App* cmd, Flags& f) {
+  auto& o = f.o;
+  // As with argparse, a flag given twice takes its last value.
+  cmd->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  cmd->add_option("--config", f.config,
+                  "TOML file of options (keys are the flag names); flags given win over it");
+  cmd->add_option("--model,--pretrained-model-name-or-path", f.model,
+                  "Base pipeline folder (required)");
+  cmd->add_option("--data,--train-data-dir", f.data,
+                  "Image folder (metadata.jsonl or .txt captions), .parquet file or folder "
+                  "(required)");
+  cmd->add_option("--out,--output-dir", f.out,
+                  "Output folder: final model, checkpoints, logs (required)");
+  cmd->add_option("--variant", o.variant, "Base weights variant (fp16)");
+  cmd->add_option("--device", o.device, "cpu, cuda or cuda:N")->capture_default_str();
+
+  cmd->add_option("--image-column", o.image_column)->capture_default_str();
+  cmd->add_option("--caption-column", o.caption_column)->capture_default_str();
+  cmd->add_option("--resolution", o.resolution)->capture_default_str();
+  cmd->add_flag("--center-crop", o.center_crop, "Center crop (default: random crop)");
+  cmd->add_flag("--random-flip", o.random_flip, "Random horizontal flip");
+  cmd->add_option("--batch-size,--train-batch-size", o.batch_size)->capture_default_str();
+
+  cmd->add_option("--max-steps,--max-train-steps", o.max_steps,
+                  "Optimizer steps (0: --num-train-epochs passes over the data)")
+      ->capture_default_str();
+  cmd->add_option("--num-train-epochs", o.num_train_epochs)->capture_default_str();
+  cmd->add_option("--gradient-accumulation-steps", o.gradient_accumulation_steps)
+      ->capture_default_str();
+  cmd->add_option("--learning-rate", o.learning_rate)->capture_default_str();
+  cmd->add_flag("--scale-lr", o.scale_lr, "lr × accumulation × batch size");
+  cmd->add_option("--lr-scheduler", o.lr_scheduler,
+                  "constant, constant_with_warmup, linear, cosine, cosine_with_restarts, "
+                  "polynomial")
+      ->capture_default_str();
+  cmd->add_option("--lr-warmup-steps", o.lr_warmup_steps)->capture_default_str();
+  cmd->add_option("--adam-beta1", o.adam_beta1)->capture_default_str();
+  cmd->add_option("--adam-beta2", o.adam_beta2)->capture_default_str();
+  cmd->add_option("--adam-weight-decay", o.adam_weight_decay)->capture_default_str();
+  cmd->add_option("--adam-epsilon", o.adam_epsilon)->capture_default_str();
+  cmd->add_option("--max-grad-norm", o.max_grad_norm, "0 disables clipping")->capture_default_str();
+
+  cmd->add_flag("--train-text-encoder", o.train_text_encoder);
+  cmd->add_option("--text-encoder-lr", f.text_encoder_lr, "(default: --learning-rate)");
+
+  cmd->add_option("--prediction-type", o.prediction_type,
+                  "epsilon or v_prediction (default: the scheduler config's)");
+  cmd->add_option("--snr-gamma", f.snr_gamma, "Min-SNR-γ loss weighting (5.0 is usual)");
+  cmd->add_option("--noise-offset", o.noise_offset)->capture_default_str();
+
+  cmd->add_option("--mixed-precision", o.mixed_precision, "no, fp16 or bf16")
+      ->capture_default_str();
+  cmd->add_flag("--gradient-checkpointing", o.gradient_checkpointing);
+  cmd->add_flag("--use-ema", o.use_ema, "Keep an EMA of the UNet weights (saved as the model)");
+  cmd->add_option("--ema-decay", o.ema_decay)->capture_default_str();
+  cmd->add_flag("--ema-warmup", o.ema_warmup, "EMA decay warmup (1 - (1 + step)^(-2/3))");
+  cmd->add_flag("--offload-ema", o.offload_ema, "Keep the EMA weights in CPU memory");
+
+  cmd->add_option("--checkpointing-steps", o.checkpointing_steps,
+                  "Save OUT/checkpoint-STEP every N steps (0: only at the end)")
+      ->capture_default_str();
+  cmd->add_option("--checkpoints-total-limit", o.checkpoints_total_limit,
+                  "Keep the last K checkpoints (0: all)")
+      ->capture_default_str();
+  cmd->add_option("--resume-from-checkpoint", o.resume_from_checkpoint, "latest or a folder");
+
+  cmd->add_option("--validation-prompt", o.validation_prompts, "Prompt to sample (repeatable)")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  cmd->add_option("--validation-steps", o.validation_steps,
+                  "Sample the validation prompts every N steps (and at the end)")
+      ->capture_default_str();
+  cmd->add_option("--num-validation-images", o.num_validation_images)->capture_default_str();
+  cmd->add_option("--validation-inference-steps", o.validation_inference_steps)
+      ->capture_default_str();
+  cmd->add_option("--validation-guidance-scale", o.validation_guidance_scale)
+      ->capture_default_str();
+
+  cmd->add_option("--max-nonfinite-steps", o.max_nonfinite_steps,
+                  "Stop after this many steps in a row with a NaN/inf loss")
+      ->capture_default_str();
+  cmd->add_option("--seed", o.seed)->capture_default_str();
+  cmd->add_option("--log-every", o.log_every, "Log metrics every N steps")->capture_default_str();
+  cmd->add_flag("--quiet", f.quiet, "No progress output");
+}
+
+void run(CLI::App* cmd, Flags& f) {
+  auto& o = f.o;
+  if (!f.config.empty()) apply_toml_config(cmd, f.config);
+  for (const auto& [flag, value] : {std::pair<const char*, const std::string*>{"--model", &f.model},
+                                    {"--data", &f.data},
+                                    {"--out", &f.out}})
+    if (value->empty())
+      throw Error(std::string(flag) + " is required (on the command line or in --config)");
+  o.model = f.model;
+  o.data = f.data;
+  o.out = f.out;
+  o.text_encoder_lr = f.text_encoder_lr;
+  o.snr_gamma = f.snr_gamma;
+  // The effective configuration, as a --config file that reproduces this run.
+  o.effective_config = effective_config(cmd, {"quiet"});
+
+  train::TrainHooks hooks;
+  hooks.stop_requested = &g_stop;
+  Progress progress("train", f.quiet);
+  const bool tty = ::isatty(STDERR_FILENO) != 0;
+  double smoothed = 0;  // exponential moving average of s/step for the rate and ETA
+  hooks.message = [&](const std::string& m) {
+    if (!f.quiet) std::fprintf(stderr, "\r\033[Ksdtune: %s\n", m.c_str());
+  };
+  if (!tty)
+    hooks.message = [&](const std::string& m) {
+      if (!f.quiet) std::fprintf(stderr, "sdtune: %s\n", m.c_str());
+    };
+  hooks.on_step = [&](const train::StepMetrics& m) {
+    smoothed = smoothed == 0 ? m.seconds : 0.9 * smoothed + 0.1 * m.seconds;
+    if (f.quiet) return;
+    char line[256];
+    std::snprintf(line, sizeof line, "step %lld/%lld  loss %.4f  lr %.3g  %.2f it/s  ETA %s%s",
+                  static_cast<long long>(m.step), static_cast<long long>(m.max_steps), m.loss, m.lr,
+                  smoothed > 0 ? 1.0 / smoothed : 0.0,
+                  format_duration(smoothed * (m.max_steps - m.step)).c_str(),
+                  m.skipped ? "  (step skipped: non-finite)" : "");
+    if (tty) {
+      const int width = 30;
+      const int filled = static_cast<int>(width * m.step / std::max<int64_t>(m.max_steps, 1));
+      std::fprintf(stderr, "\r\033[K[%s%s] %s", std::string(filled, '#').c_str(),
+                   std::string(width - filled, '.').c_str(), line);
+    } else if (m.step % std::max<int64_t>(1, m.max_steps / 20) == 0 || m.step == m.max_steps) {
+      std::fprintf(stderr, "sdtune: %s\n", line);
+    }
+  };
+
+  g_stop.store(false);
+  auto previous_int = std::signal(SIGINT, on_signal);
+  auto previous_term = std::signal(SIGTERM, on_signal);
+  train::TrainSummary s;
+  try {
+    s = train::train(o, hooks);
+  } catch (...) {
+    std::signal(SIGINT, previous_int);
+    std::signal(SIGTERM, previous_term);
+    if (tty && !f.quiet) std::fprintf(stderr, "\n");
+    throw;
+  }
+  std::signal(SIGINT, previous_int);
+  std::signal(SIGTERM, previous_term);
+  if (tty && !f.quiet) std::fprintf(stderr, "\n");
+
+  // The run summary, on stdout.
+  std::printf("examples: %lld used, %zu skipped\n", static_cast<long long>(s.examples),
+              s.skipped.size());
+  for (const auto& sk : s.skipped)
+    std::printf("  skipped %s: %s\n", sk.path.string().c_str(), sk.reason.c_str());
+  std::printf("steps: %lld (this run %lld, non-finite skipped %lld)\n",
+              static_cast<long long>(s.steps), static_cast<long long>(s.steps_this_run),
+              static_cast<long long>(s.skipped_steps));
+  if (s.steps_this_run > 0) std::printf("loss: first %.6f, last %.6f\n", s.first_loss, s.last_loss);
+  std::printf("time: %s\n", format_duration(s.seconds).c_str());
+  if (s.interrupted)
+    std::printf(
+        "interrupted: checkpoint saved to %s; continue with --resume-from-checkpoint "
+        "latest\n",
+        s.output.string().c_str());
+  else
+    std::printf("model: %s\n", s.output.string().c_str());
+}
+
+}  // namespace
+
+void add_train(CLI::App& app) {
+  auto* cmd = app.add_subcommand("train", "Fine-tune a Stable Diffusion model on captioned images");
+  auto flags = std::make_shared<Flags>();
+  add_options(cmd, *flags);
+  cmd->callback([cmd, flags] { run(cmd, *flags); });
+}
+
+}  // namespace sdtune::cli
