@@ -66,6 +66,11 @@ void add_options(CLI::App* cmd, Flags& f) {
   cmd->add_flag("--center-crop", o.center_crop, "Center crop (default: random crop)");
   cmd->add_flag("--random-flip", o.random_flip, "Random horizontal flip");
   cmd->add_option("--batch-size,--train-batch-size", o.batch_size)->capture_default_str();
+  cmd->add_flag("--enable-bucket", o.enable_bucket,
+                "Aspect-ratio buckets (kohya): no square crop, one bucket per batch");
+  cmd->add_option("--min-bucket-reso", o.min_bucket_reso)->capture_default_str();
+  cmd->add_option("--max-bucket-reso", o.max_bucket_reso)->capture_default_str();
+  cmd->add_option("--bucket-reso-steps", o.bucket_reso_steps)->capture_default_str();
 
   cmd->add_option("--max-steps,--max-train-steps", o.max_steps,
                   "Optimizer steps (0: --num-train-epochs passes over the data)")
@@ -197,6 +202,8 @@ void run(CLI::App* cmd, Flags& f) {
               s.skipped.size());
   for (const auto& sk : s.skipped)
     std::printf("  skipped %s: %s\n", sk.path.string().c_str(), sk.reason.c_str());
+  for (const auto& [bucket, n] : s.buckets)
+    std::printf("  bucket %s: %lld examples\n", bucket.c_str(), static_cast<long long>(n));
   std::printf("steps: %lld (this run %lld, non-finite skipped %lld)\n",
               static_cast<long long>(s.steps), static_cast<long long>(s.steps_this_run),
               static_cast<long long>(s.skipped_steps));

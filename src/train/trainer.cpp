@@ -8,6 +8,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/nn/module.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -16,6 +17,7 @@
 
 #include "sdtune/data/batch_sampler.h"
 #include "sdtune/data/image_loader.h"
+#include "sdtune/data/image_transforms.h"
 #include "sdtune/error.h"
 #include "sdtune/io/image.h"
 #include "sdtune/io/model_folder.h"
@@ -64,6 +66,16 @@ void check_options(const TrainOptions& o) {
   if (o.resolution % 8 != 0)
     throw Error("--resolution must be a multiple of 8, got " + std::to_string(o.resolution));
   if (o.max_steps < 0) throw Error("--max-steps must be >= 0");
+  if (o.enable_bucket) {
+    if (o.bucket_reso_steps < 8 || o.bucket_reso_steps % 8 != 0)
+      throw Error("--bucket-reso-steps must be a positive multiple of 8, got " +
+                  std::to_string(o.bucket_reso_steps));
+    if (o.min_bucket_reso < o.bucket_reso_steps || o.min_bucket_reso > o.resolution ||
+        o.max_bucket_reso < o.resolution)
+      throw Error(
+          "buckets need --bucket-reso-steps <= --min-bucket-reso <= --resolution <= "
+          "--max-bucket-reso");
+  }
   if (o.max_steps == 0 && o.num_train_epochs < 1) throw Error("--num-train-epochs must be >= 1");
   if (!(o.learning_rate > 0))
     throw Error("--learning-rate must be positive, got " + str(o.learning_rate));
@@ -125,15 +137,28 @@ void set_generator_state(at::Generator& gen, const io::StateDict& state, const s
   gen.set_state(it->second);
 }
 
-// The usable examples: each image is decoded once up front, so that a corrupt or truncated file
-// is reported (and left out) before training starts rather than in the middle of a batch.
+// The image as decoded, uint8 [H,W,3]; an Error naming it when unreadable.
+at::Tensor read_example(const data::Example& ex) {
+  return ex.bytes ? io::read_image_rgb(ex.bytes->data(), ex.bytes->size(), ex.image.string())
+                  : io::read_image_rgb(ex.image);
+}
+
+// The usable examples and their sizes: each image is decoded once up front, so that a corrupt or
+// truncated file is reported (and left out) before training starts rather than in the middle of
+// a batch.
 std::vector<data::Example> usable_examples(const data::CaptionDataset& dataset,
-                                           const data::TransformOptions& transform,
+                                           std::vector<data::BucketResolution>& sizes,
                                            std::vector<data::Skipped>& skipped) {
   std::vector<data::Example> usable;
-  at::Generator scratch = at::make_generator<at::CPUGeneratorImpl>(0);
-  for (const auto& example : dataset.examples())
-    if (data::load_training_image(example, transform, scratch, skipped)) usable.push_back(example);
+  for (const auto& example : dataset.examples()) {
+    try {
+      const at::Tensor rgb = read_example(example);
+      sizes.push_back({rgb.size(1), rgb.size(0)});
+      usable.push_back(example);
+    } catch (const Error& e) {
+      data::skip(skipped, example.image, e.message());
+    }
+  }
   return usable;
 }
 
@@ -237,14 +262,30 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
   const data::CaptionDataset dataset = data::open_dataset(o.data, o.image_column, o.caption_column);
   summary.skipped = dataset.skipped();
   const data::TransformOptions transform{o.resolution, o.center_crop, o.random_flip};
-  const std::vector<data::Example> examples = usable_examples(dataset, transform, summary.skipped);
+  std::vector<data::BucketResolution> sizes;
+  const std::vector<data::Example> examples = usable_examples(dataset, sizes, summary.skipped);
   if (examples.empty())
     throw Error("no usable training image (" + std::to_string(summary.skipped.size()) + " skipped)",
                 o.data.string());
   summary.examples = static_cast<int64_t>(examples.size());
+  // With buckets, example i belongs to bucket bucket_of[i], and a batch never mixes buckets.
+  std::vector<data::BucketResolution> buckets;
+  std::vector<int64_t> bucket_of(examples.size(), 0);
+  if (o.enable_bucket) {
+    buckets = data::make_bucket_resolutions(o.resolution, o.resolution, o.min_bucket_reso,
+                                            o.max_bucket_reso, o.bucket_reso_steps);
+    std::map<int64_t, int64_t> counts;
+    for (size_t i = 0; i < examples.size(); ++i) {
+      const auto b = data::select_bucket(sizes[i].width, sizes[i].height, buckets);
+      bucket_of[i] = std::find(buckets.begin(), buckets.end(), b) - buckets.begin();
+      ++counts[bucket_of[i]];
+    }
+    for (const auto& [g, n] : counts)
+      summary.buckets.emplace_back(
+          std::to_string(buckets[g].width) + "x" + std::to_string(buckets[g].height), n);
+  }
   // Data sharding point: this rank's share of every epoch.
-  data::BatchSampler sampler(std::vector<int64_t>(examples.size(), 0), o.batch_size, o.seed, kRank,
-                             kWorldSize);
+  data::BatchSampler sampler(bucket_of, o.batch_size, o.seed, kRank, kWorldSize);
   const int64_t steps_per_epoch =
       (sampler.batches_per_epoch() + o.gradient_accumulation_steps - 1) /
       o.gradient_accumulation_steps;
@@ -400,10 +441,16 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
     std::vector<at::Tensor> pixels, ids;
     for (int64_t i : indices) {
       const data::Example& ex = examples[i];
-      auto image = data::load_training_image(ex, transform, data_gen, summary.skipped);
-      if (!image)
-        throw Error("training image became unreadable during training", ex.image.string());
-      pixels.push_back(*image);
+      if (o.enable_bucket) {
+        at::Tensor img = data::resize_to_bucket(read_example(ex), buckets[bucket_of[i]]);
+        if (o.random_flip && at::rand({1}, data_gen).item<float>() < 0.5f) img = img.flip({1});
+        pixels.push_back(data::to_model_input(img));
+      } else {
+        auto image = data::load_training_image(ex, transform, data_gen, summary.skipped);
+        if (!image)
+          throw Error("training image became unreadable during training", ex.image.string());
+        pixels.push_back(*image);
+      }
       ids.push_back(at::tensor(tokenizer.encode_padded(ex.caption), at::kLong));
     }
     return std::make_pair(at::stack(pixels).to(device, weight_dtype), at::stack(ids).to(device));

@@ -285,3 +285,36 @@ def test_bad_options_are_one_line_errors(tiny, run_sdtune, tmp_path):
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     proc = run_sdtune("train", "--model", tiny, "--data", tmp_path / "nowhere", "--out", tmp_path / "o", check=False)
     assert proc.returncode == 1 and "nowhere" in proc.stderr
+
+
+def test_aspect_ratio_buckets(tiny, run_sdtune, tmp_path):
+    """Wide, tall and square images train together: each batch holds one bucket."""
+    data = tmp_path / "data"
+    make_images(data, n=2, size=(64, 32), seed=1)  # 2:1
+    rng = np.random.default_rng(2)
+    for i, size in enumerate([(32, 64), (32, 64), (40, 40)]):  # 1:2, 1:2, 1:1
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(data / f"x{i}.png")
+    (data / "metadata.jsonl").unlink()
+    out = tmp_path / "out"
+    # Buckets of about 32² pixels in steps of 8: 48×24, 24×48, 32×32, ...
+    proc = run_sdtune(*base_args(tiny, data, out, "--max-steps", 4, "--enable-bucket", "--min-bucket-reso", 16,
+                                 "--max-bucket-reso", 64, "--bucket-reso-steps", 8, "--random-flip"))
+    assert "examples: 5 used" in proc.stdout
+    # kohya's rule, computed here: for each width w (steps of 8, 16..64) the tallest multiple-of-8
+    # height with w·h <= 32², and its transpose; each image takes the closest aspect ratio.
+    buckets = {(32, 32)}
+    for w in range(16, 65, 8):
+        h = min(64, (32 * 32 // w) // 8 * 8)
+        if h >= 16:
+            buckets |= {(w, h), (h, w)}
+    pick = lambda w, h: min(sorted(buckets), key=lambda b: abs(b[0] / b[1] - w / h))
+    expected = {}
+    for size in [(64, 32), (64, 32), (32, 64), (32, 64), (40, 40)]:
+        expected[pick(*size)] = expected.get(pick(*size), 0) + 1
+    assert len(expected) == 3
+    for (w, h), n in expected.items():
+        assert f"bucket {w}x{h}: {n} examples" in proc.stdout, proc.stdout
+    assert all(math.isfinite(m["loss"]) for m in metrics(out))
+    proc = run_sdtune(*base_args(tiny, data, tmp_path / "o2", "--max-steps", 1, "--enable-bucket",
+                                 "--bucket-reso-steps", 12), check=False)
+    assert proc.returncode == 1 and "--bucket-reso-steps must be a positive multiple of 8" in proc.stderr

@@ -25,6 +25,11 @@ struct TrainOptions {
   bool center_crop = false;
   bool random_flip = false;
   int64_t batch_size = 16;  // per device (train_batch_size)
+  // kohya's aspect-ratio buckets: each image is resized to cover the bucket (of about
+  // resolution² pixels, sides multiples of bucket_reso_steps between the min and max) whose aspect
+  // ratio is closest to its own, then center-cropped to it; a batch holds one bucket.
+  bool enable_bucket = false;
+  int64_t min_bucket_reso = 256, max_bucket_reso = 1024, bucket_reso_steps = 64;
 
   // Schedule of the run: max_steps optimizer steps; 0 = num_train_epochs full passes.
   int64_t max_steps = 0;

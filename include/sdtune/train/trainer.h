@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "sdtune/data/caption_dataset.h"
@@ -41,6 +42,7 @@ struct TrainSummary {
   int64_t steps_this_run = 0;
   int64_t examples = 0;  // usable training examples
   std::vector<data::Skipped> skipped;
+  std::vector<std::pair<std::string, int64_t>> buckets;  // "WxH", examples (--enable-bucket)
   double first_loss = 0, last_loss = 0;  // mean loss of this run's first and last logged steps
   int64_t skipped_steps = 0;             // non-finite steps skipped this run
   bool interrupted = false;
