@@ -20,17 +20,6 @@ const char* weight_file_name(const std::string& component) {
   return component == "text_encoder" ? "model.safetensors" : "diffusion_pytorch_model.safetensors";
 }
 
-// Flushes a file or folder to disk: the renames that publish the folder must not reach the disk
-// before the data they publish, or a power loss could leave a complete-looking folder of holes.
-void sync_path(const fs::path& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw Error(std::string("cannot open for fsync: ") + std::strerror(errno), path);
-  const int rc = ::fsync(fd);
-  const int err = errno;
-  ::close(fd);
-  if (rc != 0) throw Error(std::string("fsync failed: ") + std::strerror(err), path);
-}
-
 void sync_tree(const fs::path& root) {
   for (const auto& entry : fs::recursive_directory_iterator(root))
     if (entry.is_regular_file() || entry.is_directory()) sync_path(entry.path());
@@ -95,6 +84,17 @@ fs::path sibling(const fs::path& path, const std::string& suffix) {
 }
 
 }  // namespace
+
+// The renames that publish a folder must not reach the disk before the data they publish, or a
+// power loss could leave a complete-looking folder of holes.
+void sync_path(const fs::path& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw Error(std::string("cannot open for fsync: ") + std::strerror(errno), path);
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  if (rc != 0) throw Error(std::string("fsync failed: ") + std::strerror(err), path);
+}
 
 void save_pipeline(const ModelFolder& base, const fs::path& out, const SavedWeights& weights) {
   if (!at::isFloatingType(weights.save_dtype))

@@ -36,12 +36,11 @@ at::Tensor rescale_zero_terminal_snr(const at::Tensor& betas) {
 }
 
 PredictionType parse_prediction(const io::JsonConfig& j) {
-  const std::string v = j.get_string("prediction_type", "epsilon");
-  if (v == "epsilon") return PredictionType::Epsilon;
-  if (v == "v_prediction") return PredictionType::VPrediction;
-  if (v == "sample") return PredictionType::Sample;
-  throw Error("unknown prediction_type '" + v + "' (expected epsilon, v_prediction or sample)",
-              j.source(), "prediction_type");
+  try {
+    return parse_prediction_type(j.get_string("prediction_type", "epsilon"));
+  } catch (const Error& e) {
+    throw Error(e.message(), j.source(), "prediction_type");
+  }
 }
 
 TimestepSpacing parse_spacing(const io::JsonConfig& j) {
@@ -174,6 +173,13 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& name, SchedulerConf
   if (chosen == "euler") return make_euler(std::move(config));
   if (chosen == "euler-ancestral") return make_euler_ancestral(std::move(config));
   return make_dpm_solver_multistep(std::move(config));
+}
+
+PredictionType parse_prediction_type(const std::string& name) {
+  if (name == "epsilon") return PredictionType::Epsilon;
+  if (name == "v_prediction") return PredictionType::VPrediction;
+  if (name == "sample") return PredictionType::Sample;
+  throw Error("unknown prediction_type '" + name + "' (expected epsilon, v_prediction or sample)");
 }
 
 }  // namespace sdtune::schedulers

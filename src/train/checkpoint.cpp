@@ -1,6 +1,5 @@
 #include "sdtune/train/checkpoint.h"
 
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -23,16 +22,6 @@ void write_text(const fs::path& path, const std::string& text) {
   f << text;
   f.close();
   if (!f) throw Error("cannot write file", path.string());
-}
-
-// Flushes a file or folder to disk (the rename that publishes a checkpoint must not reach the
-// disk before the data it publishes).
-void sync_path(const fs::path& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw Error("cannot open for fsync", path.string());
-  const int rc = ::fsync(fd);
-  ::close(fd);
-  if (rc != 0) throw Error("fsync failed", path.string());
 }
 
 // DIR/.NAME<tag><pid> for DIR/NAME: a hidden temporary next to `path`.
@@ -81,10 +70,10 @@ void write_checkpoint(const io::ModelFolder& base, const fs::path& dir,
     if (!contents.config_toml.empty())
       write_text(staging / "train_config.toml", contents.config_toml);
     // safetensors files are flushed by their writer, the pipeline by save_pipeline.
-    sync_path(state_dir / kTrainerState);
-    if (!contents.config_toml.empty()) sync_path(staging / "train_config.toml");
-    sync_path(state_dir);
-    sync_path(staging);
+    io::sync_path(state_dir / kTrainerState);
+    if (!contents.config_toml.empty()) io::sync_path(staging / "train_config.toml");
+    io::sync_path(state_dir);
+    io::sync_path(staging);
   } catch (...) {
     fs::remove_all(staging, ec);
     throw;

@@ -95,13 +95,6 @@ std::optional<at::ScalarType> autocast_dtype(const std::string& mixed_precision)
   return std::nullopt;
 }
 
-schedulers::PredictionType parse_prediction_type(const std::string& name) {
-  if (name == "epsilon") return schedulers::PredictionType::Epsilon;
-  if (name == "v_prediction") return schedulers::PredictionType::VPrediction;
-  if (name == "sample") return schedulers::PredictionType::Sample;
-  throw Error("--prediction-type must be epsilon, v_prediction or sample, got '" + name + "'");
-}
-
 std::vector<at::Tensor> parameters_of(const torch::nn::Module& m) {
   return m.parameters();
 }
@@ -253,9 +246,9 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
   const auto scheduler_config =
       schedulers::SchedulerConfig::from_json(base.component_config("scheduler"));
   const schedulers::NoiseSchedule schedule = schedulers::make_noise_schedule(scheduler_config);
-  const schedulers::PredictionType prediction_type = o.prediction_type.empty()
-                                                         ? scheduler_config.prediction_type
-                                                         : parse_prediction_type(o.prediction_type);
+  const schedulers::PredictionType prediction_type =
+      o.prediction_type.empty() ? scheduler_config.prediction_type
+                                : schedulers::parse_prediction_type(o.prediction_type);
   const int64_t num_train_timesteps = scheduler_config.num_train_timesteps;
 
   // ---- Data --------------------------------------------------------------------------------

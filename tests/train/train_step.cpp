@@ -69,13 +69,6 @@ Args parse_args(int argc, char** argv) {
   return a;
 }
 
-sched::PredictionType parse_prediction_type(const std::string& name) {
-  if (name == "epsilon") return sched::PredictionType::Epsilon;
-  if (name == "v_prediction") return sched::PredictionType::VPrediction;
-  if (name == "sample") return sched::PredictionType::Sample;
-  throw Error("unknown prediction type '" + name + "'");
-}
-
 at::Tensor input(const std::map<std::string, at::Tensor>& in, const std::string& name) {
   auto it = in.find(name);
   if (it == in.end()) throw Error("missing input tensor '" + name + "'");
@@ -88,7 +81,7 @@ void run(const Args& a) {
   const auto config = sched::SchedulerConfig::from_json(folder.component_config("scheduler"));
   const sched::NoiseSchedule schedule = sched::make_noise_schedule(config);
   const sched::PredictionType type =
-      a.prediction_type ? parse_prediction_type(*a.prediction_type) : config.prediction_type;
+      a.prediction_type ? sched::parse_prediction_type(*a.prediction_type) : config.prediction_type;
 
   const auto in = sdtune::io::read_tensors(a.inputs);
   const at::Tensor latents = input(in, "latents"), noise = input(in, "noise");

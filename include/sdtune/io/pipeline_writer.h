@@ -37,6 +37,10 @@ struct SavedWeights {
 // renames (an existing `out` is moved aside to `<out>.old-<pid>` and removed last), so a crash at
 // any moment leaves either the old or the new folder complete. On failure `out` is untouched and
 // the temporary folder removed; the Error names the path at fault.
+// fsync of a file or folder: data must reach the disk before the rename that publishes it.
+// An Error naming the path on failure.
+void sync_path(const std::filesystem::path& path);
+
 void save_pipeline(const ModelFolder& base, const std::filesystem::path& out,
                    const SavedWeights& weights);
 

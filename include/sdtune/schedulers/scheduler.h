@@ -18,6 +18,9 @@
 namespace sdtune::schedulers {
 
 enum class PredictionType { Epsilon, VPrediction, Sample };
+// "epsilon" | "v_prediction" | "sample" (the config's and the training scripts' spelling); an
+// Error naming the valid values otherwise.
+PredictionType parse_prediction_type(const std::string& name);
 enum class TimestepSpacing { Leading, Trailing, Linspace };
 
 struct SchedulerConfig {
