@@ -7,9 +7,9 @@
 #include <cstring>
 
 #include "io/crc32c.h"
+#include "io/tensorboard_event.h"
 #include "sdtune/error.h"
 #include "sdtune/io/image.h"
-#include "tensorboard_event.pb.h"  // generated from src/io/tensorboard_event.proto
 
 namespace sdtune::io {
 namespace {
@@ -31,13 +31,6 @@ void put_le(std::string& out, uint64_t value, int bytes) {
   for (int i = 0; i < bytes; ++i) out.push_back(static_cast<char>((value >> (8 * i)) & 0xFF));
 }
 
-tensorboard::Event event_at(int64_t step) {
-  tensorboard::Event event;
-  event.set_wall_time(unix_seconds());
-  event.set_step(step);
-  return event;
-}
-
 }  // namespace
 
 TensorBoardWriter::TensorBoardWriter(const std::filesystem::path& dir) {
@@ -49,9 +42,7 @@ TensorBoardWriter::TensorBoardWriter(const std::filesystem::path& dir) {
   file_.reset(std::fopen(path_.c_str(), "wbx"));
   if (!file_)
     throw Error(std::string("cannot create event file: ") + std::strerror(errno), path_.string());
-  tensorboard::Event event = event_at(0);
-  event.set_file_version("brain.Event:2");
-  write_record(event.SerializeAsString());
+  write_record(tensorboard_event::file_version(unix_seconds()));
   flush();
 }
 
@@ -60,11 +51,7 @@ TensorBoardWriter::~TensorBoardWriter() {
 }
 
 void TensorBoardWriter::add_scalar(const std::string& tag, double value, int64_t step) {
-  tensorboard::Event event = event_at(step);
-  tensorboard::Summary::Value* v = event.mutable_summary()->add_value();
-  v->set_tag(tag);
-  v->set_simple_value(static_cast<float>(value));
-  write_record(event.SerializeAsString());
+  write_record(tensorboard_event::scalar(unix_seconds(), step, tag, static_cast<float>(value)));
 }
 
 void TensorBoardWriter::add_image(const std::string& tag, const at::Tensor& rgb, int64_t step) {
@@ -72,15 +59,9 @@ void TensorBoardWriter::add_image(const std::string& tag, const at::Tensor& rgb,
     throw Error("image for TensorBoard must be uint8 [H,W,3], got " +
                     std::string(c10::toString(rgb.scalar_type())) + " " + c10::str(rgb.sizes()),
                 path_.string(), tag);
-  tensorboard::Event event = event_at(step);
-  tensorboard::Summary::Value* v = event.mutable_summary()->add_value();
-  v->set_tag(tag);
-  tensorboard::Summary::Image* image = v->mutable_image();
-  image->set_height(static_cast<int32_t>(rgb.size(0)));
-  image->set_width(static_cast<int32_t>(rgb.size(1)));
-  image->set_colorspace(3);  // RGB
-  image->set_encoded_image_string(encode_png(rgb));
-  write_record(event.SerializeAsString());
+  write_record(tensorboard_event::image(unix_seconds(), step, tag,
+                                        static_cast<int32_t>(rgb.size(0)),
+                                        static_cast<int32_t>(rgb.size(1)), encode_png(rgb)));
 }
 
 void TensorBoardWriter::flush() {

@@ -33,9 +33,14 @@ def bytes_to_unicode():
 
 
 def _bpe_file():
-    import open_clip
+    # Located without importing open_clip (whose import needs ftfy, timm, ...): the GPU machine
+    # carries the bare wheel.
+    import importlib.util
 
-    return os.path.join(os.path.dirname(open_clip.__file__), "bpe_simple_vocab_16e6.txt.gz")
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None:
+        raise ModuleNotFoundError("open_clip (pip install open-clip-torch) carries the CLIP BPE vocabulary")
+    return os.path.join(list(spec.submodule_search_locations)[0], "bpe_simple_vocab_16e6.txt.gz")
 
 
 def clip_vocab_and_merges():
