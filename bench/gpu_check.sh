@@ -32,21 +32,39 @@ cmake --build build-gpu -j 16 --target sdtune_cli sdtune_bench_unet sdtune_bench
   || { grep -B2 -A12 -m5 'error' "$OUT/build.log" | head -120; exit 1; }
 grep -c 'warning:' "$OUT/build.log" | sed 's/^/compiler warnings: /'
 
-section "CUDA training step, fp32 (scaled SD 1.5-shaped UNet, batch 2): first-step loss vs diffusers"
-SDTUNE_BENCH_TRAIN_STEP=build-gpu/sdtune_bench_train_step timeout 120 python3 bench/train_step.py \
-  --device cuda --config scaled --batch 2 --warmup 1 --iters 3
+# Sections, all by default; SECTIONS="train parity" runs those alone (after the build).
+SECTIONS=${SECTIONS:-"train parity bench-train bench-unet"}
+want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
-section "Training-step benchmark: SD 1.5, 512x512, bf16, batch 8 (plain, then gradient checkpointing)"
-# The first run also writes the random SD 1.5 UNet folder (~3.4 GB) that the second reuses.
-for gc in "" --gradient-checkpointing; do
-  SDTUNE_BENCH_TRAIN_STEP=build-gpu/sdtune_bench_train_step timeout 200 python3 bench/train_step.py \
-    --device cuda --config sd15 --mixed-precision bf16 --batch 8 --warmup 3 --iters 10 $gc
-done
+if want train; then
+  section "sdtune train --device cuda: fp32/bf16/fp16 through the caches, resume, diffusers loads it"
+  if [ -d .fixture ]; then
+    SDTUNE_BIN=build-gpu/sdtune timeout 150 python3 bench/gpu_train_check.py --run .fixture
+  else
+    echo "no .fixture: run 'python3 bench/gpu_train_check.py --prepare .fixture' here and carry it"
+  fi
+fi
 
-section "CUDA parity (sdtune forward --device cuda vs diffusers on the same card)"
-SDTUNE_BIN=build-gpu/sdtune timeout 120 python3 bench/gpu_check.py
+if want parity; then
+  section "CUDA parity (sdtune forward --device cuda vs diffusers on the same card)"
+  SDTUNE_BIN=build-gpu/sdtune timeout 120 python3 bench/gpu_check.py
+fi
 
-section "UNet forward benchmark: SD 1.5, 512x512 (64x64 latents), fp16, batch 2"
-SDTUNE_BENCH_UNET=build-gpu/sdtune_bench_unet timeout 60 python3 bench/unet_forward.py \
-  --device cuda --dtype fp16 --batch 2 --warmup 5 --iters 30
+if want bench-train; then
+  section "CUDA training step, fp32 (scaled SD 1.5-shaped UNet, batch 2): first-step loss vs diffusers"
+  SDTUNE_BENCH_TRAIN_STEP=build-gpu/sdtune_bench_train_step timeout 120 python3 bench/train_step.py \
+    --device cuda --config scaled --batch 2 --warmup 1 --iters 3
+  section "Training-step benchmark: SD 1.5, 512x512, bf16, batch 8 (plain, then gradient checkpointing)"
+  # The first run also writes the random SD 1.5 UNet folder (~3.4 GB) that the second reuses.
+  for gc in "" --gradient-checkpointing; do
+    SDTUNE_BENCH_TRAIN_STEP=build-gpu/sdtune_bench_train_step timeout 200 python3 bench/train_step.py \
+      --device cuda --config sd15 --mixed-precision bf16 --batch 8 --warmup 3 --iters 10 $gc
+  done
+fi
+
+if want bench-unet; then
+  section "UNet forward benchmark: SD 1.5, 512x512 (64x64 latents), fp16, batch 2"
+  SDTUNE_BENCH_UNET=build-gpu/sdtune_bench_unet timeout 60 python3 bench/unet_forward.py \
+    --device cuda --dtype fp16 --batch 2 --warmup 5 --iters 30
+fi
 section "done"

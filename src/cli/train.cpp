@@ -39,7 +39,7 @@ std::string format_duration(double seconds) {
 
 struct Flags {
   train::TrainOptions o;
-  std::string out, data, model, config;
+  std::string out, data, model, config, cache_dir;
   std::optional<double> text_encoder_lr, snr_gamma;
   bool quiet = false;
 };
@@ -71,6 +71,15 @@ void add_options(CLI::App* cmd, Flags& f) {
   cmd->add_option("--min-bucket-reso", o.min_bucket_reso)->capture_default_str();
   cmd->add_option("--max-bucket-reso", o.max_bucket_reso)->capture_default_str();
   cmd->add_option("--bucket-reso-steps", o.bucket_reso_steps)->capture_default_str();
+
+  cmd->add_flag("--cache-latents", o.cache_latents,
+                "Encode each image with the VAE once and keep its latent distribution on disk "
+                "(needs --center-crop or --enable-bucket)");
+  cmd->add_flag("--cache-text-encoder-outputs", o.cache_text_encoder_outputs,
+                "Encode each caption once and keep the embedding on disk (frozen text encoder)");
+  cmd->add_option("--cache-dir", f.cache_dir,
+                  "Where caches live, shared by runs (default $SDTUNE_CACHE_DIR, "
+                  "$XDG_CACHE_HOME/sdtune or ~/.cache/sdtune)");
 
   cmd->add_option("--max-steps,--max-train-steps", o.max_steps,
                   "Optimizer steps (0: --num-train-epochs passes over the data)")
@@ -145,6 +154,7 @@ void run(CLI::App* cmd, Flags& f) {
   o.model = f.model;
   o.data = f.data;
   o.out = f.out;
+  o.cache_dir = f.cache_dir;
   o.text_encoder_lr = f.text_encoder_lr;
   o.snr_gamma = f.snr_gamma;
   // The effective configuration, as a --config file that reproduces this run.
@@ -204,6 +214,14 @@ void run(CLI::App* cmd, Flags& f) {
     std::printf("  skipped %s: %s\n", sk.path.string().c_str(), sk.reason.c_str());
   for (const auto& [bucket, n] : s.buckets)
     std::printf("  bucket %s: %lld examples\n", bucket.c_str(), static_cast<long long>(n));
+  if (o.cache_latents)
+    std::printf("latent cache: %lld read, %lld computed\n",
+                static_cast<long long>(s.latent_cache_hits),
+                static_cast<long long>(s.latent_cache_computed));
+  if (o.cache_text_encoder_outputs)
+    std::printf("text embedding cache: %lld read, %lld computed\n",
+                static_cast<long long>(s.text_cache_hits),
+                static_cast<long long>(s.text_cache_computed));
   std::printf("steps: %lld (this run %lld, non-finite skipped %lld)\n",
               static_cast<long long>(s.steps), static_cast<long long>(s.steps_this_run),
               static_cast<long long>(s.skipped_steps));

@@ -31,9 +31,11 @@
 #include "sdtune/train/diffusion_loss.h"
 #include "sdtune/train/ema.h"
 #include "sdtune/train/grad_norm.h"
+#include "sdtune/train/latent_cache.h"
 #include "sdtune/train/loss_scaler.h"
 #include "sdtune/train/lr_schedule.h"
 #include "sdtune/train/metrics_log.h"
+#include "sdtune/train/text_embedding_cache.h"
 
 namespace sdtune::train {
 namespace fs = std::filesystem;
@@ -76,6 +78,14 @@ void check_options(const TrainOptions& o) {
           "buckets need --bucket-reso-steps <= --min-bucket-reso <= --resolution <= "
           "--max-bucket-reso");
   }
+  if (o.cache_latents && !o.center_crop && !o.enable_bucket)
+    throw Error(
+        "--cache-latents needs --center-crop or --enable-bucket: a random crop is a new image "
+        "every step, which no cache can hold");
+  if (o.cache_text_encoder_outputs && o.train_text_encoder)
+    throw Error(
+        "--cache-text-encoder-outputs needs a frozen text encoder: --train-text-encoder changes "
+        "the outputs every step");
   if (o.max_steps == 0 && o.num_train_epochs < 1) throw Error("--num-train-epochs must be >= 1");
   if (!(o.learning_rate > 0))
     throw Error("--learning-rate must be positive, got " + str(o.learning_rate));
@@ -255,27 +265,72 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
   const data::CaptionDataset dataset = data::open_dataset(o.data, o.image_column, o.caption_column);
   summary.skipped = dataset.skipped();
   const data::TransformOptions transform{o.resolution, o.center_crop, o.random_flip};
+  // With buckets, example i belongs to bucket bucket_of[i], and a batch never mixes buckets.
+  std::vector<data::BucketResolution> buckets;
+  if (o.enable_bucket)
+    buckets = data::make_bucket_resolutions(o.resolution, o.resolution, o.min_bucket_reso,
+                                            o.max_bucket_reso, o.bucket_reso_steps);
+  const auto bucket_index = [&](int64_t width, int64_t height) {
+    const auto b = data::select_bucket(width, height, buckets);
+    return static_cast<int64_t>(std::find(buckets.begin(), buckets.end(), b) - buckets.begin());
+  };
   std::vector<data::BucketResolution> sizes;
-  const std::vector<data::Example> examples = usable_examples(dataset, sizes, summary.skipped);
+  std::vector<data::Example> examples;
+  // With --cache-latents: every usable example's VAE posterior, read from the cache or computed
+  // now (each image decoded and encoded once); without it every image is decoded once up front,
+  // so that a bad file is reported before training rather than in the middle of a batch.
+  std::vector<CachedLatents> cached_latents;
+  const fs::path cache_dir = o.cache_dir.empty() ? io::default_cache_dir() : o.cache_dir;
+  if (o.cache_latents) {
+    std::string preprocessing = o.enable_bucket ? "buckets " + std::to_string(o.resolution) + " " +
+                                                      std::to_string(o.min_bucket_reso) + "-" +
+                                                      std::to_string(o.max_bucket_reso) + "/" +
+                                                      std::to_string(o.bucket_reso_steps)
+                                                : "center-crop " + std::to_string(o.resolution);
+    if (o.random_flip) preprocessing += " flip";
+    LatentCache cache(cache_dir / "latents",
+                      LatentCache::scope_of(base, o.variant, weight_dtype, preprocessing));
+    // A center crop without flip draws nothing from its generator.
+    at::Generator unused = at::make_generator<at::CPUGeneratorImpl>(0);
+    const Preprocess preprocess = [&](const at::Tensor& rgb) {
+      if (!o.enable_bucket) return data::transform_image(rgb, {o.resolution, true, false}, unused);
+      return data::to_model_input(
+          data::resize_to_bucket(rgb, buckets[bucket_index(rgb.size(1), rgb.size(0))]));
+    };
+    say("caching latents in " + (cache_dir / "latents").string());
+    cached_latents = cache.prepare(dataset.examples(), vae, preprocess, o.random_flip, examples,
+                                   summary.skipped);
+    for (const auto& c : cached_latents) sizes.push_back({c.width, c.height});
+    summary.latent_cache_hits = cache.hits();
+    summary.latent_cache_computed = cache.computed();
+  } else {
+    examples = usable_examples(dataset, sizes, summary.skipped);
+  }
   if (examples.empty())
     throw Error("no usable training image (" + std::to_string(summary.skipped.size()) + " skipped)",
                 o.data.string());
   summary.examples = static_cast<int64_t>(examples.size());
-  // With buckets, example i belongs to bucket bucket_of[i], and a batch never mixes buckets.
-  std::vector<data::BucketResolution> buckets;
   std::vector<int64_t> bucket_of(examples.size(), 0);
   if (o.enable_bucket) {
-    buckets = data::make_bucket_resolutions(o.resolution, o.resolution, o.min_bucket_reso,
-                                            o.max_bucket_reso, o.bucket_reso_steps);
     std::map<int64_t, int64_t> counts;
     for (size_t i = 0; i < examples.size(); ++i) {
-      const auto b = data::select_bucket(sizes[i].width, sizes[i].height, buckets);
-      bucket_of[i] = std::find(buckets.begin(), buckets.end(), b) - buckets.begin();
+      bucket_of[i] = bucket_index(sizes[i].width, sizes[i].height);
       ++counts[bucket_of[i]];
     }
     for (const auto& [g, n] : counts)
       summary.buckets.emplace_back(
           std::to_string(buckets[g].width) + "x" + std::to_string(buckets[g].height), n);
+  }
+  // With --cache-text-encoder-outputs: every caption's embedding, read or computed now.
+  std::vector<at::Tensor> cached_text;
+  if (o.cache_text_encoder_outputs) {
+    TextEmbeddingCache cache(cache_dir / "text",
+                             TextEmbeddingCache::scope_of(base, o.variant, weight_dtype, amp));
+    std::vector<std::vector<int64_t>> ids;
+    for (const auto& ex : examples) ids.push_back(tokenizer.encode_padded(ex.caption));
+    cached_text = cache.prepare(ids, text_encoder, amp);
+    summary.text_cache_hits = cache.hits();
+    summary.text_cache_computed = cache.computed();
   }
   // Data sharding point: this rank's share of every epoch.
   data::BatchSampler sampler(bucket_of, o.batch_size, o.seed, kRank, kWorldSize);
@@ -430,11 +485,23 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
   };
 
   // ---- The loop ----------------------------------------------------------------------------
+  // One micro-batch: the posterior of its images (from the VAE, or the latent cache) and its
+  // captions (token ids, or the cached embeddings).
+  struct Batch {
+    models::DiagonalGaussian posterior;
+    at::Tensor input_ids, context;
+  };
   const auto load_batch = [&](const std::vector<int64_t>& indices) {
-    std::vector<at::Tensor> pixels, ids;
+    std::vector<at::Tensor> pixels, means, logvars, ids, contexts;
     for (int64_t i : indices) {
       const data::Example& ex = examples[i];
-      if (o.enable_bucket) {
+      if (o.cache_latents) {
+        // The flip is drawn as for an uncached image, so that both runs see the same data.
+        const bool flip = o.random_flip && at::rand({1}, data_gen).item<float>() < 0.5f;
+        const auto& d = flip ? cached_latents[i].flipped : cached_latents[i].posterior;
+        means.push_back(d.mean);
+        logvars.push_back(d.logvar);
+      } else if (o.enable_bucket) {
         at::Tensor img = data::resize_to_bucket(read_example(ex), buckets[bucket_of[i]]);
         if (o.random_flip && at::rand({1}, data_gen).item<float>() < 0.5f) img = img.flip({1});
         pixels.push_back(data::to_model_input(img));
@@ -444,9 +511,23 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
           throw Error("training image became unreadable during training", ex.image.string());
         pixels.push_back(*image);
       }
-      ids.push_back(at::tensor(tokenizer.encode_padded(ex.caption), at::kLong));
+      if (o.cache_text_encoder_outputs)
+        contexts.push_back(cached_text[i]);
+      else
+        ids.push_back(at::tensor(tokenizer.encode_padded(ex.caption), at::kLong));
     }
-    return std::make_pair(at::stack(pixels).to(device, weight_dtype), at::stack(ids).to(device));
+    Batch b;
+    if (o.cache_latents) {
+      b.posterior = {at::stack(means).to(device), at::stack(logvars).to(device)};
+    } else {
+      at::NoGradGuard no_grad;
+      b.posterior = vae->encode(at::stack(pixels).to(device, weight_dtype));
+    }
+    if (o.cache_text_encoder_outputs)
+      b.context = at::stack(contexts).to(device);
+    else
+      b.input_ids = at::stack(ids).to(device);
+    return b;
   };
 
   const int64_t first_step = step;
@@ -455,12 +536,9 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
     double loss_sum = 0;
     bool loss_finite = true;
     for (int64_t micro = 0; micro < o.gradient_accumulation_steps; ++micro) {
-      const auto [pixels, input_ids] = load_batch(sampler.next());
-      at::Tensor latents;
-      {
-        at::NoGradGuard no_grad;
-        latents = vae->encode(pixels).sample(noise_gen) * scaling_factor;
-      }
+      const Batch batch = load_batch(sampler.next());
+      // A fresh latent from the posterior at every step, cached or not.
+      const at::Tensor latents = batch.posterior.sample(noise_gen) * scaling_factor;
       const at::Tensor noise =
           sample_noise(latents.sizes(), noise_gen, o.noise_offset, latents.options());
       const at::Tensor timesteps =
@@ -471,7 +549,9 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
         AutocastGuard autocast(device.type(), amp);
         std::optional<at::NoGradGuard> frozen_text;
         if (!o.train_text_encoder) frozen_text.emplace();
-        at::Tensor context = text_encoder->forward(input_ids).last_hidden_state;
+        at::Tensor context = batch.context.defined()
+                                 ? batch.context
+                                 : text_encoder->forward(batch.input_ids).last_hidden_state;
         frozen_text.reset();
         const at::Tensor model_pred = unet->forward(noisy, timesteps, context);
         const at::Tensor target =

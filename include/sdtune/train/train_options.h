@@ -30,6 +30,14 @@ struct TrainOptions {
   // ratio is closest to its own, then center-cropped to it; a batch holds one bucket.
   bool enable_bucket = false;
   int64_t min_bucket_reso = 256, max_bucket_reso = 1024, bucket_reso_steps = 64;
+  // Caches (kohya's --cache_latents_to_disk, --cache_text_encoder_outputs_to_disk): VAE posteriors
+  // of the images and the frozen text encoder's caption embeddings, computed once, kept in
+  // cache_dir (default io::default_cache_dir()) keyed by content and settings, reused by later
+  // runs. Latents need a deterministic crop (center_crop or enable_bucket); text embeddings a
+  // frozen text encoder.
+  bool cache_latents = false;
+  bool cache_text_encoder_outputs = false;
+  std::filesystem::path cache_dir;
 
   // Schedule of the run: max_steps optimizer steps; 0 = num_train_epochs full passes.
   int64_t max_steps = 0;

@@ -43,6 +43,9 @@ struct TrainSummary {
   int64_t examples = 0;  // usable training examples
   std::vector<data::Skipped> skipped;
   std::vector<std::pair<std::string, int64_t>> buckets;  // "WxH", examples (--enable-bucket)
+  // Cache entries read back and computed this run (--cache-latents, --cache-text-encoder-outputs).
+  int64_t latent_cache_hits = 0, latent_cache_computed = 0;
+  int64_t text_cache_hits = 0, text_cache_computed = 0;
   double first_loss = 0, last_loss = 0;  // mean loss of this run's first and last logged steps
   int64_t skipped_steps = 0;             // non-finite steps skipped this run
   bool interrupted = false;

@@ -1,0 +1,148 @@
+"""`sdtune train --device cuda` end to end on a tiny pipeline, for the GPU machine, whose sdtune is
+built without libvips (bench/gpu_check.sh): the images reach the GPU run through the latent and
+text caches that `--prepare` fills HERE, on the CPU, with the same model folder, data and settings.
+
+    python3 bench/gpu_train_check.py --prepare .fixture      # here (needs build/sdtune), before
+    python3 bench/gpu_train_check.py --run .fixture          # there, after the build
+
+On the GPU, per precision (fp32, bf16, fp16): every cache entry must be read back (none computed),
+losses must stay finite and fall, fp16 reports its loss scale and skipped steps; fp32 also checks
+whether 6 steps straight equal 3 steps + resume + 3 steps bit for bit on CUDA, and that diffusers
+loads the output and generates with it on the GPU.
+"""
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PRECISIONS = ["no", "bf16", "fp16"]
+N_IMAGES, R = 8, 32
+
+
+def train_args(fixture, out, precision, *extra):
+    return ["train", "--model", fixture / "tiny", "--data", fixture / "data", "--out", out, "--resolution", R,
+            "--center-crop", "--random-flip", "--batch-size", 4, "--learning-rate", 1e-3, "--lr-warmup-steps", 0,
+            "--mixed-precision", precision, "--cache-latents", "--cache-text-encoder-outputs", "--cache-dir",
+            fixture / "cache", "--checkpointing-steps", 0, "--seed", 11, "--quiet", *extra]
+
+
+def sdtune(binary, args, check=True):
+    proc = subprocess.run([str(binary), *map(str, args)], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise SystemExit(f"sdtune {' '.join(map(str, args[:1]))} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return proc
+
+
+def prepare(fixture, binary):
+    import numpy as np
+    from PIL import Image
+
+    sys.path.insert(0, str(REPO / "tests" / "helpers"))
+    from tiny_models import build_pipeline
+
+    build_pipeline("tiny", fixture / "tiny")
+    data = fixture / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(N_IMAGES):
+        # Smooth images (a colour gradient per image), which a tiny model can learn a little of.
+        y, x = np.mgrid[0:40, 0:48]
+        c = rng.uniform(0, 1, (3, 3))
+        img = np.stack([(c[k, 0] * x / 48 + c[k, 1] * y / 40 + c[k, 2]) % 1.0 for k in range(3)], -1)
+        Image.fromarray((img * 255).astype(np.uint8)).save(data / f"{i}.png")
+        rows.append({"file_name": f"{i}.png", "text": f"gradient number {i % 4}"})
+    (data / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # One step per precision fills its caches (the VAE and text encoder run in that precision);
+    # its output is not needed (the fixture travels, and must stay small).
+    with tempfile.TemporaryDirectory() as tmp:
+        for p in PRECISIONS:
+            proc = sdtune(binary, train_args(fixture, Path(tmp) / p, p, "--max-steps", 1), check=False)
+            print(p, "rc", proc.returncode, [l for l in proc.stdout.splitlines() if "cache" in l],
+                  proc.stderr[-300:])
+    entries = list((fixture / "cache").rglob("*.safetensors"))
+    print(f"{len(entries)} cache entries in {fixture / 'cache'}")
+
+
+def losses(out):
+    return [json.loads(l) for l in (Path(out) / "logs" / "metrics.jsonl").read_text().splitlines()]
+
+
+def run(fixture, binary, device):
+    import torch
+    from safetensors.torch import load_file
+
+    print("device:", torch.cuda.get_device_name() if device == "cuda" else device)
+    work = Path(os.environ.get("TMPDIR", "/tmp")) / "sdtune_gpu_train"
+    shutil.rmtree(work, ignore_errors=True)
+    failures = 0
+    for p in PRECISIONS:
+        out = work / f"cuda_{p}"
+        start = time.time()
+        proc = sdtune(binary, train_args(fixture, out, p, "--max-steps", 30, "--use-ema", "--device", device),
+                      check=False)
+        if proc.returncode != 0:
+            print(f"{p}: FAIL rc {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}")
+            failures += 1
+            continue
+        cache = [l for l in proc.stdout.splitlines() if "cache" in l]
+        m = losses(out)
+        good = [x["loss"] for x in m if isinstance(x["loss"], float) and math.isfinite(x["loss"])]
+        first, last = sum(good[:5]) / 5, sum(good[-5:]) / 5
+        skipped = sum(1 for x in m if x.get("skipped"))
+        finite = len(good) + skipped >= len(m) and len(good) >= 20
+        ok = finite and all("0 computed" in l for l in cache) and len(cache) == 2 and last < first
+        failures += not ok
+        scale = f", loss scale {m[-1].get('loss_scale')}" if p == "fp16" else ""
+        print(f"{p}: {'ok' if ok else 'FAIL'}  {' | '.join(cache)}; loss mean of steps 1-5 {first:.4f} -> "
+              f"26-30 {last:.4f}; skipped {skipped}{scale}; {time.time() - start:.1f} s incl. start")
+
+    # Resume on CUDA: bitwise? cuDNN and atomics may make CUDA backward passes nondeterministic.
+    a, b = work / "straight", work / "resumed"
+    sdtune(binary, train_args(fixture, a, "no", "--max-steps", 6, "--use-ema", "--device", device))
+    sdtune(binary, train_args(fixture, b, "no", "--max-steps", 3, "--use-ema", "--device", device,
+                              "--checkpointing-steps", 3))
+    sdtune(binary, train_args(fixture, b, "no", "--max-steps", 6, "--use-ema", "--device", device,
+                              "--resume-from-checkpoint", "latest"))
+    ua, ub = (load_file(x / "unet" / "diffusion_pytorch_model.safetensors") for x in (a, b))
+    worst = max((ua[k] - ub[k]).abs().max().item() for k in ua)
+    la, lb = [x["loss"] for x in losses(a)], [x["loss"] for x in losses(b)]
+    print(f"resume on CUDA (fp32, EMA): weights bitwise equal: {all(torch.equal(ua[k], ub[k]) for k in ua)}"
+          f" (max |diff| {worst:.2e}); losses of steps 4-6 equal: {la[3:] == lb[-3:]}")
+
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(work / "cuda_no", safety_checker=None,
+                                                   requires_safety_checker=False).to(device)
+    image = pipe("gradient number 1", num_inference_steps=4, output_type="np",
+                 generator=torch.Generator(device).manual_seed(0)).images[0]
+    ok = image.shape == (R, R, 3) and bool((image == image).all())
+    failures += not ok
+    print(f"diffusers loads the CUDA-trained output and generates on the GPU: {'ok' if ok else 'FAIL'}")
+    sys.exit(1 if failures else 0)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    mode = ap.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--prepare", type=Path, metavar="DIR")
+    mode.add_argument("--run", type=Path, metavar="DIR")
+    ap.add_argument("--device", default="cuda", help="for --run (cpu: a dry run of this script)")
+    ap.add_argument("--bin", default=os.environ.get("SDTUNE_BIN", REPO / "build" / "sdtune"))
+    args = ap.parse_args()
+    if args.prepare:
+        prepare(args.prepare.resolve(), args.bin)
+    else:
+        run(args.run.resolve(), args.bin, args.device)
+
+
+if __name__ == "__main__":
+    main()
