@@ -1,8 +1,9 @@
 """CUDA numerics of `sdtune forward` against diffusers/transformers on the same GPU.
 
-fp32 must agree to the CPU parity tolerance scaled for TF32-free GPU math (1e-3); fp16/bf16 are
-compared with diffusers running in the same precision and reported (not asserted: kernels
-differ in accumulation order), next to the fp16/bf16 error of diffusers itself against fp32.
+fp32 must agree within 1e-3 (both sides at PyTorch's defaults: TF32 convolutions, fp32 matmuls);
+fp16/bf16 are compared with diffusers running in the same precision and reported (not asserted:
+kernels differ in accumulation order), next to the fp16/bf16 error of diffusers itself against
+fp32.
 """
 
 import os
@@ -35,8 +36,10 @@ def sdtune_forward(folder, component, dtype, tmp, **inputs):
 
 
 def main():
+    # PyTorch's defaults, which LibTorch (and so sdtune) shares: cuDNN convolutions may use TF32,
+    # matmuls do not. (With TF32 convolutions off here only, the VAE differed by 1.4e-3.)
     torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = True
     failures = 0
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "sd15"

@@ -28,7 +28,7 @@ cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DSDTUNE_TESTS=OFF -
   -DSDTUNE_PYTHON=false -DSDTUNE_WERROR=OFF -DCMAKE_PREFIX_PATH="$TORCH_PREFIX;/tmp/deps/usr" \
   -DCMAKE_LIBRARY_ARCHITECTURE=x86_64-linux-gnu > "$OUT/configure.log" 2>&1 \
   || { tail -60 "$OUT/configure.log"; exit 1; }
-cmake --build build-gpu -j 16 --target sdtune_cli sdtune_bench_unet sdtune_bench_train_step > "$OUT/build.log" 2>&1 \
+cmake --build build-gpu -j 16 --target ${BUILD_TARGETS:-sdtune_cli sdtune_bench_unet sdtune_bench_train_step} > "$OUT/build.log" 2>&1 \
   || { grep -B2 -A12 -m5 'error' "$OUT/build.log" | head -120; exit 1; }
 grep -c 'warning:' "$OUT/build.log" | sed 's/^/compiler warnings: /'
 

@@ -35,7 +35,17 @@ def train_args(fixture, out, precision, *extra):
 
 
 def sdtune(binary, args, check=True):
-    proc = subprocess.run([str(binary), *map(str, args)], capture_output=True, text=True)
+    cmd = [str(binary), *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode < 0:  # killed by a signal: the command, and a backtrace where a debugger is
+        print(f"CRASH (signal {-proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-1500:]}")
+        if shutil.which("cuda-gdb"):
+            # x/8a $sp: after a jump through a null pointer bt cannot unwind, but the return
+            # address on top of the stack names the caller.
+            gdb = subprocess.run(["cuda-gdb", "-q", "-batch", "-ex", "run", "-ex", "bt 40", "-ex", "x/8a $sp",
+                                  "--args", *cmd],
+                                 capture_output=True, text=True, timeout=180)
+            print("\n".join((gdb.stdout + gdb.stderr).splitlines()[-70:]))
     if check and proc.returncode != 0:
         raise SystemExit(f"sdtune {' '.join(map(str, args[:1]))} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     return proc
@@ -106,17 +116,26 @@ def run(fixture, binary, device):
               f"26-30 {last:.4f}; skipped {skipped}{scale}; {time.time() - start:.1f} s incl. start")
 
     # Resume on CUDA: bitwise? cuDNN and atomics may make CUDA backward passes nondeterministic.
-    a, b = work / "straight", work / "resumed"
-    sdtune(binary, train_args(fixture, a, "no", "--max-steps", 6, "--use-ema", "--device", device))
-    sdtune(binary, train_args(fixture, b, "no", "--max-steps", 3, "--use-ema", "--device", device,
-                              "--checkpointing-steps", 3))
-    sdtune(binary, train_args(fixture, b, "no", "--max-steps", 6, "--use-ema", "--device", device,
-                              "--resume-from-checkpoint", "latest"))
-    ua, ub = (load_file(x / "unet" / "diffusion_pytorch_model.safetensors") for x in (a, b))
-    worst = max((ua[k] - ub[k]).abs().max().item() for k in ua)
-    la, lb = [x["loss"] for x in losses(a)], [x["loss"] for x in losses(b)]
-    print(f"resume on CUDA (fp32, EMA): weights bitwise equal: {all(torch.equal(ua[k], ub[k]) for k in ua)}"
-          f" (max |diff| {worst:.2e}); losses of steps 4-6 equal: {la[3:] == lb[-3:]}")
+    # With and without EMA, so that a failure says which state's restore is at fault.
+    for ema in (["--use-ema"], []):
+        tag = "EMA" if ema else "no EMA"
+        a, b = work / f"straight{len(ema)}", work / f"resumed{len(ema)}"
+        rcs = [sdtune(binary, train_args(fixture, a, "no", "--max-steps", 6, *ema, "--device", device),
+                      check=False).returncode,
+               sdtune(binary, train_args(fixture, b, "no", "--max-steps", 3, *ema, "--device", device,
+                                         "--checkpointing-steps", 3), check=False).returncode,
+               sdtune(binary, train_args(fixture, b, "no", "--max-steps", 6, *ema, "--device", device,
+                                         "--resume-from-checkpoint", "latest"), check=False).returncode]
+        if any(rcs):
+            print(f"resume on {device} (fp32, {tag}): FAIL, exit codes straight/first/resumed {rcs}")
+            failures += 1
+            continue
+        ua, ub = (load_file(x / "unet" / "diffusion_pytorch_model.safetensors") for x in (a, b))
+        worst = max((ua[k] - ub[k]).abs().max().item() for k in ua)
+        la, lb = [x["loss"] for x in losses(a)], [x["loss"] for x in losses(b)]
+        print(f"resume on {device} (fp32, {tag}): weights bitwise equal: "
+              f"{all(torch.equal(ua[k], ub[k]) for k in ua)} (max |diff| {worst:.2e}); "
+              f"losses of steps 4-6 equal: {la[3:] == lb[-3:]}")
 
     from diffusers import StableDiffusionPipeline
 
