@@ -11,5 +11,7 @@ void add_forward(CLI::App& app);
 void add_generate(CLI::App& app);
 void add_grid(CLI::App& app);
 void add_train(CLI::App& app);
+void add_dreambooth(CLI::App& app);
+void add_lora(CLI::App& app);
 
 }  // namespace sdtune::cli

@@ -10,6 +10,7 @@
 #include "cli/commands.h"
 #include "sdtune/error.h"
 #include "sdtune/io/tensor.h"
+#include "sdtune/lora/lora.h"
 #include "sdtune/models/stable_diffusion.h"
 
 namespace sdtune::cli {
@@ -22,6 +23,7 @@ struct Args {
   std::string model, component, inputs, out, device = "cpu", dtype = "fp32";
   bool output_hidden_states = false;
   std::optional<uint64_t> seed;
+  std::vector<std::string> loras;  // merged into the component before it runs
 };
 
 // The named input, checked for rank; errors name the inputs file and the tensor.
@@ -51,6 +53,7 @@ Outputs text_encoder(const io::ModelFolder& folder, const models::LoadOptions& o
   if (ids.scalar_type() != at::kLong)
     throw Error("expected int64 token ids", a.inputs, "input_ids");
   auto model = models::load_text_encoder(folder, opts);
+  lora::apply_lora_arguments(a.loras, {{"text_encoder", model.ptr().get()}});
   // Checked here so that the error names the inputs file, not just the model's limit.
   if (ids.size(1) > model->config.max_position_embeddings)
     throw Error("has " + std::to_string(ids.size(1)) +
@@ -106,6 +109,7 @@ Outputs unet(const io::ModelFolder& folder, const models::LoadOptions& opts, con
                 a.inputs, "timestep");
   at::Tensor context = input(in, a.inputs, "encoder_hidden_states", 3);
   auto model = models::load_unet(folder, opts);
+  lora::apply_lora_arguments(a.loras, {{"unet", model.ptr().get()}});
   if (context.size(2) != model->config.cross_attention_dim)
     throw Error("last dimension " + std::to_string(context.size(2)) + " != cross_attention_dim " +
                     std::to_string(model->config.cross_attention_dim),
@@ -135,6 +139,9 @@ void add_forward(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_option("--dtype", a->dtype, "fp32, fp16 or bf16")->capture_default_str();
+  cmd->add_option("--lora", a->loras,
+                  "LoRA file merged into the unet or text encoder, FILE[:SCALE]")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   cmd->add_flag(
       "--output-hidden-states", a->output_hidden_states,
       "text-encoder: also write hidden_states.0 (embeddings) .. hidden_states.N (each layer)");

@@ -9,6 +9,7 @@
 #include "cli/progress.h"
 #include "sdtune/error.h"
 #include "sdtune/io/image.h"
+#include "sdtune/lora/lora.h"
 
 namespace sdtune::cli {
 namespace {
@@ -42,6 +43,8 @@ void run(Args& a) {
   Progress progress("generate", a.flags.quiet);
   auto folder = io::ModelFolder::open(a.model);
   pipeline::StableDiffusionPipeline pipe(folder, load, a.flags.scheduler, a.flags.karras);
+  lora::apply_lora_arguments(a.flags.loras, {{"unet", pipe.unet().ptr().get()},
+                                             {"text_encoder", pipe.text_encoder().ptr().get()}});
   const double load_seconds = progress.elapsed();
 
   bool truncated = false;

@@ -17,6 +17,10 @@ void add_generation_options(CLI::App* cmd, GenerationFlags& f) {
   cmd->add_option("--scheduler", f.scheduler,
                   "pndm|ddim|ddpm|euler|euler-ancestral|dpmpp-2m (default: the model's own)");
   cmd->add_flag("--karras", f.karras, "Karras sigmas (euler, euler-ancestral, dpmpp-2m)");
+  cmd->add_option("--lora", f.loras,
+                  "LoRA file (diffusers or kohya format) merged into the model, FILE[:SCALE]; "
+                  "repeatable")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   cmd->add_option("--eta", g.eta, "DDIM eta (0 = deterministic)")->capture_default_str();
   cmd->add_option("--width", g.width,
                   "Image width, a multiple of 8 (default: the model's native size)");

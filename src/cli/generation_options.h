@@ -1,6 +1,7 @@
 #pragma once
 // The options `generate` and `grid` share: sampling settings, scheduler, device and precision.
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
@@ -13,6 +14,7 @@ struct GenerationFlags {
   pipeline::GenerateOptions gen;
   std::string scheduler, device = "cpu", dtype = "fp32";
   bool karras = false, quiet = false;
+  std::vector<std::string> loras;  // --lora FILE[:SCALE], repeatable
 };
 
 // Registers --negative-prompt, --steps, --guidance-scale, --scheduler, --karras, --eta, --width,

@@ -8,6 +8,7 @@
 #include "cli/progress.h"
 #include "sdtune/error.h"
 #include "sdtune/io/image.h"
+#include "sdtune/lora/lora.h"
 
 namespace sdtune::cli {
 namespace {
@@ -34,6 +35,9 @@ void run(Args& a) {
   for (const auto& model : a.models) {
     auto folder = io::ModelFolder::open(model);
     pipeline::StableDiffusionPipeline pipe(folder, load, a.flags.scheduler, a.flags.karras);
+    // --lora applies to every model of the grid.
+    lora::apply_lora_arguments(a.flags.loras, {{"unet", pipe.unet().ptr().get()},
+                                               {"text_encoder", pipe.text_encoder().ptr().get()}});
     const std::string name = std::filesystem::path(model).lexically_normal().filename().string();
     for (const auto& prompt : a.prompts) {
       row_labels.push_back(a.models.size() > 1 ? name + ": " + prompt : prompt);

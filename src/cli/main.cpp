@@ -14,6 +14,8 @@ int main(int argc, char** argv) {
   sdtune::cli::add_generate(app);
   sdtune::cli::add_grid(app);
   sdtune::cli::add_train(app);
+  sdtune::cli::add_dreambooth(app);
+  sdtune::cli::add_lora(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

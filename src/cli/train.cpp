@@ -38,8 +38,9 @@ std::string format_duration(double seconds) {
 }
 
 struct Flags {
+  bool dreambooth = false;  // `sdtune dreambooth`: instance data and prompt, prior preservation
   train::TrainOptions o;
-  std::string out, data, model, config, cache_dir;
+  std::string out, data, model, config, cache_dir, class_data;
   std::optional<double> text_encoder_lr, snr_gamma;
   bool quiet = false;
 };
@@ -52,9 +53,30 @@ void add_options(CLI::App* cmd, Flags& f) {
                   "TOML file of options (keys are the flag names); flags given win over it");
   cmd->add_option("--model,--pretrained-model-name-or-path", f.model,
                   "Base pipeline folder (required)");
-  cmd->add_option("--data,--train-data-dir", f.data,
-                  "Image folder (metadata.jsonl or .txt captions), .parquet file or folder "
-                  "(required)");
+  if (f.dreambooth) {
+    cmd->add_option("--instance-data,--instance-data-dir", f.data,
+                    "Folder of the concept's images (required)");
+    auto& db = o.dreambooth;
+    cmd->add_option("--instance-prompt", db.instance_prompt,
+                    "Prompt with the rare identifier, e.g. \"a photo of sks dog\" (required)");
+    cmd->add_flag("--with-prior-preservation", db.with_prior_preservation,
+                  "Train on class images too, so the class is not forgotten");
+    cmd->add_option("--class-prompt", db.class_prompt, "e.g. \"a photo of a dog\"");
+    cmd->add_option("--class-data,--class-data-dir", f.class_data,
+                    "Folder of class images; missing ones are generated with the base model");
+    cmd->add_option("--num-class-images", db.num_class_images)->capture_default_str();
+    cmd->add_option("--prior-loss-weight", db.prior_loss_weight)->capture_default_str();
+    cmd->add_option("--repeats", db.repeats, "Times each instance image appears per epoch (kohya)")
+        ->capture_default_str();
+    cmd->add_option("--class-inference-steps", db.class_inference_steps,
+                    "Denoising steps per generated class image")
+        ->capture_default_str();
+    cmd->add_option("--class-guidance-scale", db.class_guidance_scale)->capture_default_str();
+  } else {
+    cmd->add_option("--data,--train-data-dir", f.data,
+                    "Image folder (metadata.jsonl or .txt captions), .parquet file or folder "
+                    "(required)");
+  }
   cmd->add_option("--out,--output-dir", f.out,
                   "Output folder: final model, checkpoints, logs (required)");
   cmd->add_option("--variant", o.variant, "Base weights variant (fp16)");
@@ -102,6 +124,9 @@ void add_options(CLI::App* cmd, Flags& f) {
 
   cmd->add_flag("--train-text-encoder", o.train_text_encoder);
   cmd->add_option("--text-encoder-lr", f.text_encoder_lr, "(default: --learning-rate)");
+  cmd->add_option("--stop-text-encoder-training", o.stop_text_encoder_training,
+                  "Freeze the text encoder from this step on (0: train it to the end)")
+      ->capture_default_str();
 
   cmd->add_option("--prediction-type", o.prediction_type,
                   "epsilon or v_prediction (default: the scheduler config's)");
@@ -147,7 +172,7 @@ void run(CLI::App* cmd, Flags& f) {
   auto& o = f.o;
   if (!f.config.empty()) apply_toml_config(cmd, f.config);
   for (const auto& [flag, value] : {std::pair<const char*, const std::string*>{"--model", &f.model},
-                                    {"--data", &f.data},
+                                    {f.dreambooth ? "--instance-data" : "--data", &f.data},
                                     {"--out", &f.out}})
     if (value->empty())
       throw Error(std::string(flag) + " is required (on the command line or in --config)");
@@ -155,6 +180,8 @@ void run(CLI::App* cmd, Flags& f) {
   o.data = f.data;
   o.out = f.out;
   o.cache_dir = f.cache_dir;
+  o.dreambooth.enabled = f.dreambooth;
+  o.dreambooth.class_data = f.class_data;
   o.text_encoder_lr = f.text_encoder_lr;
   o.snr_gamma = f.snr_gamma;
   // The effective configuration, as a --config file that reproduces this run.
@@ -210,6 +237,14 @@ void run(CLI::App* cmd, Flags& f) {
   // The run summary, on stdout.
   std::printf("examples: %lld used, %zu skipped\n", static_cast<long long>(s.examples),
               s.skipped.size());
+  if (f.dreambooth)
+    std::printf("instance examples: %lld, class examples: %lld\n",
+                static_cast<long long>(s.instance_examples),
+                static_cast<long long>(s.class_examples));
+  if (o.dreambooth.with_prior_preservation)
+    std::printf("class images: %lld found, %lld generated\n",
+                static_cast<long long>(s.class_images_found),
+                static_cast<long long>(s.class_images_generated));
   for (const auto& sk : s.skipped)
     std::printf("  skipped %s: %s\n", sk.path.string().c_str(), sk.reason.c_str());
   for (const auto& [bucket, n] : s.buckets)
@@ -241,6 +276,19 @@ void run(CLI::App* cmd, Flags& f) {
 void add_train(CLI::App& app) {
   auto* cmd = app.add_subcommand("train", "Fine-tune a Stable Diffusion model on captioned images");
   auto flags = std::make_shared<Flags>();
+  add_options(cmd, *flags);
+  cmd->callback([cmd, flags] { run(cmd, *flags); });
+}
+
+// The same loop on a DreamBooth dataset (diffusers' train_dreambooth.py): every train option
+// applies; the defaults that differ are train_dreambooth.py's (learning rate 5e-6, batch 4).
+void add_dreambooth(CLI::App& app) {
+  auto* cmd = app.add_subcommand(
+      "dreambooth", "Teach a model a concept from a few images (DreamBooth, prior preservation)");
+  auto flags = std::make_shared<Flags>();
+  flags->dreambooth = true;
+  flags->o.learning_rate = 5e-6;
+  flags->o.batch_size = 4;
   add_options(cmd, *flags);
   cmd->callback([cmd, flags] { run(cmd, *flags); });
 }

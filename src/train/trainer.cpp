@@ -28,6 +28,7 @@
 #include "sdtune/train/adamw.h"
 #include "sdtune/train/autocast.h"
 #include "sdtune/train/checkpoint.h"
+#include "sdtune/train/class_images.h"
 #include "sdtune/train/diffusion_loss.h"
 #include "sdtune/train/ema.h"
 #include "sdtune/train/grad_norm.h"
@@ -86,6 +87,23 @@ void check_options(const TrainOptions& o) {
     throw Error(
         "--cache-text-encoder-outputs needs a frozen text encoder: --train-text-encoder changes "
         "the outputs every step");
+  if (o.stop_text_encoder_training < 0) throw Error("--stop-text-encoder-training must be >= 0");
+  if (o.stop_text_encoder_training > 0 && !o.train_text_encoder)
+    throw Error("--stop-text-encoder-training needs --train-text-encoder");
+  const auto& db = o.dreambooth;
+  if (db.enabled) {
+    if (db.instance_prompt.empty()) throw Error("--instance-prompt is required");
+    if (db.repeats < 1) throw Error("--repeats must be at least 1");
+    if (o.enable_bucket) throw Error("--enable-bucket is not supported with dreambooth yet");
+    if (db.with_prior_preservation) {
+      if (db.class_prompt.empty())
+        throw Error("--with-prior-preservation needs --class-prompt (e.g. \"a photo of a dog\")");
+      if (db.class_data.empty())
+        throw Error("--with-prior-preservation needs --class-data DIR (where class images are)");
+      if (db.num_class_images < 1) throw Error("--num-class-images must be at least 1");
+      if (!(db.prior_loss_weight >= 0)) throw Error("--prior-loss-weight must be >= 0");
+    }
+  }
   if (o.max_steps == 0 && o.num_train_epochs < 1) throw Error("--num-train-epochs must be >= 1");
   if (!(o.learning_rate > 0))
     throw Error("--learning-rate must be positive, got " + str(o.learning_rate));
@@ -149,11 +167,10 @@ at::Tensor read_example(const data::Example& ex) {
 // The usable examples and their sizes: each image is decoded once up front, so that a corrupt or
 // truncated file is reported (and left out) before training starts rather than in the middle of
 // a batch.
-std::vector<data::Example> usable_examples(const data::CaptionDataset& dataset,
-                                           std::vector<data::BucketResolution>& sizes,
-                                           std::vector<data::Skipped>& skipped) {
-  std::vector<data::Example> usable;
-  for (const auto& example : dataset.examples()) {
+void usable_examples(const std::vector<data::Example>& candidates,
+                     std::vector<data::Example>& usable, std::vector<data::BucketResolution>& sizes,
+                     std::vector<data::Skipped>& skipped) {
+  for (const auto& example : candidates) {
     try {
       const at::Tensor rgb = read_example(example);
       sizes.push_back({rgb.size(1), rgb.size(0)});
@@ -162,7 +179,6 @@ std::vector<data::Example> usable_examples(const data::CaptionDataset& dataset,
       data::skip(skipped, example.image, e.message());
     }
   }
-  return usable;
 }
 
 struct Validation {
@@ -230,6 +246,24 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
   };
   check_options(o);
   TrainSummary summary;
+  const auto& db = o.dreambooth;
+  const bool prior = db.enabled && db.with_prior_preservation;
+
+  // ---- DreamBooth class images: generated before the models for training are loaded, so that
+  // the two copies of the base model are never in memory together.
+  if (prior) {
+    const io::ModelFolder base = io::ModelFolder::open(o.model);
+    const std::optional<at::ScalarType> amp = autocast_dtype(o.mixed_precision);
+    ClassImageOptions c{db.class_prompt,         db.num_class_images, db.class_inference_steps,
+                        db.class_guidance_scale, o.resolution,        o.seed};
+    const ClassImageReport r = ensure_class_images(
+        base, {c10::Device(o.device), amp.value_or(at::kFloat), o.variant}, db.class_data, c,
+        [&](int64_t done, int64_t total) {
+          say("generated class image " + std::to_string(done) + "/" + std::to_string(total));
+        });
+    summary.class_images_found = r.found;
+    summary.class_images_generated = r.generated;
+  }
 
   // ---- Models ------------------------------------------------------------------------------
   // The UNet (and the text encoder when trained) are fp32 master weights; with mixed precision
@@ -264,6 +298,17 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
   // ---- Data --------------------------------------------------------------------------------
   const data::CaptionDataset dataset = data::open_dataset(o.data, o.image_column, o.caption_column);
   summary.skipped = dataset.skipped();
+  // DreamBooth: the instance images all carry the instance prompt; the class images (after them
+  // in `examples`) the class prompt.
+  std::vector<data::Example> instance_candidates = dataset.examples(), class_candidates;
+  if (db.enabled)
+    for (auto& ex : instance_candidates) ex.caption = db.instance_prompt;
+  if (prior) {
+    const data::CaptionDataset classes = data::CaptionDataset::from_folder(db.class_data);
+    for (const auto& s : classes.skipped()) summary.skipped.push_back(s);
+    class_candidates = classes.examples();
+    for (auto& ex : class_candidates) ex.caption = db.class_prompt;
+  }
   const data::TransformOptions transform{o.resolution, o.center_crop, o.random_flip};
   // With buckets, example i belongs to bucket bucket_of[i], and a batch never mixes buckets.
   std::vector<data::BucketResolution> buckets;
@@ -298,14 +343,27 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
           data::resize_to_bucket(rgb, buckets[bucket_index(rgb.size(1), rgb.size(0))]));
     };
     say("caching latents in " + (cache_dir / "latents").string());
-    cached_latents = cache.prepare(dataset.examples(), vae, preprocess, o.random_flip, examples,
-                                   summary.skipped);
+    for (const auto* list : {&instance_candidates, &class_candidates}) {
+      for (auto& c :
+           cache.prepare(*list, vae, preprocess, o.random_flip, examples, summary.skipped))
+        cached_latents.push_back(std::move(c));
+      if (list == &instance_candidates) summary.instance_examples = examples.size();
+    }
     for (const auto& c : cached_latents) sizes.push_back({c.width, c.height});
     summary.latent_cache_hits = cache.hits();
     summary.latent_cache_computed = cache.computed();
   } else {
-    examples = usable_examples(dataset, sizes, summary.skipped);
+    usable_examples(instance_candidates, examples, sizes, summary.skipped);
+    summary.instance_examples = examples.size();
+    usable_examples(class_candidates, examples, sizes, summary.skipped);
   }
+  const int64_t n_instance = summary.instance_examples;
+  const int64_t n_class = static_cast<int64_t>(examples.size()) - n_instance;
+  summary.class_examples = n_class;
+  if (db.enabled && n_instance == 0)
+    throw Error("no usable instance image (" + std::to_string(summary.skipped.size()) + " skipped)",
+                o.data.string());
+  if (prior && n_class == 0) throw Error("no usable class image", db.class_data.string());
   if (examples.empty())
     throw Error("no usable training image (" + std::to_string(summary.skipped.size()) + " skipped)",
                 o.data.string());
@@ -333,7 +391,13 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
     summary.text_cache_computed = cache.computed();
   }
   // Data sharding point: this rank's share of every epoch.
-  data::BatchSampler sampler(bucket_of, o.batch_size, o.seed, kRank, kWorldSize);
+  // With prior preservation an item is a pair (instance i mod n, class i mod m), as in diffusers'
+  // DreamBooth dataset: an epoch is max(n, m) pairs, and a batch of B items is 2B images.
+  const int64_t instance_items = n_instance * (db.enabled ? db.repeats : 1);
+  const std::vector<int64_t> item_groups =
+      prior ? std::vector<int64_t>(std::max(instance_items, n_class), 0)
+            : (instance_items > n_instance ? std::vector<int64_t>(instance_items, 0) : bucket_of);
+  data::BatchSampler sampler(item_groups, o.batch_size, o.seed, kRank, kWorldSize);
   const int64_t steps_per_epoch =
       (sampler.batches_per_epoch() + o.gradient_accumulation_steps - 1) /
       o.gradient_accumulation_steps;
@@ -491,7 +555,14 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
     models::DiagonalGaussian posterior;
     at::Tensor input_ids, context;
   };
-  const auto load_batch = [&](const std::vector<int64_t>& indices) {
+  const auto load_batch = [&](const std::vector<int64_t>& items) {
+    // The examples of the items: with prior preservation the instances first, then their class
+    // images (diffusers' collate_fn), so that the loss can split the batch in halves.
+    std::vector<int64_t> indices;
+    for (int64_t i : items)
+      indices.push_back(prior || instance_items > n_instance ? i % n_instance : i);
+    if (prior)
+      for (int64_t i : items) indices.push_back(n_instance + i % n_class);
     std::vector<at::Tensor> pixels, means, logvars, ids, contexts;
     for (int64_t i : indices) {
       const data::Example& ex = examples[i];
@@ -531,9 +602,18 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
   };
 
   const int64_t first_step = step;
+  bool text_encoder_training = o.train_text_encoder;
   while (step < max_steps) {
     const auto step_start = std::chrono::steady_clock::now();
-    double loss_sum = 0;
+    if (text_encoder_training && o.stop_text_encoder_training > 0 &&
+        step >= o.stop_text_encoder_training) {
+      // kohya's stop_text_encoder_training: frozen from here on. Its parameters get no
+      // gradients, so AdamW, clipping and the loss scaler leave them alone.
+      text_encoder_training = false;
+      set_requires_grad(*text_encoder, false);
+      text_encoder->eval();
+    }
+    double loss_sum = 0, instance_sum = 0, prior_sum = 0;
     bool loss_finite = true;
     for (int64_t micro = 0; micro < o.gradient_accumulation_steps; ++micro) {
       const Batch batch = load_batch(sampler.next());
@@ -548,7 +628,7 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
       {
         AutocastGuard autocast(device.type(), amp);
         std::optional<at::NoGradGuard> frozen_text;
-        if (!o.train_text_encoder) frozen_text.emplace();
+        if (!text_encoder_training) frozen_text.emplace();
         at::Tensor context = batch.context.defined()
                                  ? batch.context
                                  : text_encoder->forward(batch.input_ids).last_hidden_state;
@@ -559,7 +639,22 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
         std::optional<at::Tensor> weights;
         if (o.snr_gamma)
           weights = min_snr_weights(snr(schedule, timesteps), *o.snr_gamma, prediction_type);
-        loss = diffusion_loss(model_pred.to(at::kFloat), target.to(at::kFloat), weights);
+        const at::Tensor pred32 = model_pred.to(at::kFloat), target32 = target.to(at::kFloat);
+        if (prior) {
+          // DreamBooth's prior preservation: MSE on the instance half (min-SNR weighted with its
+          // own timesteps) + weight · plain MSE on the class half.
+          const int64_t b = pred32.size(0) / 2;
+          if (weights) weights = weights->slice(0, 0, b);
+          const at::Tensor instance_loss =
+              diffusion_loss(pred32.slice(0, 0, b), target32.slice(0, 0, b), weights);
+          const at::Tensor prior_loss =
+              diffusion_loss(pred32.slice(0, b), target32.slice(0, b), std::nullopt);
+          loss = instance_loss + db.prior_loss_weight * prior_loss;
+          instance_sum += instance_loss.item<double>();
+          prior_sum += prior_loss.item<double>();
+        } else {
+          loss = diffusion_loss(pred32, target32, weights);
+        }
       }
       const double value = loss.item<double>();
       loss_finite = loss_finite && std::isfinite(value);
@@ -590,6 +685,8 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
     m.max_steps = max_steps;
     m.epoch = sampler.epoch();
     m.loss = loss_sum / o.gradient_accumulation_steps;
+    m.loss_instance = instance_sum / o.gradient_accumulation_steps;
+    m.loss_prior = prior_sum / o.gradient_accumulation_steps;
     m.lr = lr_schedule.lr(base_lrs[0], std::max<int64_t>(lr_step - 1, 0));
     m.grad_norm = grad_norm;
     m.loss_scale = scaler.current_scale();
@@ -604,6 +701,10 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
                                {"grad_norm", m.grad_norm}, {"skipped", m.skipped},
                                {"step_seconds", m.seconds}};
       if (scaler.enabled()) record["loss_scale"] = m.loss_scale;
+      if (prior) {
+        record["loss_instance"] = m.loss_instance;
+        record["loss_prior"] = m.loss_prior;
+      }
       if (o.train_text_encoder)
         record["lr_text_encoder"] = lr_schedule.lr(base_lrs[1], std::max<int64_t>(lr_step - 1, 0));
       metrics->write(record);

@@ -318,3 +318,22 @@ def test_aspect_ratio_buckets(tiny, run_sdtune, tmp_path):
     proc = run_sdtune(*base_args(tiny, data, tmp_path / "o2", "--max-steps", 1, "--enable-bucket",
                                  "--bucket-reso-steps", 12), check=False)
     assert proc.returncode == 1 and "--bucket-reso-steps must be a positive multiple of 8" in proc.stderr
+
+
+def test_stop_text_encoder_training_freezes_it_from_that_step(tiny, run_sdtune, tmp_path):
+    """kohya's --stop_text_encoder_training: the text encoder trains for 2 steps, then stays as it
+    was at step 2 while the UNet goes on training."""
+    data = make_images(tmp_path / "data")
+    out = tmp_path / "out"
+    run_sdtune(*base_args(tiny, data, out, "--max-steps", 4, "--checkpointing-steps", 2, "--train-text-encoder",
+                          "--stop-text-encoder-training", 2))
+    te = lambda folder: load_file(folder / "text_encoder" / "model.safetensors")
+    unet = lambda folder: load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
+    base, at2, at4 = te(Path(tiny)), te(out / "checkpoint-2"), te(out / "checkpoint-4")
+    base = {(k if k.startswith("text_model.") else "text_model." + k): v for k, v in base.items()}
+    assert any(not torch.equal(base[k], at2[k]) for k in at2 if k in base), "the text encoder never trained"
+    assert all(torch.equal(at2[k], at4[k]) for k in at2), "the text encoder trained after step 2"
+    u2, u4 = unet(out / "checkpoint-2"), unet(out / "checkpoint-4")
+    assert any(not torch.equal(u2[k], u4[k]) for k in u2)
+    proc = run_sdtune(*base_args(tiny, data, tmp_path / "bad", "--stop-text-encoder-training", 2), check=False)
+    assert proc.returncode != 0 and "--stop-text-encoder-training needs --train-text-encoder" in proc.stderr

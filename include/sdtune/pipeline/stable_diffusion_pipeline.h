@@ -53,6 +53,9 @@ class StableDiffusionPipeline {
   at::Tensor generate(const GenerateOptions& options, const StepCallback& on_step = {});
 
   int64_t vae_scale_factor() const;
+  // The models themselves (shared, not copied): e.g. to merge a LoRA into them.
+  models::UNet2DConditionModel& unet() { return unet_; }
+  models::CLIPTextModel& text_encoder() { return text_encoder_; }
   const schedulers::Scheduler& scheduler() const { return *scheduler_; }
   // The scheduler's name as A1111-style tools label it ("PNDM", "Euler a", "DPM++ 2M Karras", ...).
   std::string sampler_label() const;

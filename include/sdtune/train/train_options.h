@@ -55,6 +55,9 @@ struct TrainOptions {
   // Text encoder (off by default, as in train_text_to_image.py).
   bool train_text_encoder = false;
   std::optional<double> text_encoder_lr;  // default: learning_rate
+  // kohya's --stop_text_encoder_training: from this optimizer step on the text encoder is frozen
+  // (0: trained to the end).
+  int64_t stop_text_encoder_training = 0;
 
   // Loss.
   std::string prediction_type;  // "" = the scheduler config's; "epsilon" | "v_prediction"
@@ -85,6 +88,26 @@ struct TrainOptions {
 
   // Non-finite losses: stop after this many optimizer steps in a row that had one.
   int64_t max_nonfinite_steps = 5;
+
+  // DreamBooth (`sdtune dreambooth`, diffusers' train_dreambooth.py): `data` holds the instance
+  // images, all captioned `instance_prompt`. With prior preservation every batch also carries as
+  // many class images (class_data, captioned `class_prompt`; missing ones up to
+  // num_class_images are generated first with the base model), and the loss is
+  // instance loss + prior_loss_weight · class loss. An epoch is max(instances, class images) pairs.
+  struct DreamBooth {
+    bool enabled = false;
+    std::string instance_prompt;
+    bool with_prior_preservation = false;
+    std::filesystem::path class_data;
+    std::string class_prompt;
+    int64_t num_class_images = 100;
+    double prior_loss_weight = 1.0;
+    // kohya's repeats: each instance image appears this many times per epoch (class images pair
+    // with them as before: an epoch is max(repeats · instances, class images) pairs).
+    int64_t repeats = 1;
+    int64_t class_inference_steps = 50;
+    double class_guidance_scale = 7.5;
+  } dreambooth;
 
   uint64_t seed = 0;
   int64_t log_every = 1;  // JSONL/TensorBoard every N optimizer steps

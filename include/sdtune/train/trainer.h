@@ -20,7 +20,9 @@ struct StepMetrics {
   int64_t step = 0;  // optimizer steps done, 1 after the first
   int64_t max_steps = 0;
   int64_t epoch = 0;
-  double loss = 0;        // mean over the accumulated micro-batches (unscaled)
+  double loss = 0;  // mean over the accumulated micro-batches (unscaled)
+  // DreamBooth with prior preservation: the two terms of loss = instance + weight · prior.
+  double loss_instance = 0, loss_prior = 0;
   double lr = 0;          // UNet learning rate used by this step
   double grad_norm = 0;   // before clipping
   double loss_scale = 1;  // fp16 dynamic loss scale after this step
@@ -46,6 +48,9 @@ struct TrainSummary {
   // Cache entries read back and computed this run (--cache-latents, --cache-text-encoder-outputs).
   int64_t latent_cache_hits = 0, latent_cache_computed = 0;
   int64_t text_cache_hits = 0, text_cache_computed = 0;
+  // DreamBooth: instance and class examples used, class images found and generated.
+  int64_t instance_examples = 0, class_examples = 0;
+  int64_t class_images_found = 0, class_images_generated = 0;
   double first_loss = 0, last_loss = 0;  // mean loss of this run's first and last logged steps
   int64_t skipped_steps = 0;             // non-finite steps skipped this run
   bool interrupted = false;

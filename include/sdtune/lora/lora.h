@@ -1,0 +1,76 @@
+#pragma once
+// LoRA files: low-rank updates ΔW = (alpha / rank) · up · down of a pipeline's Linear and Conv2d
+// weights, in the two layouts users exchange:
+//  - diffusers/PEFT (`pipe.load_lora_weights`, pytorch_lora_weights.safetensors):
+//    "unet.<module>.lora_A.weight" (down) / ".lora_B.weight" (up), "text_encoder.<module>...",
+//    rank and alpha in the safetensors metadata "lora_adapter_metadata" (as diffusers writes it);
+//    the older "<module>.lora_linear_layer.down/up.weight" and "<module>.lora.down/up.weight"
+//    spellings are read too;
+//  - kohya (A1111, ComfyUI, sd-scripts): "lora_unet_<module with _ for .>.lora_down.weight",
+//    ".lora_up.weight", ".alpha"; "lora_te_<module>" for the text encoder.
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <torch/nn/module.h>
+
+namespace sdtune::lora {
+
+enum class Format { Diffusers, Kohya };
+
+// One adapted weight, named as our modules are ("down_blocks.0.attentions.0.transformer_blocks.0.
+// attn1.to_q", "text_model.encoder.layers.0.self_attn.q_proj").
+struct LoraLayer {
+  std::string component;  // "unet" | "text_encoder"
+  std::string module;
+  at::Tensor down, up;  // [r, in] / [out, r]; convolutions [r, in, kh, kw] / [out, r, 1, 1]
+  double alpha = 0;     // the update is scaled by alpha / r
+  int64_t rank() const { return down.size(0); }
+};
+
+// What a file holds, before its names are matched to a model: kohya names cannot be turned back
+// into module paths without the model (module names contain '_').
+struct LoraEntry {
+  std::string component;  // "unet" | "text_encoder"
+  std::string name;       // the file's layer name without component prefix and suffix
+  at::Tensor down, up;
+  double alpha = 0;
+};
+struct LoraFile {
+  Format format = Format::Diffusers;
+  std::vector<LoraEntry> entries;
+};
+
+// Reads either layout. Errors name the file: missing, not safetensors, no LoRA keys, a down
+// without its up (or the reverse), or ranks that disagree.
+LoraFile read_lora_file(const std::filesystem::path& path);
+
+// Matches the file's layers to the modules of `models` ("unet", "text_encoder"). Layers that match
+// no Linear/Conv2d weight of the right shape are an Error naming them (a LoRA for another
+// architecture), with the file as source.
+std::vector<LoraLayer> resolve(const LoraFile& file,
+                               const std::map<std::string, const torch::nn::Module*>& models,
+                               const std::string& source);
+
+// W += scale · (alpha / r) · up · down for each layer of `component`, in W's dtype (the update is
+// computed in float32). The merged model is what diffusers computes with the adapter loaded
+// (scale = its adapter weight / lora_scale).
+void merge(torch::nn::Module& model, const std::string& component,
+           const std::vector<LoraLayer>& layers, double scale);
+
+// Writes the layers in either layout (atomically). Diffusers: one rank and alpha per component in
+// the metadata, or PEFT's rank_pattern/alpha_pattern when layers differ.
+void write_lora_file(const std::filesystem::path& path, const std::vector<LoraLayer>& layers,
+                     Format format);
+
+// "FILE" or "FILE:SCALE" (the last ':' followed by a number) -> (FILE, SCALE), scale 1 by default.
+std::pair<std::filesystem::path, double> parse_lora_argument(const std::string& arg);
+
+// `--lora FILE[:SCALE]` (repeatable) on loaded models: each file is read, its layers for the given
+// components ("unet", "text_encoder"; others are ignored) matched and merged with its scale.
+void apply_lora_arguments(const std::vector<std::string>& args,
+                          const std::map<std::string, torch::nn::Module*>& models);
+
+}  // namespace sdtune::lora

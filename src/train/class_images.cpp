@@ -1,0 +1,63 @@
+#include "sdtune/train/class_images.h"
+
+#include <cstdio>
+#include <fstream>
+#include <optional>
+
+#include "sdtune/data/caption_dataset.h"
+#include "sdtune/error.h"
+#include "sdtune/io/image.h"
+#include "sdtune/pipeline/stable_diffusion_pipeline.h"
+
+namespace sdtune::train {
+namespace fs = std::filesystem;
+
+ClassImageReport ensure_class_images(const io::ModelFolder& base, const models::LoadOptions& load,
+                                     const fs::path& dir, const ClassImageOptions& options,
+                                     const std::function<void(int64_t, int64_t)>& progress) {
+  if (options.prompt.empty()) throw Error("class images need a class prompt (--class-prompt)");
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw Error("cannot create class image folder: " + ec.message(), dir.string());
+  ClassImageReport report;
+  for (const auto& entry : fs::recursive_directory_iterator(dir))
+    if (entry.is_regular_file() && data::is_image_file(entry.path())) ++report.found;
+  const int64_t missing = options.count - report.found;
+  if (missing <= 0) return report;
+
+  std::optional<pipeline::StableDiffusionPipeline> pipe;
+  pipe.emplace(base, load);
+  for (int64_t i = 0, done = 0; done < missing; ++i) {
+    char stem[32];
+    std::snprintf(stem, sizeof stem, "class-%05lld", static_cast<long long>(i));
+    const fs::path image = dir / (std::string(stem) + ".png");
+    if (fs::exists(image)) continue;  // counted above
+    pipeline::GenerateOptions g;
+    g.prompt = options.prompt;
+    g.steps = options.steps;
+    g.guidance_scale = options.guidance_scale;
+    g.width = g.height = options.resolution;
+    g.seed = options.seed + static_cast<uint64_t>(i);
+    const at::Tensor rgb = pipe->generate(g)[0];
+    // The caption first: an image without its .txt would train with an empty caption if the
+    // folder were used as a plain dataset.
+    const fs::path caption = dir / (std::string(stem) + ".txt");
+    const fs::path partial = dir / (std::string(stem) + ".txt.partial");
+    {
+      std::ofstream out(partial);
+      out << options.prompt << "\n";
+      if (!out) throw Error("cannot write", partial.string());
+    }
+    fs::rename(partial, caption, ec);
+    if (ec) throw Error("cannot write: " + ec.message(), caption.string());
+    io::write_png(image, rgb,
+                  {{"parameters", options.prompt + "\nSteps: " + std::to_string(g.steps) +
+                                      ", Seed: " + std::to_string(g.seed)}});
+    ++done;
+    ++report.generated;
+    if (progress) progress(done, missing);
+  }
+  return report;
+}
+
+}  // namespace sdtune::train
