@@ -10,11 +10,11 @@ AttentionImpl::AttentionImpl(const AttentionOptions& o) : options(o) {
     group_norm = register_module(
         "group_norm",
         nn::GroupNorm(nn::GroupNormOptions(o.norm_num_groups, o.query_dim).eps(o.norm_eps)));
-  to_q = register_module("to_q", nn::Linear(nn::LinearOptions(o.query_dim, inner).bias(o.bias)));
-  to_k = register_module("to_k", nn::Linear(nn::LinearOptions(kv_dim, inner).bias(o.bias)));
-  to_v = register_module("to_v", nn::Linear(nn::LinearOptions(kv_dim, inner).bias(o.bias)));
+  to_q = register_module("to_q", LoraLinear(nn::LinearOptions(o.query_dim, inner).bias(o.bias)));
+  to_k = register_module("to_k", LoraLinear(nn::LinearOptions(kv_dim, inner).bias(o.bias)));
+  to_v = register_module("to_v", LoraLinear(nn::LinearOptions(kv_dim, inner).bias(o.bias)));
   to_out = register_module("to_out", nn::ModuleList());
-  to_out->push_back(nn::Linear(nn::LinearOptions(inner, o.query_dim).bias(o.out_bias)));
+  to_out->push_back(LoraLinear(nn::LinearOptions(inner, o.query_dim).bias(o.out_bias)));
 }
 
 at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& context) {
@@ -28,7 +28,7 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& context
   at::Tensor v = to_v->forward(kv).view({B, M, H, D}).transpose(1, 2);
   at::Tensor out = at::scaled_dot_product_attention(q, k, v);
   out = out.transpose(1, 2).reshape({B, N, H * D});
-  return to_out[0]->as<nn::Linear>()->forward(out);
+  return to_out[0]->as<LoraLinear>()->forward(out);
 }
 
 at::Tensor AttentionImpl::forward_spatial(const at::Tensor& x) {

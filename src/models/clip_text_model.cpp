@@ -33,15 +33,15 @@ CLIPEncoderLayerImpl::CLIPEncoderLayerImpl(const CLIPTextConfig& c)
     : heads(c.num_attention_heads), act(c.hidden_act) {
   const int64_t d = c.hidden_size;
   auto attn = register_module("self_attn", std::make_shared<nn::Module>());
-  q_proj = attn->register_module("q_proj", nn::Linear(d, d));
-  k_proj = attn->register_module("k_proj", nn::Linear(d, d));
-  v_proj = attn->register_module("v_proj", nn::Linear(d, d));
-  out_proj = attn->register_module("out_proj", nn::Linear(d, d));
+  q_proj = attn->register_module("q_proj", LoraLinear(d, d));
+  k_proj = attn->register_module("k_proj", LoraLinear(d, d));
+  v_proj = attn->register_module("v_proj", LoraLinear(d, d));
+  out_proj = attn->register_module("out_proj", LoraLinear(d, d));
   layer_norm1 = register_module("layer_norm1",
                                 nn::LayerNorm(nn::LayerNormOptions({d}).eps(c.layer_norm_eps)));
   auto mlp = register_module("mlp", std::make_shared<nn::Module>());
-  fc1 = mlp->register_module("fc1", nn::Linear(d, c.intermediate_size));
-  fc2 = mlp->register_module("fc2", nn::Linear(c.intermediate_size, d));
+  fc1 = mlp->register_module("fc1", LoraLinear(d, c.intermediate_size));
+  fc2 = mlp->register_module("fc2", LoraLinear(c.intermediate_size, d));
   layer_norm2 = register_module("layer_norm2",
                                 nn::LayerNorm(nn::LayerNormOptions({d}).eps(c.layer_norm_eps)));
 }

@@ -155,3 +155,31 @@ def test_bad_images_and_options(tiny, run_sdtune, tmp_path):
     proc = run_sdtune(*train_args(tiny, data, tmp_path / "b", "--cache-latents", "--cache-dir", cache), check=False)
     assert proc.returncode != 0 and "--cache-latents needs --center-crop or --enable-bucket" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_parquet_rows_are_cached_by_their_bytes(tiny, run_sdtune, tmp_path):
+    """The Naruto recipe's layout (data/train-*.parquet, image {bytes, path}): rows are keyed by their
+    encoded bytes, so a second run reads every row's entry back and trains the same."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(4)
+    rows = []
+    for i in range(3):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(buf, "JPEG")
+        rows.append({"bytes": buf.getvalue(), "path": f"{i}.jpg"})
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    (tmp_path / "naruto" / "data").mkdir(parents=True)
+    pq.write_table(pa.table({"image": pa.array(rows, image_type),
+                             "text": pa.array([f"a ninja number {i}" for i in range(3)])}),
+                   tmp_path / "naruto" / "data" / "train-00000-of-00001.parquet")
+    args = lambda out: train_args(tiny, tmp_path / "naruto", tmp_path / out, "--center-crop", "--random-flip",
+                                  "--cache-latents", "--cache-text-encoder-outputs", "--cache-dir",
+                                  tmp_path / "cache")
+    first, second = run_sdtune(*args("a")), run_sdtune(*args("b"))
+    assert "latent cache: 0 read, 3 computed" in first.stdout and "latent cache: 3 read, 0 computed" in second.stdout
+    assert "text embedding cache: 3 read, 0 computed" in second.stdout
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")

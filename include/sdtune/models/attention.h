@@ -7,6 +7,8 @@
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/normalization.h>
 
+#include "sdtune/models/lora_linear.h"
+
 namespace sdtune::models {
 
 struct AttentionOptions {
@@ -34,8 +36,9 @@ class AttentionImpl : public torch::nn::Module {
 
   AttentionOptions options;
   torch::nn::GroupNorm group_norm{nullptr};
-  torch::nn::Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr};
-  torch::nn::ModuleList to_out;  // [Linear]; diffusers' Dropout at index 1 holds no weights
+  // LoRA-capable projections (models/lora_linear.h): plain Linears unless a branch is attached.
+  LoraLinear to_q{nullptr}, to_k{nullptr}, to_v{nullptr};
+  torch::nn::ModuleList to_out;  // [LoraLinear]; diffusers' Dropout at index 1 holds no weights
 };
 TORCH_MODULE(Attention);
 

@@ -11,6 +11,7 @@
 
 #include "sdtune/io/json_config.h"
 #include "sdtune/models/activations.h"
+#include "sdtune/models/lora_linear.h"
 
 namespace sdtune::models {
 
@@ -44,8 +45,9 @@ class CLIPEncoderLayerImpl : public torch::nn::Module {
 
   int64_t heads;
   Activation act;
-  torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, out_proj{nullptr};
-  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
+  // LoRA-capable (models/lora_linear.h): plain Linears unless a branch is attached.
+  LoraLinear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, out_proj{nullptr};
+  LoraLinear fc1{nullptr}, fc2{nullptr};
   torch::nn::LayerNorm layer_norm1{nullptr}, layer_norm2{nullptr};
 };
 TORCH_MODULE(CLIPEncoderLayer);
