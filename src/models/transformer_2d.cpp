@@ -7,8 +7,8 @@ FeedForwardImpl::FeedForwardImpl(int64_t dim, int64_t inner_dim) {
   // State-dict keys are net.0.proj.* and net.2.* (net.1 is a Dropout).
   auto net = register_module("net", nn::ModuleList());
   auto geglu = std::make_shared<nn::Module>();
-  proj = geglu->register_module("proj", nn::Linear(dim, 2 * inner_dim));
-  out = nn::Linear(inner_dim, dim);
+  proj = geglu->register_module("proj", LoraLinear(dim, 2 * inner_dim));
+  out = LoraLinear(inner_dim, dim);
   net->push_back(geglu);
   net->push_back(std::make_shared<nn::Module>());  // Dropout placeholder: keeps index 2 for out
   net->push_back(out);
@@ -44,7 +44,7 @@ Transformer2DModelImpl::Transformer2DModelImpl(const Transformer2DOptions& o) : 
   norm = register_module(
       "norm", nn::GroupNorm(nn::GroupNormOptions(o.norm_num_groups, o.in_channels).eps(1e-6)));
   if (o.use_linear_projection) {
-    proj_in_linear = register_module("proj_in", nn::Linear(o.in_channels, inner));
+    proj_in_linear = register_module("proj_in", LoraLinear(o.in_channels, inner));
   } else {
     proj_in_conv =
         register_module("proj_in", nn::Conv2d(nn::Conv2dOptions(o.in_channels, inner, 1)));
@@ -54,7 +54,7 @@ Transformer2DModelImpl::Transformer2DModelImpl(const Transformer2DOptions& o) : 
     transformer_blocks->push_back(
         BasicTransformerBlock(inner, o.heads, o.dim_head, o.cross_attention_dim));
   if (o.use_linear_projection) {
-    proj_out_linear = register_module("proj_out", nn::Linear(inner, o.in_channels));
+    proj_out_linear = register_module("proj_out", LoraLinear(inner, o.in_channels));
   } else {
     proj_out_conv =
         register_module("proj_out", nn::Conv2d(nn::Conv2dOptions(inner, o.in_channels, 1)));

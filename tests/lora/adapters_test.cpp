@@ -9,6 +9,7 @@
 
 #include "sdtune/error.h"
 #include "sdtune/models/attention.h"
+#include "sdtune/models/transformer_2d.h"
 
 namespace sdtune::lora {
 namespace {
@@ -44,6 +45,27 @@ TEST(LoraAdapters, AttachToAttentionProjectionsAsPeft) {
   EXPECT_FALSE(at::equal(attn(x, ctx), before));
   detach_adapters(*attn);
   EXPECT_TRUE(at::equal(attn(x, ctx), before));
+}
+
+TEST(LoraAdapters, FeedForwardAndProjectionsAreTargetsToo) {
+  // SD 2.x's linear proj_in/proj_out and the GEGLU feed-forward (PEFT names: "proj_in",
+  // "ff.net.0.proj", "ff.net.2").
+  models::Transformer2DOptions o;
+  o.in_channels = 16;
+  o.heads = 2;
+  o.dim_head = 8;
+  o.cross_attention_dim = 12;
+  o.norm_num_groups = 4;
+  o.use_linear_projection = true;
+  models::Transformer2DModel t(o);
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(0);
+  const auto adapters = attach_adapters(
+      *t, {.rank = 2, .alpha = 2, .targets = {"proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"}},
+      gen);
+  std::vector<std::string> names;
+  for (const auto& a : adapters) names.push_back(a.module);
+  EXPECT_EQ(names, (std::vector<std::string>{"proj_in", "transformer_blocks.0.ff.net.0.proj",
+                                             "transformer_blocks.0.ff.net.2", "proj_out"}));
 }
 
 TEST(LoraAdapters, BadOptionsAreErrors) {

@@ -18,7 +18,7 @@ class FeedForwardImpl : public torch::nn::Module {
   FeedForwardImpl(int64_t dim, int64_t inner_dim);
   at::Tensor forward(const at::Tensor& x);
 
-  torch::nn::Linear proj{nullptr}, out{nullptr};
+  LoraLinear proj{nullptr}, out{nullptr};  // LoRA-capable (models/lora_linear.h)
 };
 TORCH_MODULE(FeedForward);
 
@@ -55,7 +55,7 @@ class Transformer2DModelImpl : public torch::nn::Module {
   torch::nn::GroupNorm norm{nullptr};
   // proj_in/proj_out are Linear (use_linear_projection) or 1×1 Conv2d: exactly one of each pair is
   // set.
-  torch::nn::Linear proj_in_linear{nullptr}, proj_out_linear{nullptr};
+  LoraLinear proj_in_linear{nullptr}, proj_out_linear{nullptr};
   torch::nn::Conv2d proj_in_conv{nullptr}, proj_out_conv{nullptr};
   torch::nn::ModuleList transformer_blocks;
 };
