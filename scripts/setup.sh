@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(cmake ninja-build g++ ccache nlohmann-json3-dev libcli11-dev libtomlplusplus-dev
-              libgtest-dev libutf8proc-dev libpcre2-dev libvips-dev pkg-config fonts-dejavu-core
+              libgtest-dev clang-format libutf8proc-dev libpcre2-dev libvips-dev pkg-config fonts-dejavu-core
               libprotobuf-dev protobuf-compiler libxxhash-dev)
 # Python: torch supplies LibTorch (its bundled C++ library). diffusers/transformers/open-clip-torch
 # are test-only references; open-clip-torch also carries the real CLIP BPE vocabulary; tensorboard

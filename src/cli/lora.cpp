@@ -11,18 +11,12 @@
 #include "sdtune/error.h"
 #include "sdtune/io/model_folder.h"
 #include "sdtune/io/pipeline_writer.h"
+#include "sdtune/io/state_dict.h"
 #include "sdtune/lora/lora.h"
 #include "sdtune/models/stable_diffusion.h"
 
 namespace sdtune::cli {
 namespace {
-
-io::NamedTensors named(const torch::nn::Module& m) {
-  io::NamedTensors out;
-  for (const auto& p : m.named_parameters()) out.emplace_back(p.key(), p.value().detach());
-  for (const auto& b : m.named_buffers()) out.emplace_back(b.key(), b.value());
-  return out;
-}
 
 struct MergeArgs {
   std::string model, out, dtype = "fp32";
@@ -38,8 +32,8 @@ void merge(const MergeArgs& a) {
   lora::apply_lora_arguments(
       a.loras, {{"unet", unet.ptr().get()}, {"text_encoder", text_encoder.ptr().get()}});
   io::SavedWeights w;
-  w.unet = named(*unet);
-  w.text_encoder = named(*text_encoder);
+  w.unet = io::state_dict_of(*unet);
+  w.text_encoder = io::state_dict_of(*text_encoder);
   w.save_dtype = a.dtype == "fp16"   ? at::kHalf
                  : a.dtype == "bf16" ? at::kBFloat16
                  : a.dtype == "fp32" ? at::kFloat

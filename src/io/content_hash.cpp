@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "sdtune/error.h"
+#include "sdtune/io/model_folder.h"
 
 namespace sdtune::io {
 
@@ -52,6 +53,14 @@ ContentHash& ContentHash::file(const std::filesystem::path& path) {
   const bool failed = std::ferror(f) != 0;
   std::fclose(f);
   if (failed) throw Error("cannot read", path.string());
+  return *this;
+}
+
+ContentHash& ContentHash::component(const ModelFolder& base, const std::string& name,
+                                    const std::string& variant) {
+  const std::filesystem::path dir = base.component_dir(name);
+  file(dir / "config.json");
+  for (const auto& weights : find_weight_files(dir, variant)) file(weights);
   return *this;
 }
 

@@ -16,14 +16,6 @@ namespace sdtune::lora {
 namespace fs = std::filesystem;
 namespace {
 
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-bool starts_with(const std::string& s, const std::string& prefix) {
-  return s.compare(0, prefix.size(), prefix) == 0;
-}
-
 // kohya's layer name of a module path: prefix + the path with '.' -> '_'.
 std::string kohya_name(const std::string& component, const std::string& module) {
   std::string name = component == "unet" ? "lora_unet_" : "lora_te_";
@@ -49,9 +41,9 @@ bool classify(const std::string& key, Format& format, std::string& component, st
                                      {".lora.up.weight", "up"},
                                      {".alpha", "alpha"}};
   for (const char* prefix : {"lora_unet_", "lora_te_"}) {
-    if (!starts_with(key, prefix)) continue;
+    if (!key.starts_with(prefix)) continue;
     for (const auto& s : kohya) {
-      if (!ends_with(key, s.text)) continue;
+      if (!key.ends_with(s.text)) continue;
       format = Format::Kohya;
       component = std::string(prefix) == "lora_unet_" ? "unet" : "text_encoder";
       name = key.substr(0, key.size() - std::string(s.text).size());  // keeps lora_unet_
@@ -60,9 +52,9 @@ bool classify(const std::string& key, Format& format, std::string& component, st
     }
   }
   for (const char* prefix : {"unet.", "text_encoder."}) {
-    if (!starts_with(key, prefix)) continue;
+    if (!key.starts_with(prefix)) continue;
     for (const auto& s : diffusers) {
-      if (!ends_with(key, s.text)) continue;
+      if (!key.ends_with(s.text)) continue;
       format = Format::Diffusers;
       component = std::string(prefix) == "unet." ? "unet" : "text_encoder";
       name = key.substr(std::string(prefix).size(),
@@ -81,7 +73,7 @@ double metadata_alpha(const nlohmann::json& md, const std::string& component,
   const auto pattern = md.find(component + ".alpha_pattern");
   if (pattern != md.end() && pattern->is_object())
     for (const auto& [key, value] : pattern->items())
-      if (module == key || ends_with(module, "." + key)) return value.get<double>();
+      if (module == key || module.ends_with("." + key)) return value.get<double>();
   const auto alpha = md.find(component + ".lora_alpha");
   return alpha != md.end() && alpha->is_number() ? alpha->get<double>() : static_cast<double>(rank);
 }
@@ -166,7 +158,7 @@ std::vector<LoraLayer> resolve(const LoraFile& file,
       by_name[component + "\n" + path] = {path, *w};
       by_name[component + "\n" + kohya_name(component, path)] = {path, *w};
       // diffusers' text-encoder keys may carry transformers 4's "text_model." prefix or not.
-      if (component == "text_encoder" && starts_with(path, "text_model."))
+      if (component == "text_encoder" && path.starts_with("text_model."))
         by_name[component + "\n" + path.substr(11)] = {path, *w};
     }
   }
@@ -256,7 +248,7 @@ void write_lora_file(const fs::path& path, const std::vector<LoraLayer>& layers,
         // PEFT matches target_modules as name suffixes ("to_q", "to_out.0") and pattern keys as
         // path suffixes; without transformers 4's "text_model." they fit transformers 5 too.
         const std::string path =
-            starts_with(l.module, "text_model.") ? l.module.substr(11) : l.module;
+            l.module.starts_with("text_model.") ? l.module.substr(11) : l.module;
         const size_t last = path.rfind('.');
         std::string target = last == std::string::npos ? path : path.substr(last + 1);
         if (!target.empty() && std::isdigit(static_cast<unsigned char>(target[0])) &&

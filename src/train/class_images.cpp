@@ -2,7 +2,6 @@
 
 #include <cstdio>
 #include <fstream>
-#include <optional>
 
 #include "sdtune/data/caption_dataset.h"
 #include "sdtune/error.h"
@@ -25,8 +24,7 @@ ClassImageReport ensure_class_images(const io::ModelFolder& base, const models::
   const int64_t missing = options.count - report.found;
   if (missing <= 0) return report;
 
-  std::optional<pipeline::StableDiffusionPipeline> pipe;
-  pipe.emplace(base, load);
+  pipeline::StableDiffusionPipeline pipe(base, load);
   for (int64_t i = 0, done = 0; done < missing; ++i) {
     char stem[32];
     std::snprintf(stem, sizeof stem, "class-%05lld", static_cast<long long>(i));
@@ -38,7 +36,7 @@ ClassImageReport ensure_class_images(const io::ModelFolder& base, const models::
     g.guidance_scale = options.guidance_scale;
     g.width = g.height = options.resolution;
     g.seed = options.seed + static_cast<uint64_t>(i);
-    const at::Tensor rgb = pipe->generate(g)[0];
+    const at::Tensor rgb = pipe.generate(g)[0];
     // The caption first: an image without its .txt would train with an empty caption if the
     // folder were used as a plain dataset.
     const fs::path caption = dir / (std::string(stem) + ".txt");

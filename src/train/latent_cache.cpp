@@ -38,12 +38,12 @@ models::DiagonalGaussian encode_one(models::AutoencoderKL& vae, const at::Tensor
 
 std::string LatentCache::scope_of(const io::ModelFolder& base, const std::string& variant,
                                   at::ScalarType dtype, const std::string& preprocessing) {
-  const std::filesystem::path vae_dir = base.component_dir("vae");
-  io::ContentHash h;
-  h.field("sdtune latent cache v1").file(vae_dir / "config.json");
-  for (const auto& file : io::find_weight_files(vae_dir, variant)) h.file(file);
-  h.field(c10::toString(dtype)).field(preprocessing);
-  return h.hex();
+  return io::ContentHash()
+      .field("sdtune latent cache v1")
+      .component(base, "vae", variant)
+      .field(c10::toString(dtype))
+      .field(preprocessing)
+      .hex();
 }
 
 std::vector<CachedLatents> LatentCache::prepare(const std::vector<data::Example>& examples,

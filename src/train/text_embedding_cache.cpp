@@ -12,12 +12,12 @@ namespace sdtune::train {
 std::string TextEmbeddingCache::scope_of(const io::ModelFolder& base, const std::string& variant,
                                          at::ScalarType dtype,
                                          std::optional<at::ScalarType> autocast) {
-  const std::filesystem::path dir = base.component_dir("text_encoder");
-  io::ContentHash h;
-  h.field("sdtune text embedding cache v1").file(dir / "config.json");
-  for (const auto& file : io::find_weight_files(dir, variant)) h.file(file);
-  h.field(c10::toString(dtype)).field(autocast ? c10::toString(*autocast) : "no autocast");
-  return h.hex();
+  return io::ContentHash()
+      .field("sdtune text embedding cache v1")
+      .component(base, "text_encoder", variant)
+      .field(c10::toString(dtype))
+      .field(autocast ? c10::toString(*autocast) : "no autocast")
+      .hex();
 }
 
 std::vector<at::Tensor> TextEmbeddingCache::prepare(

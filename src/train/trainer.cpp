@@ -559,8 +559,8 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
     // The examples of the items: with prior preservation the instances first, then their class
     // images (diffusers' collate_fn), so that the loss can split the batch in halves.
     std::vector<int64_t> indices;
-    for (int64_t i : items)
-      indices.push_back(prior || instance_items > n_instance ? i % n_instance : i);
+    // Item i is instance i mod n (the identity without repeats or class images).
+    for (int64_t i : items) indices.push_back(i % n_instance);
     if (prior)
       for (int64_t i : items) indices.push_back(n_instance + i % n_class);
     std::vector<at::Tensor> pixels, means, logvars, ids, contexts;

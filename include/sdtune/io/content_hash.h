@@ -11,6 +11,8 @@
 
 namespace sdtune::io {
 
+class ModelFolder;
+
 class ContentHash {
  public:
   ContentHash();
@@ -25,6 +27,10 @@ class ContentHash {
   ContentHash& field(int64_t value);
   // A file's bytes (streamed); an Error naming the file when it cannot be read.
   ContentHash& file(const std::filesystem::path& path);
+  // A pipeline component by content: its config.json and weight files (ModelFolder's choice for
+  // `variant`), e.g. the VAE whose outputs a cache holds.
+  ContentHash& component(const ModelFolder& base, const std::string& name,
+                         const std::string& variant);
 
   // 32 lowercase hex digits of what was hashed so far (the hash can go on after it).
   std::string hex() const;
