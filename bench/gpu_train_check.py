@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -37,15 +38,16 @@ def train_args(fixture, out, precision, *extra):
 def sdtune(binary, args, check=True):
     cmd = [str(binary), *map(str, args)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode < 0:  # killed by a signal: the command, and a backtrace where a debugger is
-        print(f"CRASH (signal {-proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-1500:]}")
-        if shutil.which("cuda-gdb"):
-            # x/8a $sp: after a jump through a null pointer bt cannot unwind, but the return
-            # address on top of the stack names the caller.
-            gdb = subprocess.run(["cuda-gdb", "-q", "-batch", "-ex", "run", "-ex", "bt 40", "-ex", "x/8a $sp",
-                                  "--args", *cmd],
-                                 capture_output=True, text=True, timeout=180)
-            print("\n".join((gdb.stdout + gdb.stderr).splitlines()[-70:]))
+    if proc.returncode < 0:  # killed by a signal: sdtune's crash report, resolved to source lines
+        print(f"CRASH (signal {-proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-6000:]}")
+        seen = set()
+        for module, offset in re.findall(r"= (\S+)\+(0x[0-9a-f]+)", proc.stderr):
+            if (module, offset) in seen or not shutil.which("addr2line"):
+                continue
+            seen.add((module, offset))
+            where = subprocess.run(["addr2line", "-f", "-C", "-i", "-e", module, offset],
+                                   capture_output=True, text=True).stdout.split("\n")
+            print(f"  {Path(module).name}+{offset}: {' | '.join(l for l in where if l)[:300]}")
     if check and proc.returncode != 0:
         raise SystemExit(f"sdtune {' '.join(map(str, args[:1]))} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     return proc

@@ -2,9 +2,11 @@
 #include <exception>
 
 #include "cli/commands.h"
+#include "cli/crash_report.h"
 #include "sdtune/error.h"
 
 int main(int argc, char** argv) {
+  sdtune::cli::install_crash_report();
   CLI::App app{"sdtune: fine-tune Stable Diffusion and generate images with it"};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "Show help for every command");
