@@ -41,7 +41,8 @@ struct Flags {
   bool dreambooth = false;  // `sdtune dreambooth`: instance data and prompt, prior preservation
   train::TrainOptions o;
   std::string out, data, model, config, cache_dir, class_data;
-  std::optional<double> text_encoder_lr, snr_gamma;
+  std::optional<double> text_encoder_lr, snr_gamma, lora_alpha;
+  std::optional<int64_t> lora_rank;
   bool quiet = false;
 };
 
@@ -163,6 +164,20 @@ void add_options(CLI::App* cmd, Flags& f) {
   cmd->add_option("--max-nonfinite-steps", o.max_nonfinite_steps,
                   "Stop after this many steps in a row with a NaN/inf loss")
       ->capture_default_str();
+  cmd->add_option("--lora-rank,--rank", f.lora_rank,
+                  "Train LoRA adapters of this rank instead of the whole model (e.g. 4-128)");
+  cmd->add_option("--lora-alpha", f.lora_alpha,
+                  "LoRA alpha: updates scale by alpha/rank (default: rank)");
+  cmd->add_option("--lora-dropout", o.lora.dropout)->capture_default_str();
+  cmd->add_option("--lora-layers", o.lora.unet_layers,
+                  "UNet layers that get adapters (module-path suffixes, comma-separated; also "
+                  "proj_in, proj_out, ff.net.0.proj, ff.net.2)")
+      ->delimiter(',')
+      ->capture_default_str();
+  cmd->add_option("--lora-text-encoder-layers", o.lora.text_encoder_layers,
+                  "Text-encoder layers that get adapters with --train-text-encoder")
+      ->delimiter(',')
+      ->capture_default_str();
   cmd->add_option("--seed", o.seed)->capture_default_str();
   cmd->add_option("--log-every", o.log_every, "Log metrics every N steps")->capture_default_str();
   cmd->add_flag("--quiet", f.quiet, "No progress output");
@@ -184,6 +199,8 @@ void run(CLI::App* cmd, Flags& f) {
   o.dreambooth.class_data = f.class_data;
   o.text_encoder_lr = f.text_encoder_lr;
   o.snr_gamma = f.snr_gamma;
+  o.lora.rank = f.lora_rank;
+  o.lora.alpha = f.lora_alpha;
   // The effective configuration, as a --config file that reproduces this run.
   o.effective_config = effective_config(cmd, {"quiet"});
 
@@ -261,12 +278,17 @@ void run(CLI::App* cmd, Flags& f) {
               static_cast<long long>(s.steps), static_cast<long long>(s.steps_this_run),
               static_cast<long long>(s.skipped_steps));
   if (s.steps_this_run > 0) std::printf("loss: first %.6f, last %.6f\n", s.first_loss, s.last_loss);
+  std::printf("trainable parameters: %lld (optimizer state %.1f MiB)\n",
+              static_cast<long long>(s.trainable_parameters),
+              static_cast<double>(s.optimizer_state_bytes) / (1 << 20));
   std::printf("time: %s\n", format_duration(s.seconds).c_str());
   if (s.interrupted)
     std::printf(
         "interrupted: checkpoint saved to %s; continue with --resume-from-checkpoint "
         "latest\n",
         s.output.string().c_str());
+  else if (!s.lora_files.empty())
+    for (const auto& file : s.lora_files) std::printf("lora: %s\n", file.string().c_str());
   else
     std::printf("model: %s\n", s.output.string().c_str());
 }

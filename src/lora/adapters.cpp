@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <map>
 
 #include "sdtune/error.h"
 
@@ -22,14 +23,19 @@ std::vector<Adapter> attach_adapters(torch::nn::Module& model, const AdapterOpti
   if (options.rank < 1)
     throw Error("LoRA rank must be at least 1, got " + std::to_string(options.rank));
   if (!(options.dropout >= 0 && options.dropout < 1)) throw Error("LoRA dropout must be in [0, 1)");
-  std::vector<Adapter> out;
-  at::NoGradGuard no_grad;
+  // The targeted layers by module path: the draws follow the sorted paths, so that a seed gives
+  // the same adapters whatever order the model registers its modules in.
+  std::map<std::string, models::LoraLinearImpl*> layers;
   for (const auto& item : model.named_modules("", /*include_self=*/false)) {
     auto* layer = item.value()->as<models::LoraLinearImpl>();
     if (layer == nullptr) continue;
     bool wanted = false;
     for (const auto& t : options.targets) wanted = wanted || matches(item.key(), t);
-    if (!wanted) continue;
+    if (wanted) layers[item.key()] = layer;
+  }
+  std::vector<Adapter> out;
+  at::NoGradGuard no_grad;
+  for (const auto& [path, layer] : layers) {
     const at::Tensor& w = layer->weight;
     const int64_t in = w.size(1), out_features = w.size(0);
     const auto f32 = at::TensorOptions().dtype(at::kFloat);
@@ -43,7 +49,7 @@ std::vector<Adapter> attach_adapters(torch::nn::Module& model, const AdapterOpti
     branch->scale = options.alpha / static_cast<double>(options.rank);
     branch->dropout = options.dropout;
     layer->lora = branch;
-    out.push_back({item.key(), branch});
+    out.push_back({path, branch});
   }
   if (out.empty()) {
     std::string list;
@@ -68,6 +74,42 @@ std::vector<LoraLayer> adapter_layers(const std::string& component,
     out.push_back(
         {component, a.module, a.branch->down.detach().cpu(), a.branch->up.detach().cpu(), alpha});
   return out;
+}
+
+io::StateDict adapters_state_dict(const AdapterSet& adapters) {
+  io::StateDict out;
+  for (const auto& [component, list] : adapters)
+    for (const auto& a : list) {
+      const std::string key = component + "." + a.module;
+      out[key + ".down"] = a.branch->down.detach().cpu().clone();
+      out[key + ".up"] = a.branch->up.detach().cpu().clone();
+    }
+  return out;
+}
+
+void load_adapters_state_dict(const AdapterSet& adapters, const io::StateDict& state,
+                              const std::string& source) {
+  io::KeyMismatch problems;
+  std::map<std::string, at::Tensor> targets;  // key -> the factor it fills
+  for (const auto& [component, list] : adapters)
+    for (const auto& a : list) {
+      const std::string key = component + "." + a.module;
+      targets[key + ".down"] = a.branch->down;
+      targets[key + ".up"] = a.branch->up;
+    }
+  for (const auto& [key, target] : targets) {
+    auto it = state.find(key);
+    if (it == state.end())
+      problems.missing.push_back(key);
+    else if (!it->second.sizes().equals(target.sizes()))
+      problems.add_mismatch(key, target.sizes(), it->second.sizes());
+  }
+  for (const auto& [key, value] : state)
+    if (!targets.count(key)) problems.unexpected.push_back(key);
+  problems.throw_if_any("LoRA adapters do not match (another --lora-rank or --lora-layers?)",
+                        source);
+  at::NoGradGuard no_grad;
+  for (auto& [key, target] : targets) target.copy_(state.at(key));
 }
 
 }  // namespace sdtune::lora

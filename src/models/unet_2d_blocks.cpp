@@ -1,6 +1,7 @@
 #include "sdtune/models/unet_2d_blocks.h"
 
 #include "sdtune/error.h"
+#include "sdtune/models/lora_linear.h"
 #include "sdtune/train/gradient_checkpoint.h"
 
 namespace sdtune::models {
@@ -43,7 +44,7 @@ at::Tensor run_resnet(nn::ModuleList resnets, size_t i, const at::Tensor& h, con
   if (!checkpoint) return resnet->forward(h, temb);
   return train::checkpoint(
       [resnet](const std::vector<at::Tensor>& in) { return resnet->forward(in[0], in[1]); },
-      {h, temb}, resnet->parameters());
+      {h, temb}, parameters_and_adapters(*resnet));
 }
 
 at::Tensor run_attention(nn::ModuleList attentions, size_t i, const at::Tensor& h,
@@ -52,7 +53,7 @@ at::Tensor run_attention(nn::ModuleList attentions, size_t i, const at::Tensor& 
   if (!checkpoint) return attention->forward(h, context);
   return train::checkpoint(
       [attention](const std::vector<at::Tensor>& in) { return attention->forward(in[0], in[1]); },
-      {h, context}, attention->parameters());
+      {h, context}, parameters_and_adapters(*attention));
 }
 
 }  // namespace

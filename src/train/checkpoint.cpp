@@ -58,7 +58,11 @@ void write_checkpoint(const io::ModelFolder& base, const fs::path& dir,
   fs::remove_all(staging, ec);
   try {
     // The pipeline part (itself written to a temporary folder and renamed into `staging`).
-    io::save_pipeline(base, staging, contents.pipeline);
+    if (contents.pipeline)
+      io::save_pipeline(base, staging, *contents.pipeline);
+    else
+      fs::create_directories(staging);
+    if (contents.write_files) contents.write_files(staging);
     const fs::path state_dir = staging / kStateDir;
     fs::create_directory(state_dir);
     for (const auto& [name, tensors] : contents.state) {

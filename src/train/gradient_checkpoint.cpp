@@ -2,6 +2,8 @@
 
 #include <utility>
 
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Context.h>
 #include <ATen/core/ivalue.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -15,6 +17,11 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+at::Generator default_generator(const c10::Device& device) {
+  return device.is_cpu() ? at::detail::getDefaultCPUGenerator()
+                         : at::globalContext().defaultGenerator(device);
+}
+
 // Carries the function from forward to backward inside ctx->saved_data (an IValue capsule).
 struct FnHolder : torch::CustomClassHolder {
   explicit FnHolder(CheckpointedFn f) : fn(std::move(f)) {}
@@ -27,6 +34,10 @@ struct Checkpoint : torch::autograd::Function<Checkpoint> {
                             at::TensorList inputs, at::TensorList params) {
     // Function::apply already runs forward with grad mode off: no graph, no saved activations.
     at::NoGradGuard no_grad;
+    const c10::Device rng_device = !inputs.empty() ? inputs[0].device() : c10::Device(c10::kCPU);
+    // The random draws (dropout) must repeat in the recomputation: the device's default
+    // generator state goes along (torch.utils.checkpoint's preserve_rng_state).
+    ctx->saved_data["rng_state"] = default_generator(rng_device).get_state();
     at::Tensor out = holder->fn(inputs.vec());
     ctx->saved_data["fn"] = c10::IValue::make_capsule(std::move(holder));
     ctx->saved_data["num_inputs"] = static_cast<int64_t>(inputs.size());
@@ -57,6 +68,16 @@ struct Checkpoint : torch::autograd::Function<Checkpoint> {
     }
     at::Tensor out;
     {
+      // Replay the forward's random draws, then give the generator back its current state.
+      at::Generator gen =
+          default_generator(num_inputs > 0 ? wrt[0].device() : c10::Device(c10::kCPU));
+      const at::Tensor current = gen.get_state();
+      gen.set_state(ctx->saved_data["rng_state"].toTensor());
+      struct Restore {
+        at::Generator& gen;
+        const at::Tensor& state;
+        ~Restore() { gen.set_state(state); }
+      } restore{gen, current};
       const auto device = static_cast<c10::DeviceType>(ctx->saved_data["device"].toInt());
       std::optional<at::ScalarType> amp;
       if (ctx->saved_data["autocast"].toBool())

@@ -22,6 +22,8 @@
 #include "sdtune/io/image.h"
 #include "sdtune/io/model_folder.h"
 #include "sdtune/io/state_dict.h"
+#include "sdtune/lora/adapters.h"
+#include "sdtune/lora/lora.h"
 #include "sdtune/models/stable_diffusion.h"
 #include "sdtune/pipeline/stable_diffusion_pipeline.h"
 #include "sdtune/schedulers/scheduler.h"
@@ -46,6 +48,10 @@ namespace {
 // validation images and the final model.
 constexpr bool kIsMainProcess = true;
 constexpr int64_t kRank = 0, kWorldSize = 1;
+
+// The files of a LoRA run's result (and, the first, of its checkpoints).
+const char* const kLoraFile = "pytorch_lora_weights.safetensors";
+const char* const kKohyaLoraFile = "lora_kohya.safetensors";
 
 // Data-parallel gradient reduction point: an all-reduce (mean) of every trainable gradient over
 // the ranks goes here, once per optimizer step, after the last micro-batch's backward.
@@ -103,6 +109,18 @@ void check_options(const TrainOptions& o) {
       if (db.num_class_images < 1) throw Error("--num-class-images must be at least 1");
       if (!(db.prior_loss_weight >= 0)) throw Error("--prior-loss-weight must be >= 0");
     }
+  }
+  if (o.lora.enabled()) {
+    if (*o.lora.rank < 1)
+      throw Error("--lora-rank must be at least 1, got " + std::to_string(*o.lora.rank));
+    if (o.lora.alpha && !(*o.lora.alpha > 0)) throw Error("--lora-alpha must be positive");
+    if (!(o.lora.dropout >= 0 && o.lora.dropout < 1))
+      throw Error("--lora-dropout must be in [0, 1), got " + str(o.lora.dropout));
+    if (o.lora.unet_layers.empty()) throw Error("--lora-layers names no layer");
+    if (o.train_text_encoder && o.lora.text_encoder_layers.empty())
+      throw Error("--lora-text-encoder-layers names no layer");
+    if (o.use_ema)
+      throw Error("--use-ema is for full fine-tuning: a LoRA run trains adapters, not the UNet");
   }
   if (o.max_steps == 0 && o.num_train_epochs < 1) throw Error("--num-train-epochs must be >= 1");
   if (!(o.learning_rate > 0))
@@ -268,6 +286,9 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
   // ---- Models ------------------------------------------------------------------------------
   // The UNet (and the text encoder when trained) are fp32 master weights; with mixed precision
   // the frozen VAE and text encoder are cast to the compute dtype, as train_text_to_image.py does.
+  // With LoRA every model is frozen in the compute dtype and only the adapters (fp32) train, as
+  // in diffusers' LoRA scripts.
+  const bool lora_on = o.lora.enabled();
   const c10::Device device(o.device);
   const std::optional<at::ScalarType> amp = autocast_dtype(o.mixed_precision);
   const at::ScalarType weight_dtype = amp.value_or(at::kFloat);
@@ -275,15 +296,34 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
   const models::LoadOptions fp32{device, at::kFloat, o.variant};
   const models::LoadOptions frozen{device, weight_dtype, o.variant};
   const text::ClipTokenizer tokenizer = models::load_tokenizer(base);
-  models::UNet2DConditionModel unet = models::load_unet(base, fp32);
+  const bool full_text_encoder = o.train_text_encoder && !lora_on;
+  models::UNet2DConditionModel unet = models::load_unet(base, lora_on ? frozen : fp32);
   models::AutoencoderKL vae = models::load_vae(base, frozen);
   models::CLIPTextModel text_encoder =
-      models::load_text_encoder(base, o.train_text_encoder ? fp32 : frozen);
+      models::load_text_encoder(base, full_text_encoder ? fp32 : frozen);
   set_requires_grad(*vae, false);
   vae->eval();
-  set_requires_grad(*text_encoder, o.train_text_encoder);
+  set_requires_grad(*unet, !lora_on);
+  set_requires_grad(*text_encoder, full_text_encoder);
   o.train_text_encoder ? text_encoder->train() : text_encoder->eval();
   unet->train();
+  // LoRA adapters, initialized as PEFT does from their own generator (seeded by the run's seed).
+  lora::AdapterSet adapters;
+  const double lora_alpha = o.lora.alpha.value_or(static_cast<double>(o.lora.rank.value_or(1)));
+  if (lora_on) {
+    at::Generator lora_gen = at::make_generator<at::CPUGeneratorImpl>(o.seed);
+    lora::AdapterOptions a{*o.lora.rank, lora_alpha, o.lora.dropout, o.lora.unet_layers};
+    adapters["unet"] = lora::attach_adapters(*unet, a, lora_gen);
+    if (o.train_text_encoder) {
+      a.targets = o.lora.text_encoder_layers;
+      adapters["text_encoder"] = lora::attach_adapters(*text_encoder, a, lora_gen);
+    }
+  }
+  const auto adapter_tensors = [&](const std::string& component) {
+    std::vector<at::Tensor> out;
+    for (const auto& a : adapters[component]) out.insert(out.end(), {a.branch->down, a.branch->up});
+    return out;
+  };
   unet->set_gradient_checkpointing(o.gradient_checkpointing);
   const double scaling_factor = vae->config.scaling_factor;
 
@@ -407,11 +447,14 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
   double lr = o.learning_rate;
   if (o.scale_lr) lr *= o.gradient_accumulation_steps * o.batch_size * kWorldSize;
   const double text_lr = o.text_encoder_lr.value_or(lr);
-  const std::vector<at::Tensor> unet_params = parameters_of(*unet);
+  const std::vector<at::Tensor> unet_params =
+      lora_on ? adapter_tensors("unet") : parameters_of(*unet);
+  const std::vector<at::Tensor> te_params = !o.train_text_encoder ? std::vector<at::Tensor>{}
+                                            : lora_on             ? adapter_tensors("text_encoder")
+                                                                  : parameters_of(*text_encoder);
   std::vector<at::Tensor> trainable = unet_params;
   std::vector<ParamGroup> groups{{unet_params, lr, o.adam_weight_decay}};
   if (o.train_text_encoder) {
-    const auto te_params = parameters_of(*text_encoder);
     groups.push_back({te_params, text_lr, o.adam_weight_decay});
     trainable.insert(trainable.end(), te_params.begin(), te_params.end());
   }
@@ -427,12 +470,13 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
         EmaOptions{.decay = o.ema_decay, .use_ema_warmup = o.ema_warmup, .offload = o.offload_ema});
   LossScaler scaler({.enabled = o.mixed_precision == "fp16"}, device);
 
-  // Random streams: `data_gen` (CPU) for crops and flips, `noise_gen` (on the device) for the
-  // VAE posterior sample, the noise and the timesteps. Both are checkpointed.
+  // Random streams: `data_gen` (CPU) for crops and flips, `noise_gen` (the device's default
+  // generator) for the VAE posterior sample, the noise and the timesteps, and for what draws from
+  // the default generator itself (LoRA dropout). Both are seeded and checkpointed.
   at::Generator data_gen = at::make_generator<at::CPUGeneratorImpl>(o.seed);
-  at::Generator noise_gen = device.is_cpu() ? at::make_generator<at::CPUGeneratorImpl>(o.seed + 1)
+  at::Generator noise_gen = device.is_cpu() ? at::detail::getDefaultCPUGenerator()
                                             : at::globalContext().defaultGenerator(device);
-  if (!device.is_cpu()) noise_gen.set_current_seed(o.seed + 1);
+  noise_gen.set_current_seed(o.seed + 1);
 
   // ---- Resume --------------------------------------------------------------------------------
   int64_t step = 0;           // optimizer steps done
@@ -458,15 +502,22 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
           throw Error("checkpoint lacks training_state/" + name + ".safetensors", dir.string());
         return it->second;
       };
-      // Trained weights: training_state/unet when the pipeline holds EMA weights, else the
-      // pipeline's own (saved in fp32).
-      if (ckpt.state.count("unet"))
+      // Trained weights: the adapters of a LoRA run; training_state/unet when the pipeline
+      // holds EMA weights, else the pipeline's own (saved in fp32).
+      if (lora_on != ckpt.trainer_state.value("lora", false))
+        throw Error(lora_on ? "not a LoRA checkpoint: resume it without --lora-rank"
+                            : "a LoRA checkpoint: resume it with the run's --lora-rank",
+                    dir.string());
+      if (lora_on)
+        lora::load_adapters_state_dict(adapters, part("lora"),
+                                       (dir / "training_state/lora.safetensors").string());
+      else if (ckpt.state.count("unet"))
         io::load_into(*unet, part("unet"), (dir / "training_state/unet.safetensors").string());
       else
         io::load_into(*unet,
                       io::read_state_dict({dir / "unet/diffusion_pytorch_model.safetensors"}),
                       (dir / "unet").string());
-      if (o.train_text_encoder)
+      if (full_text_encoder)
         io::load_into(*text_encoder, io::read_state_dict({dir / "text_encoder/model.safetensors"}),
                       (dir / "text_encoder").string(), models::clip_text_ignored_keys());
       try {
@@ -500,13 +551,29 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
   auto pipeline_weights = [&]() {
     io::SavedWeights w;
     w.unet = weights_of(*unet, ema ? &ema->shadow_params() : nullptr);
-    if (o.train_text_encoder) w.text_encoder = weights_of(*text_encoder, nullptr);
+    if (full_text_encoder) w.text_encoder = weights_of(*text_encoder, nullptr);
     return w;
+  };
+  // The adapters as LoRA layers, in the names LoRA files use.
+  auto lora_layers = [&]() {
+    std::vector<lora::LoraLayer> layers;
+    for (const auto& [component, list] : adapters)
+      for (auto& l : lora::adapter_layers(component, list, lora_alpha)) layers.push_back(l);
+    return layers;
   };
   auto save_checkpoint = [&]() {
     if (!kIsMainProcess) return;
     CheckpointContents c;
-    c.pipeline = pipeline_weights();
+    if (lora_on) {
+      // The adapters alone, as diffusers' LoRA scripts checkpoint them: loadable with
+      // load_lora_weights(checkpoint-STEP) and `sdtune generate --lora`.
+      c.write_files = [&](const fs::path& dir) {
+        lora::write_lora_file(dir / kLoraFile, lora_layers(), lora::Format::Diffusers);
+      };
+      c.state["lora"] = lora::adapters_state_dict(adapters);
+    } else {
+      c.pipeline = pipeline_weights();
+    }
     if (ema) {
       c.state["unet"] = to_state_dict(weights_of(*unet, nullptr));
       c.state["ema"] = ema->state_dict();
@@ -522,6 +589,7 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
                        {"max_steps", max_steps},
                        {"epoch", sampler.epoch()},
                        {"examples", summary.examples},
+                       {"lora", lora_on},
                        {"format", "sdtune-checkpoint-1"}};
     c.config_toml = o.effective_config;
     const fs::path dir = checkpoint_path(o.out, step);
@@ -610,7 +678,7 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
       // kohya's stop_text_encoder_training: frozen from here on. Its parameters get no
       // gradients, so AdamW, clipping and the loss scaler leave them alone.
       text_encoder_training = false;
-      set_requires_grad(*text_encoder, false);
+      for (const auto& p : te_params) p.set_requires_grad(false);
       text_encoder->eval();
     }
     double loss_sum = 0, instance_sum = 0, prior_sum = 0;
@@ -739,11 +807,22 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
   }
   summary.steps = step;
   summary.steps_this_run = step - first_step;
+  summary.trainable_parameters = optimizer.num_parameters();
+  summary.optimizer_state_bytes = optimizer.state_bytes();
 
   // ---- The final model ---------------------------------------------------------------------
   if (!summary.interrupted) {
     validate();
-    if (kIsMainProcess) save_final_model(base, o.out, pipeline_weights());
+    if (kIsMainProcess && lora_on) {
+      // diffusers' layout (load_lora_weights(OUT)) and kohya's (A1111, ComfyUI).
+      fs::create_directories(o.out);
+      const auto layers = lora_layers();
+      lora::write_lora_file(o.out / kLoraFile, layers, lora::Format::Diffusers);
+      lora::write_lora_file(o.out / kKohyaLoraFile, layers, lora::Format::Kohya);
+      summary.lora_files = {o.out / kLoraFile, o.out / kKohyaLoraFile};
+    } else if (kIsMainProcess) {
+      save_final_model(base, o.out, pipeline_weights());
+    }
     summary.output = o.out;
   }
   summary.seconds =

@@ -27,8 +27,18 @@ TEST(LoraAdapters, AttachToAttentionProjectionsAsPeft) {
   const auto adapters = attach_adapters(
       *attn, {.rank = 4, .alpha = 8, .targets = {"to_q", "to_k", "to_v", "to_out.0"}}, gen);
   ASSERT_EQ(adapters.size(), 4u);
-  EXPECT_EQ(adapters[0].module, "to_q");
-  EXPECT_EQ(adapters[3].module, "to_out.0");
+  // Drawn in the sorted order of the module paths, one layer after the other.
+  EXPECT_EQ(adapters[0].module, "to_k");
+  EXPECT_EQ(adapters[1].module, "to_out.0");
+  EXPECT_EQ(adapters[2].module, "to_q");
+  EXPECT_EQ(adapters[3].module, "to_v");
+  at::Generator replay = at::make_generator<at::CPUGeneratorImpl>(0);
+  for (const auto& a : adapters) {
+    const double bound = 1.0 / std::sqrt(static_cast<double>(a.branch->down.size(1)));
+    EXPECT_TRUE(at::equal(a.branch->down,
+                          at::empty(a.branch->down.sizes()).uniform_(-bound, bound, replay)))
+        << a.module;
+  }
   for (const auto& a : adapters) {
     const double bound = 1.0 / std::sqrt(static_cast<double>(a.branch->down.size(1)));
     EXPECT_EQ(a.branch->down.size(0), 4);
@@ -64,8 +74,9 @@ TEST(LoraAdapters, FeedForwardAndProjectionsAreTargetsToo) {
       gen);
   std::vector<std::string> names;
   for (const auto& a : adapters) names.push_back(a.module);
-  EXPECT_EQ(names, (std::vector<std::string>{"proj_in", "transformer_blocks.0.ff.net.0.proj",
-                                             "transformer_blocks.0.ff.net.2", "proj_out"}));
+  EXPECT_EQ(names,
+            (std::vector<std::string>{"proj_in", "proj_out", "transformer_blocks.0.ff.net.0.proj",
+                                      "transformer_blocks.0.ff.net.2"}));
 }
 
 TEST(LoraAdapters, BadOptionsAreErrors) {

@@ -1,6 +1,7 @@
 #pragma once
 // Trainable LoRA branches on a model's LoRA-capable layers (models::LoraLinear): what LoRA training
 // optimizes while the model's own weights stay frozen, and what it saves as a LoRA file.
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -8,6 +9,7 @@
 #include <ATen/core/Generator.h>
 #include <torch/nn/module.h>
 
+#include "sdtune/io/state_dict.h"
 #include "sdtune/lora/lora.h"
 #include "sdtune/models/lora_linear.h"
 
@@ -27,9 +29,10 @@ struct Adapter {
 };
 
 // Attaches a fresh branch to every LoraLinear of `model` whose path ends with a target, as PEFT
-// initializes it: A ~ U(−1/√in, 1/√in) (kaiming-uniform with a = √5) drawn from `gen` in module
-// order, B = 0 (so the model's outputs are unchanged until training moves B); float32 on the
-// layer's device, requiring grad. An Error when rank < 1 or no layer matches.
+// initializes it: A ~ U(−1/√in, 1/√in) (kaiming-uniform with a = √5) drawn from `gen` layer by
+// layer in the sorted order of the module paths, B = 0 (so the model's outputs are unchanged
+// until training moves B); float32 on the layer's device, requiring grad. An Error when rank < 1 or
+// no layer matches.
 std::vector<Adapter> attach_adapters(torch::nn::Module& model, const AdapterOptions& options,
                                      at::Generator& gen);
 
@@ -39,5 +42,17 @@ void detach_adapters(torch::nn::Module& model);
 // The adapters as LoRA layers of `component` ("unet", "text_encoder"), for write_lora_file.
 std::vector<LoraLayer> adapter_layers(const std::string& component,
                                       const std::vector<Adapter>& adapters, double alpha);
+
+// Adapters of several components, by component name ("unet", "text_encoder").
+using AdapterSet = std::map<std::string, std::vector<Adapter>>;
+
+// Their factors as "<component>.<module>.down" / ".up" (CPU copies): what a training checkpoint
+// keeps to resume bit for bit.
+io::StateDict adapters_state_dict(const AdapterSet& adapters);
+
+// Copies such a state dict into the adapters; an Error naming `source` lists missing, unexpected
+// and wrongly shaped keys.
+void load_adapters_state_dict(const AdapterSet& adapters, const io::StateDict& state,
+                              const std::string& source);
 
 }  // namespace sdtune::lora

@@ -6,6 +6,7 @@
 // registered parameters: the model's weights stay frozen and savable as they are while a trainer
 // optimizes the branches it attached (or a LoRA file's are applied without merging them).
 #include <memory>
+#include <vector>
 
 #include <torch/nn/modules/linear.h>
 
@@ -25,5 +26,9 @@ class LoraLinearImpl : public torch::nn::LinearImpl {
   std::shared_ptr<LoraBranch> lora;  // none: a plain Linear
 };
 TORCH_MODULE(LoraLinear);
+
+// The module's parameters and the low-rank factors of the branches attached below it: everything
+// its forward reads that may need a gradient (what a gradient checkpoint must link its output to).
+std::vector<at::Tensor> parameters_and_adapters(const torch::nn::Module& module);
 
 }  // namespace sdtune::models

@@ -1,11 +1,12 @@
 #pragma once
 // Training checkpoints: OUT/checkpoint-STEP/ is a complete diffusers pipeline folder (usable for
-// generation as it is) plus training_state/ with everything a resumed run needs to continue bit
-// for bit: trained weights (when the pipeline holds EMA weights instead), optimizer, EMA, loss
-// scaler, RNG and data-order states, and trainer_state.json (step counters). The effective
-// configuration is saved next to them as train_config.toml.
+// generation as it is; for LoRA runs the LoRA file instead) plus training_state/ with everything a
+// resumed run needs to continue bit for bit: trained weights (when the pipeline holds EMA weights
+// instead), optimizer, EMA, loss scaler, RNG and data-order states, and trainer_state.json (step
+// counters). The effective configuration is saved next to them as train_config.toml.
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -20,7 +21,10 @@
 namespace sdtune::train {
 
 struct CheckpointContents {
-  io::SavedWeights pipeline;                   // weights of the pipeline folder
+  // Weights of the pipeline folder; none for a LoRA run, whose checkpoint holds its adapters
+  // (written by `write_files`) rather than a copy of the whole model.
+  std::optional<io::SavedWeights> pipeline;
+  std::function<void(const std::filesystem::path& dir)> write_files;  // more files, into `dir`
   std::map<std::string, io::StateDict> state;  // training_state/NAME.safetensors
   nlohmann::json trainer_state;                // training_state/trainer_state.json
   std::string config_toml;                     // train_config.toml ("" = none)

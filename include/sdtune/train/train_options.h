@@ -109,6 +109,22 @@ struct TrainOptions {
     double class_guidance_scale = 7.5;
   } dreambooth;
 
+  // LoRA (diffusers' train_text_to_image_lora.py / train_dreambooth_lora.py, kohya's
+  // networks.lora): with a rank, the UNet and text encoder stay frozen in the compute dtype and
+  // low-rank branches, float32, on the named layers (module-path suffixes, as PEFT's
+  // target_modules) are trained instead; the text encoder's only with train_text_encoder.
+  // Checkpoints hold the adapters, the result is OUT/pytorch_lora_weights.safetensors (diffusers)
+  // and OUT/lora_kohya.safetensors.
+  struct Lora {
+    std::optional<int64_t> rank;  // none: full fine-tuning
+    std::optional<double> alpha;  // default: the rank (scale 1, as diffusers' scripts)
+    double dropout = 0.0;
+    std::vector<std::string> unet_layers{"to_q", "to_k", "to_v", "to_out.0"};
+    std::vector<std::string> text_encoder_layers{"q_proj",   "k_proj", "v_proj",
+                                                 "out_proj", "fc1",    "fc2"};
+    bool enabled() const { return rank.has_value(); }
+  } lora;
+
   uint64_t seed = 0;
   int64_t log_every = 1;  // JSONL/TensorBoard every N optimizer steps
 

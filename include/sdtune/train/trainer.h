@@ -53,6 +53,9 @@ struct TrainSummary {
   int64_t class_images_found = 0, class_images_generated = 0;
   double first_loss = 0, last_loss = 0;  // mean loss of this run's first and last logged steps
   int64_t skipped_steps = 0;             // non-finite steps skipped this run
+  // Parameters the optimizer updates, and its state's size at the end (AdamW: two moments each).
+  int64_t trainable_parameters = 0, optimizer_state_bytes = 0;
+  std::vector<std::filesystem::path> lora_files;  // a LoRA run's result
   bool interrupted = false;
   std::filesystem::path output;  // the final pipeline (out), or the interrupt checkpoint
   std::filesystem::path resumed_from;
