@@ -34,7 +34,7 @@ cmake --build build-gpu -j 16 --target ${BUILD_TARGETS:-sdtune_cli sdtune_bench_
 grep -c 'warning:' "$OUT/build.log" | sed 's/^/compiler warnings: /'
 
 # Sections, all by default; SECTIONS="train parity" runs those alone (after the build).
-SECTIONS=${SECTIONS:-"train parity bench-train bench-unet"}
+SECTIONS=${SECTIONS:-"train parity bench-train lora-memory bench-unet"}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 if want train; then
@@ -61,6 +61,12 @@ if want bench-train; then
     SDTUNE_BENCH_TRAIN_STEP=build-gpu/sdtune_bench_train_step timeout 200 python3 bench/train_step.py \
       --device cuda --config sd15 --mixed-precision bf16 --batch 8 --warmup 3 --iters 10 $gc
   done
+fi
+
+if want lora-memory; then
+  section "LoRA vs full fine-tuning: SD 1.5 UNet, 512x512, bf16, batch 8 (parameters, optimizer state, peak memory)"
+  SDTUNE_BENCH_TRAIN_STEP=build-gpu/sdtune_bench_train_step timeout 200 python3 bench/lora_memory.py \
+    --device cuda --mixed-precision bf16 --latent 64 --batch 8 --iters 3 --ranks 4,64
 fi
 
 if want bench-unet; then

@@ -119,9 +119,8 @@ def run(fixture, binary, device):
 
     # Resume on CUDA: bitwise? cuDNN and atomics may make CUDA backward passes nondeterministic.
     # With and without EMA, so that a failure says which state's restore is at fault.
-    for ema in (["--use-ema"], []):
-        tag = "EMA" if ema else "no EMA"
-        a, b = work / f"straight{len(ema)}", work / f"resumed{len(ema)}"
+    for ema, tag in ((["--use-ema"], "EMA"), ([], "no EMA"), (["--lora-rank", 4, "--lora-dropout", 0.1], "LoRA")):
+        a, b = work / f"straight-{tag}", work / f"resumed-{tag}"
         rcs = [sdtune(binary, train_args(fixture, a, "no", "--max-steps", 6, *ema, "--device", device),
                       check=False).returncode,
                sdtune(binary, train_args(fixture, b, "no", "--max-steps", 3, *ema, "--device", device,
@@ -132,12 +131,25 @@ def run(fixture, binary, device):
             print(f"resume on {device} (fp32, {tag}): FAIL, exit codes straight/first/resumed {rcs}")
             failures += 1
             continue
-        ua, ub = (load_file(x / "unet" / "diffusion_pytorch_model.safetensors") for x in (a, b))
+        weights = "pytorch_lora_weights.safetensors" if "LoRA" in tag else "unet/diffusion_pytorch_model.safetensors"
+        ua, ub = (load_file(x / weights) for x in (a, b))
         worst = max((ua[k] - ub[k]).abs().max().item() for k in ua)
         la, lb = [x["loss"] for x in losses(a)], [x["loss"] for x in losses(b)]
         print(f"resume on {device} (fp32, {tag}): weights bitwise equal: "
               f"{all(torch.equal(ua[k], ub[k]) for k in ua)} (max |diff| {worst:.2e}); "
               f"losses of steps 4-6 equal: {la[3:] == lb[-3:]}")
+
+    # LoRA on CUDA in bf16: frozen bf16 UNet, fp32 adapters; the loss falls.
+    out = work / "lora_bf16"
+    proc = sdtune(binary, train_args(fixture, out, "bf16", "--max-steps", 30, "--lora-rank", 8, "--learning-rate",
+                                     1e-2, "--device", device), check=False)
+    m = [x["loss"] for x in losses(out)] if proc.returncode == 0 else []
+    ok = len(m) == 30 and all(math.isfinite(x) for x in m) and sum(m[-5:]) < sum(m[:5])
+    failures += not ok
+    params = [l for l in proc.stdout.splitlines() if "trainable" in l]
+    print(f"LoRA bf16 on {device}: {'ok' if ok else 'FAIL rc %d' % proc.returncode}; loss mean of steps 1-5 "
+          f"{sum(m[:5]) / 5 if m else float('nan'):.4f} -> 26-30 {sum(m[-5:]) / 5 if m else float('nan'):.4f}; "
+          f"{' '.join(params)}")
 
     from diffusers import StableDiffusionPipeline
 

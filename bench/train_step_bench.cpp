@@ -5,13 +5,19 @@
 //
 //   sdtune_bench_train_step --model DIR [--inputs in.safetensors | --batch B [--latent S]]
 //       [--device cpu|cuda] [--mixed-precision no|bf16|fp16] [--gradient-checkpointing]
-//       [--warmup N] [--iters M] [--threads T]
+//       [--warmup N] [--iters M] [--threads T] [--lora-rank R]
 //
 // DIR holds unet/ and scheduler/ (its alphas_cumprod). Inputs: `latents`, `noise`, `timesteps`
 // (int64 [B]) and `encoder_hidden_states` from the file, or random ones (seed 0) of batch B at
 // S×S latents (default: the UNet's sample_size). Mixed precision is autocast around forward and
-// loss with float32 master weights, as accelerate does it. Prints one JSON line: seconds per step
-// (mean, median, each), the loss of every step, and on CUDA the peak allocated memory.
+// loss with float32 master weights, as accelerate does it. With --lora-rank the UNet is frozen in
+// the compute dtype and rank-R adapters (float32) on the attention projections train instead, as
+// in diffusers' LoRA scripts. Prints one JSON line: seconds per step (mean, median, each), the
+// loss of every step, the trainable parameters and optimizer state, the peak resident set size,
+// and on CUDA the peak allocated memory.
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -29,6 +35,7 @@
 
 #include "sdtune/error.h"
 #include "sdtune/io/tensor.h"
+#include "sdtune/lora/adapters.h"
 #include "sdtune/models/stable_diffusion.h"
 #include "sdtune/schedulers/scheduler.h"
 #include "sdtune/train/adamw.h"
@@ -49,6 +56,7 @@ struct Args {
   std::string mixed_precision = "no";
   bool gradient_checkpointing = false;
   int warmup = 2, iters = 5, threads = 0;  // threads 0: LibTorch's default
+  int64_t lora_rank = 0;                   // 0: full fine-tuning
 };
 
 Args parse_args(int argc, char** argv) {
@@ -82,6 +90,7 @@ Args parse_args(int argc, char** argv) {
   if (auto v = take("--warmup")) a.warmup = std::stoi(*v);
   if (auto v = take("--iters")) a.iters = std::stoi(*v);
   if (auto v = take("--threads")) a.threads = std::stoi(*v);
+  if (auto v = take("--lora-rank")) a.lora_rank = std::stoll(*v);
   if (!values.empty()) throw Error("unknown option " + values.begin()->first);
   if (a.iters < 1 || a.warmup < 0) throw Error("--iters must be >= 1 and --warmup >= 0");
   if (a.mixed_precision != "no" && a.mixed_precision != "bf16" && a.mixed_precision != "fp16")
@@ -99,13 +108,14 @@ void run(const Args& a) {
   if (a.threads > 0) at::set_num_threads(a.threads);
   const c10::Device device(a.device);
   const auto folder = sdtune::io::ModelFolder::open(a.model);
+  std::optional<at::ScalarType> autocast;
+  if (a.mixed_precision != "no") autocast = sdtune::models::parse_dtype(a.mixed_precision);
   sdtune::models::LoadOptions load;
   load.device = device;  // float32 master weights, whatever the mixed precision
+  if (a.lora_rank > 0) load.dtype = autocast.value_or(at::kFloat);  // frozen: compute dtype
   auto unet = sdtune::models::load_unet(folder, load);
   const auto scheduler = sched::SchedulerConfig::from_json(folder.component_config("scheduler"));
   const at::Tensor alphas_cumprod = sched::make_noise_schedule(scheduler).alphas_cumprod.to(device);
-  std::optional<at::ScalarType> autocast;
-  if (a.mixed_precision != "no") autocast = sdtune::models::parse_dtype(a.mixed_precision);
 
   // The batch: x₀, ε, t, text embeddings, all on the device before timing starts.
   std::map<std::string, at::Tensor> in;
@@ -131,7 +141,21 @@ void run(const Args& a) {
 
   unet->train();
   unet->set_gradient_checkpointing(a.gradient_checkpointing);
-  train::AdamW optimizer({train::ParamGroup{unet->parameters(), /*lr=*/1e-5, /*wd=*/1e-2}});
+  std::vector<at::Tensor> params = unet->parameters();
+  if (a.lora_rank > 0) {
+    for (auto& p : params) p.set_requires_grad(false);
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(0);
+    const auto adapters =
+        sdtune::lora::attach_adapters(*unet,
+                                      {.rank = a.lora_rank,
+                                       .alpha = static_cast<double>(a.lora_rank),
+                                       .targets = {"to_q", "to_k", "to_v", "to_out.0"}},
+                                      gen);
+    params.clear();
+    for (const auto& adapter : adapters)
+      params.insert(params.end(), {adapter.branch->down, adapter.branch->up});
+  }
+  train::AdamW optimizer({train::ParamGroup{params, /*lr=*/1e-5, /*wd=*/1e-2}});
 
   auto sync = [&] {
     if (!device.is_cpu())
@@ -180,6 +204,23 @@ void run(const Args& a) {
   out["losses"] = loss_values;
   out["batch"] = batch;
   out["num_parameters"] = optimizer.num_parameters();
+  out["trainable_parameters"] = optimizer.num_parameters();
+  out["optimizer_state_bytes"] = optimizer.state_bytes();
+  int64_t frozen = 0;
+  for (const auto& p : unet->parameters())
+    if (!p.requires_grad()) frozen += p.numel();
+  out["frozen_parameters"] = frozen;
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  out["peak_rss_bytes"] = static_cast<int64_t>(usage.ru_maxrss) * 1024;  // Linux: kilobytes
+  // The resident set now, after the steps: the peak above also counts loading (the mapped
+  // weight file's pages next to the model's own copy).
+  if (std::FILE* statm = std::fopen("/proc/self/statm", "r")) {
+    long pages = 0, resident = 0;
+    if (std::fscanf(statm, "%ld %ld", &pages, &resident) == 2)
+      out["rss_after_steps_bytes"] = static_cast<int64_t>(resident) * sysconf(_SC_PAGESIZE);
+    std::fclose(statm);
+  }
   out["threads"] = at::get_num_threads();
   if (device.is_cuda()) {
     const auto stats = at::accelerator::getDeviceStats(
