@@ -34,8 +34,17 @@ cmake --build build-gpu -j 16 --target ${BUILD_TARGETS:-sdtune_cli sdtune_bench_
 grep -c 'warning:' "$OUT/build.log" | sed 's/^/compiler warnings: /'
 
 # Sections, all by default; SECTIONS="train parity" runs those alone (after the build).
-SECTIONS=${SECTIONS:-"train parity bench-train lora-memory bench-unet"}
+SECTIONS=${SECTIONS:-"linking train parity bench-train lora-memory bench-unet"}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
+
+if want linking; then
+  section "linking: the first libraries of sdtune, and where its std::filesystem calls bind"
+  readelf -d build-gpu/sdtune | grep NEEDED | head -4
+  nm -D --defined-only "$(dirname "$(python3 -c 'import torch;print(torch.__file__)')")/lib/libtorch.so" \
+    | grep -c '_ZNSt10filesystem' | sed 's/^/std::filesystem symbols libtorch.so exports: /'
+  LD_DEBUG=bindings LD_BIND_NOW=1 build-gpu/sdtune --help 2>&1 | grep 'file build-gpu/sdtune' \
+    | grep '_ZNSt10filesystem' | sed 's/.*binding file //' | awk '{print $3, $NF}' | sort | uniq -c | head -12
+fi
 
 if want train; then
   section "sdtune train --device cuda: fp32/bf16/fp16 through the caches, resume, diffusers loads it"

@@ -9,6 +9,7 @@
 #include <system_error>
 
 #include "sdtune/error.h"
+#include "sdtune/io/remove_tree.h"
 #include "sdtune/io/tensor.h"
 
 namespace sdtune::io {
@@ -109,12 +110,12 @@ void save_pipeline(const ModelFolder& base, const fs::path& out, const SavedWeig
 
   try {
     if (!target.parent_path().empty()) fs::create_directories(target.parent_path());
-    fs::remove_all(tmp);  // left over by an earlier process with our pid
+    io::remove_tree(tmp);  // left over by an earlier process with our pid
     fs::create_directory(tmp);
     write_folder(base, tmp, weights);
   } catch (...) {
     std::error_code ignored;
-    fs::remove_all(tmp, ignored);
+    io::remove_tree(tmp, ignored);
     try {
       throw;
     } catch (const Error&) {
@@ -131,10 +132,10 @@ void save_pipeline(const ModelFolder& base, const fs::path& out, const SavedWeig
   const bool replace = fs::exists(target);
   std::error_code ec;
   if (replace) {
-    fs::remove_all(old, ec);
+    io::remove_tree(old, ec);
     fs::rename(target, old, ec);
     if (ec) {
-      fs::remove_all(tmp, ec);
+      io::remove_tree(tmp, ec);
       throw Error("cannot move the existing folder aside: " + ec.message(), target);
     }
   }
@@ -142,12 +143,12 @@ void save_pipeline(const ModelFolder& base, const fs::path& out, const SavedWeig
   if (ec) {
     const std::string message = ec.message();
     if (replace) fs::rename(old, target, ec);  // put the old folder back
-    fs::remove_all(tmp, ec);
+    io::remove_tree(tmp, ec);
     throw Error("cannot move the new folder into place: " + message, target);
   }
   if (!target.parent_path().empty()) sync_path(target.parent_path());
   if (replace) {
-    fs::remove_all(old, ec);
+    io::remove_tree(old, ec);
     if (ec) throw Error("saved, but cannot remove the previous folder: " + ec.message(), old);
   }
 }

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "sdtune/error.h"
+#include "sdtune/io/remove_tree.h"
 #include "sdtune/io/tensor.h"
 
 namespace sdtune::train {
@@ -55,7 +56,7 @@ void write_checkpoint(const io::ModelFolder& base, const fs::path& dir,
   const fs::path staging = hidden_sibling(dir, ".partial-");
   const fs::path old = hidden_sibling(dir, ".old-");
   std::error_code ec;
-  fs::remove_all(staging, ec);
+  io::remove_tree(staging, ec);
   try {
     // The pipeline part (itself written to a temporary folder and renamed into `staging`).
     if (contents.pipeline)
@@ -79,10 +80,10 @@ void write_checkpoint(const io::ModelFolder& base, const fs::path& dir,
     io::sync_path(state_dir);
     io::sync_path(staging);
   } catch (...) {
-    fs::remove_all(staging, ec);
+    io::remove_tree(staging, ec);
     throw;
   }
-  fs::remove_all(old, ec);
+  io::remove_tree(old, ec);
   if (fs::exists(dir)) {
     fs::rename(dir, old, ec);
     if (ec) throw Error("cannot move the existing checkpoint aside: " + ec.message(), dir.string());
@@ -93,7 +94,7 @@ void write_checkpoint(const io::ModelFolder& base, const fs::path& dir,
     if (fs::exists(old)) fs::rename(old, dir, ec);
     throw Error("cannot move the new checkpoint into place: " + message, dir.string());
   }
-  fs::remove_all(old, ec);
+  io::remove_tree(old, ec);
 }
 
 LoadedCheckpoint read_checkpoint(const fs::path& dir) {
@@ -142,7 +143,7 @@ std::vector<fs::path> prune_checkpoints(const fs::path& out, int64_t keep) {
   if (keep <= 0) return removed;
   auto all = list_checkpoints(out);
   for (size_t i = 0; i + keep < all.size(); ++i) {
-    fs::remove_all(all[i].second);
+    io::remove_tree(all[i].second);
     removed.push_back(all[i].second);
   }
   return removed;
@@ -154,8 +155,8 @@ void save_final_model(const io::ModelFolder& base, const fs::path& out,
   const fs::path graveyard = hidden_sibling(out / "final-model", ".old-");
   std::error_code ec;
   fs::create_directories(out);
-  fs::remove_all(staging, ec);
-  fs::remove_all(graveyard, ec);
+  io::remove_tree(staging, ec);
+  io::remove_tree(graveyard, ec);
   io::save_pipeline(base, staging, weights);
   fs::create_directory(graveyard);
   // Components first, model_index.json last: until it is in place, a loader does not see a
@@ -166,8 +167,8 @@ void save_final_model(const io::ModelFolder& base, const fs::path& out,
   std::sort(entries.begin(), entries.end());
   entries.push_back(staging / "model_index.json");
   for (const auto& from : entries) replace_with(from, out / from.filename(), graveyard);
-  fs::remove_all(staging, ec);
-  fs::remove_all(graveyard, ec);
+  io::remove_tree(staging, ec);
+  io::remove_tree(graveyard, ec);
 }
 
 }  // namespace sdtune::train
