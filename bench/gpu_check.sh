@@ -43,7 +43,7 @@ if want linking; then
   nm -D --defined-only "$(dirname "$(python3 -c 'import torch;print(torch.__file__)')")/lib/libtorch.so" \
     | grep -c '_ZNSt10filesystem' | sed 's/^/std::filesystem symbols libtorch.so exports: /'
   LD_DEBUG=bindings LD_BIND_NOW=1 build-gpu/sdtune --help 2>&1 | grep 'file build-gpu/sdtune' \
-    | grep '_ZNSt10filesystem' | sed 's/.*binding file //' | awk '{print $3, $NF}' | sort | uniq -c | head -12
+    | grep '_ZNSt10filesystem' | sed 's/.*binding file //' | awk '{print $4}' | sort | uniq -c | head -12
 fi
 
 if want train; then
