@@ -171,7 +171,8 @@ void add_options(CLI::App* cmd, Flags& f) {
   cmd->add_option("--lora-dropout", o.lora.dropout)->capture_default_str();
   cmd->add_option("--lora-layers", o.lora.unet_layers,
                   "UNet layers that get adapters (module-path suffixes, comma-separated; also "
-                  "proj_in, proj_out, ff.net.0.proj, ff.net.2)")
+                  "proj_in, proj_out, ff.net.0.proj, ff.net.2, and LoCon's conv1, conv2, "
+                  "conv_shortcut, conv)")
       ->delimiter(',')
       ->capture_default_str();
   cmd->add_option("--lora-text-encoder-layers", o.lora.text_encoder_layers,

@@ -25,46 +25,54 @@ std::vector<Adapter> attach_adapters(torch::nn::Module& model, const AdapterOpti
   if (!(options.dropout >= 0 && options.dropout < 1)) throw Error("LoRA dropout must be in [0, 1)");
   // The targeted layers by module path: the draws follow the sorted paths, so that a seed gives
   // the same adapters whatever order the model registers its modules in.
-  std::map<std::string, models::LoraLinearImpl*> layers;
+  std::map<std::string, std::pair<torch::nn::Module*, std::shared_ptr<models::LoraBranch>*>> layers;
+  std::vector<bool> used(options.targets.size(), false);
   for (const auto& item : model.named_modules("", /*include_self=*/false)) {
-    auto* layer = item.value()->as<models::LoraLinearImpl>();
-    if (layer == nullptr) continue;
-    bool wanted = false;
-    for (const auto& t : options.targets) wanted = wanted || matches(item.key(), t);
-    if (wanted) layers[item.key()] = layer;
+    auto* slot = models::lora_slot(*item.value());
+    if (slot == nullptr) continue;
+    for (size_t t = 0; t < options.targets.size(); ++t)
+      if (matches(item.key(), options.targets[t])) {
+        used[t] = true;
+        layers[item.key()] = {item.value().get(), slot};
+      }
   }
+  // A target that names no LoRA-capable layer is a typo or another architecture's name.
+  std::string unused;
+  for (size_t t = 0; t < options.targets.size(); ++t)
+    if (!used[t]) unused += (unused.empty() ? "" : ", ") + options.targets[t];
+  if (!unused.empty())
+    throw Error("no layer of the model matches the LoRA targets (" + unused + ")");
   std::vector<Adapter> out;
   at::NoGradGuard no_grad;
-  for (const auto& [path, layer] : layers) {
-    const at::Tensor& w = layer->weight;
-    const int64_t in = w.size(1), out_features = w.size(0);
+  for (const auto& [path, entry] : layers) {
+    const at::Tensor& w = entry.first->named_parameters(/*recurse=*/false)["weight"];
+    // Linear W [out, in]: A [r, in], B [out, r]. Conv2d W [out, in, kh, kw]: A [r, in, kh, kw]
+    // (the layer's kernel), B [out, r, 1, 1]. PEFT's kaiming-uniform(a = √5) bound is
+    // 1/√fan_in, fan_in = in·kh·kw.
+    std::vector<int64_t> down_shape = w.sizes().vec(), up_shape = w.sizes().vec();
+    down_shape[0] = options.rank;
+    up_shape[1] = options.rank;
+    for (size_t d = 2; d < up_shape.size(); ++d) up_shape[d] = 1;
+    const int64_t fan_in = w.numel() / w.size(0);
     const auto f32 = at::TensorOptions().dtype(at::kFloat);
     auto branch = std::make_shared<models::LoraBranch>();
     // Drawn on the CPU so that a seed gives the same adapters on every device.
-    const double bound = 1.0 / std::sqrt(static_cast<double>(in));
-    branch->down = at::empty({options.rank, in}, f32).uniform_(-bound, bound, gen).to(w.device());
-    branch->up = at::zeros({out_features, options.rank}, f32.device(w.device()));
+    const double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
+    branch->down = at::empty(down_shape, f32).uniform_(-bound, bound, gen).to(w.device());
+    branch->up = at::zeros(up_shape, f32.device(w.device()));
     branch->down.set_requires_grad(true);
     branch->up.set_requires_grad(true);
     branch->scale = options.alpha / static_cast<double>(options.rank);
     branch->dropout = options.dropout;
-    layer->lora = branch;
+    *entry.second = branch;
     out.push_back({path, branch});
-  }
-  if (out.empty()) {
-    std::string list;
-    for (const auto& t : options.targets) {
-      if (!list.empty()) list += ", ";
-      list += t;
-    }
-    throw Error("no layer of the model matches the LoRA targets (" + list + ")");
   }
   return out;
 }
 
 void detach_adapters(torch::nn::Module& model) {
   for (const auto& item : model.named_modules("", false))
-    if (auto* layer = item.value()->as<models::LoraLinearImpl>()) layer->lora.reset();
+    if (auto* slot = models::lora_slot(*item.value())) slot->reset();
 }
 
 std::vector<LoraLayer> adapter_layers(const std::string& component,

@@ -12,12 +12,4 @@ at::Tensor LoraLinearImpl::forward(const at::Tensor& x) {
   return y + at::linear(at::linear(h, lora->down), lora->up) * lora->scale;
 }
 
-std::vector<at::Tensor> parameters_and_adapters(const torch::nn::Module& module) {
-  std::vector<at::Tensor> out = module.parameters();
-  for (const auto& m : module.modules(/*include_self=*/true))
-    if (const auto* layer = m->as<LoraLinearImpl>(); layer != nullptr && layer->lora)
-      out.insert(out.end(), {layer->lora->down, layer->lora->up});
-  return out;
-}
-
 }  // namespace sdtune::models

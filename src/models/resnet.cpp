@@ -7,16 +7,16 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetBlock2DOptions& o) : options(o)
   norm1 = register_module("norm1",
                           nn::GroupNorm(nn::GroupNormOptions(o.groups, o.in_channels).eps(o.eps)));
   conv1 = register_module(
-      "conv1", nn::Conv2d(nn::Conv2dOptions(o.in_channels, o.out_channels, 3).padding(1)));
+      "conv1", LoraConv2d(nn::Conv2dOptions(o.in_channels, o.out_channels, 3).padding(1)));
   if (o.temb_channels > 0)
     time_emb_proj = register_module("time_emb_proj", nn::Linear(o.temb_channels, o.out_channels));
   norm2 = register_module("norm2",
                           nn::GroupNorm(nn::GroupNormOptions(o.groups, o.out_channels).eps(o.eps)));
   conv2 = register_module(
-      "conv2", nn::Conv2d(nn::Conv2dOptions(o.out_channels, o.out_channels, 3).padding(1)));
+      "conv2", LoraConv2d(nn::Conv2dOptions(o.out_channels, o.out_channels, 3).padding(1)));
   if (o.in_channels != o.out_channels)
     conv_shortcut = register_module(
-        "conv_shortcut", nn::Conv2d(nn::Conv2dOptions(o.in_channels, o.out_channels, 1)));
+        "conv_shortcut", LoraConv2d(nn::Conv2dOptions(o.in_channels, o.out_channels, 1)));
 }
 
 at::Tensor ResnetBlock2DImpl::forward(const at::Tensor& x, const at::Tensor& temb) {
@@ -34,7 +34,7 @@ at::Tensor ResnetBlock2DImpl::forward(const at::Tensor& x, const at::Tensor& tem
 Downsample2DImpl::Downsample2DImpl(int64_t channels, int64_t out_channels, int64_t padding)
     : padding(padding) {
   conv = register_module(
-      "conv", nn::Conv2d(nn::Conv2dOptions(channels, out_channels, 3).stride(2).padding(padding)));
+      "conv", LoraConv2d(nn::Conv2dOptions(channels, out_channels, 3).stride(2).padding(padding)));
 }
 
 at::Tensor Downsample2DImpl::forward(const at::Tensor& x) {
@@ -44,7 +44,7 @@ at::Tensor Downsample2DImpl::forward(const at::Tensor& x) {
 
 Upsample2DImpl::Upsample2DImpl(int64_t channels, int64_t out_channels) {
   conv =
-      register_module("conv", nn::Conv2d(nn::Conv2dOptions(channels, out_channels, 3).padding(1)));
+      register_module("conv", LoraConv2d(nn::Conv2dOptions(channels, out_channels, 3).padding(1)));
 }
 
 at::Tensor Upsample2DImpl::forward(const at::Tensor& x, std::optional<std::vector<int64_t>> size) {

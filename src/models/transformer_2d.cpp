@@ -47,7 +47,7 @@ Transformer2DModelImpl::Transformer2DModelImpl(const Transformer2DOptions& o) : 
     proj_in_linear = register_module("proj_in", LoraLinear(o.in_channels, inner));
   } else {
     proj_in_conv =
-        register_module("proj_in", nn::Conv2d(nn::Conv2dOptions(o.in_channels, inner, 1)));
+        register_module("proj_in", LoraConv2d(nn::Conv2dOptions(o.in_channels, inner, 1)));
   }
   transformer_blocks = register_module("transformer_blocks", nn::ModuleList());
   for (int64_t i = 0; i < o.num_layers; ++i)
@@ -57,7 +57,7 @@ Transformer2DModelImpl::Transformer2DModelImpl(const Transformer2DOptions& o) : 
     proj_out_linear = register_module("proj_out", LoraLinear(inner, o.in_channels));
   } else {
     proj_out_conv =
-        register_module("proj_out", nn::Conv2d(nn::Conv2dOptions(inner, o.in_channels, 1)));
+        register_module("proj_out", LoraConv2d(nn::Conv2dOptions(inner, o.in_channels, 1)));
   }
 }
 

@@ -1,7 +1,7 @@
 #include "sdtune/models/unet_2d_blocks.h"
 
 #include "sdtune/error.h"
-#include "sdtune/models/lora_linear.h"
+#include "sdtune/models/lora_branch.h"
 #include "sdtune/train/gradient_checkpoint.h"
 
 namespace sdtune::models {

@@ -19,6 +19,8 @@ from safetensors.torch import load_file
 R = 32
 PROMPT = "a photo of sks dog"
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+# kohya's LoCon: also the ResNet convolutions, the down/upsamplers and SD 1.x's 1×1 proj_in/out.
+LOCON_TARGETS = UNET_TARGETS + ["conv1", "conv2", "conv_shortcut", "conv", "proj_in", "proj_out"]
 TE_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 RANK, ALPHA, SEED, LR = 4, 8, 7, 1e-3
 
@@ -46,7 +48,7 @@ def lora_args(model, instance, out, *extra):
 
 
 def add_seeded_adapters(model, targets, generator):
-    """PEFT adapters, A drawn as sdtune documents it: U(±1/√in) per layer, in the sorted order of
+    """PEFT adapters, A drawn as sdtune documents it: U(±1/√fan_in) per layer, in the sorted order of
     the module paths, from one CPU generator seeded with the run's seed; B = 0."""
     from peft import LoraConfig
     from peft.tuners.lora import LoraLayer
@@ -57,14 +59,14 @@ def add_seeded_adapters(model, targets, generator):
     with torch.no_grad():
         for name in sorted(layers):
             a, b = layers[name].lora_A["default"].weight, layers[name].lora_B["default"].weight
-            bound = 1 / math.sqrt(a.shape[1])
+            bound = 1 / math.sqrt(a[0].numel())  # fan_in: in, or in·kh·kw for a convolution
             a.copy_(torch.empty(a.shape).uniform_(-bound, bound, generator=generator))
             b.zero_()
             params += [a, b]
     return params
 
 
-def reference_run(folder, instances, *, steps, batch, text_encoder):
+def reference_run(folder, instances, *, steps, batch, text_encoder, unet_targets=UNET_TARGETS):
     """diffusers' train_dreambooth_lora.py step (fp32, no prior) on our batch order and draws:
     an epoch permutes the n instances (seed + epoch); latents, noise and timesteps come from one
     generator seeded seed + 1. Returns the losses and the trained models."""
@@ -78,7 +80,7 @@ def reference_run(folder, instances, *, steps, batch, text_encoder):
     unet = UNet2DConditionModel.from_pretrained(folder / "unet").requires_grad_(False).train()
     scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
     init = torch.Generator().manual_seed(SEED)
-    groups = [{"params": add_seeded_adapters(unet, UNET_TARGETS, init)}]
+    groups = [{"params": add_seeded_adapters(unet, unet_targets, init)}]
     if text_encoder:
         groups.append({"params": add_seeded_adapters(te, TE_TARGETS, init)})
         te.train()
@@ -125,15 +127,18 @@ def probe_inputs(folder):
     return torch.randn(2, 4, R // 8, R // 8, generator=g), torch.tensor([999, 20]), ids
 
 
-@pytest.mark.parametrize("text_encoder", [False, True], ids=["unet", "unet+text-encoder"])
-def test_lora_training_matches_peft_and_loads_in_diffusers(pipeline, run_sdtune, tmp_path, text_encoder):
+@pytest.mark.parametrize("text_encoder,targets", [(False, UNET_TARGETS), (True, UNET_TARGETS), (False, LOCON_TARGETS)],
+                         ids=["unet", "unet+text-encoder", "unet-locon"])
+def test_lora_training_matches_peft_and_loads_in_diffusers(pipeline, run_sdtune, tmp_path, text_encoder, targets):
     from diffusers import StableDiffusionPipeline
 
     folder, _ = pipeline("tiny")
     instances = make_images(tmp_path / "instance", 3, seed=1)
-    extra = ["--batch-size", 2, "--max-steps", 3] + (["--train-text-encoder"] if text_encoder else [])
+    extra = ["--batch-size", 2, "--max-steps", 3, "--lora-layers", ",".join(targets)]
+    extra += ["--train-text-encoder"] if text_encoder else []
     proc = run_sdtune(*lora_args(folder, tmp_path / "instance", tmp_path / "out", *extra))
-    ref_losses, ref_unet, ref_te = reference_run(folder, instances, steps=3, batch=2, text_encoder=text_encoder)
+    ref_losses, ref_unet, ref_te = reference_run(folder, instances, steps=3, batch=2, text_encoder=text_encoder,
+                                                 unet_targets=targets)
     ours = [m["loss"] for m in metrics(tmp_path / "out")]
     check("lora training loss step 1", torch.tensor(ours[0]), torch.tensor(ref_losses[0]), 1e-6)
     check("lora training losses", torch.tensor(ours), torch.tensor(ref_losses), 1e-5)
@@ -167,6 +172,9 @@ def test_lora_training_matches_peft_and_loads_in_diffusers(pipeline, run_sdtune,
     assert kohya and all(k.startswith(("lora_unet_", "lora_te_")) for k in kohya)
     assert any(k.startswith("lora_te_") for k in kohya) == text_encoder
     assert all(v.item() == ALPHA for k, v in kohya.items() if k.endswith(".alpha"))
+    if targets == LOCON_TARGETS:  # convolution adapters, kohya-named, with their kernels
+        assert kohya["lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight"].dim() == 4
+        assert any("downsamplers_0_conv" in k for k in kohya) and any("proj_in" in k for k in kohya)
     # No full model was written: a LoRA run's result is its adapters.
     assert not (tmp_path / "out" / "unet").exists()
 

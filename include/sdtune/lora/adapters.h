@@ -1,6 +1,7 @@
 #pragma once
-// Trainable LoRA branches on a model's LoRA-capable layers (models::LoraLinear): what LoRA training
-// optimizes while the model's own weights stay frozen, and what it saves as a LoRA file.
+// Trainable LoRA branches on a model's LoRA-capable layers (models::LoraLinear, LoraConv2d): what
+// LoRA training optimizes while the model's own weights stay frozen, and what it saves as a LoRA
+// file.
 #include <map>
 #include <memory>
 #include <string>
@@ -11,7 +12,7 @@
 
 #include "sdtune/io/state_dict.h"
 #include "sdtune/lora/lora.h"
-#include "sdtune/models/lora_linear.h"
+#include "sdtune/models/lora_branch.h"
 
 namespace sdtune::lora {
 
@@ -28,15 +29,15 @@ struct Adapter {
   std::shared_ptr<models::LoraBranch> branch;
 };
 
-// Attaches a fresh branch to every LoraLinear of `model` whose path ends with a target, as PEFT
-// initializes it: A ~ U(−1/√in, 1/√in) (kaiming-uniform with a = √5) drawn from `gen` layer by
-// layer in the sorted order of the module paths, B = 0 (so the model's outputs are unchanged
-// until training moves B); float32 on the layer's device, requiring grad. An Error when rank < 1 or
-// no layer matches.
+// Attaches a fresh branch to every LoRA-capable layer of `model` whose path ends with a target, as
+// PEFT initializes it: A ~ U(−1/√fan_in, 1/√fan_in) (kaiming-uniform with a = √5; fan_in = in, or
+// in·kh·kw for a convolution) drawn from `gen` layer by layer in the sorted order of the module
+// paths, B = 0 (so the model's outputs are unchanged until training moves B); float32 on the
+// layer's device, requiring grad. An Error when rank < 1 or a target matches no layer.
 std::vector<Adapter> attach_adapters(torch::nn::Module& model, const AdapterOptions& options,
                                      at::Generator& gen);
 
-// Removes every branch from `model`'s LoraLinear layers.
+// Removes every branch from `model`'s LoRA-capable layers.
 void detach_adapters(torch::nn::Module& model);
 
 // The adapters as LoRA layers of `component` ("unet", "text_encoder"), for write_lora_file.

@@ -10,6 +10,7 @@
 #include <torch/nn/modules/normalization.h>
 
 #include "sdtune/models/activations.h"
+#include "sdtune/models/lora_conv2d.h"
 
 namespace sdtune::models {
 
@@ -32,7 +33,7 @@ class ResnetBlock2DImpl : public torch::nn::Module {
 
   ResnetBlock2DOptions options;
   torch::nn::GroupNorm norm1{nullptr}, norm2{nullptr};
-  torch::nn::Conv2d conv1{nullptr}, conv2{nullptr}, conv_shortcut{nullptr};
+  LoraConv2d conv1{nullptr}, conv2{nullptr}, conv_shortcut{nullptr};
   torch::nn::Linear time_emb_proj{nullptr};
 };
 TORCH_MODULE(ResnetBlock2D);
@@ -45,7 +46,7 @@ class Downsample2DImpl : public torch::nn::Module {
   at::Tensor forward(const at::Tensor& x);
 
   int64_t padding;
-  torch::nn::Conv2d conv{nullptr};
+  LoraConv2d conv{nullptr};
 };
 TORCH_MODULE(Downsample2D);
 
@@ -55,7 +56,7 @@ class Upsample2DImpl : public torch::nn::Module {
   Upsample2DImpl(int64_t channels, int64_t out_channels);
   at::Tensor forward(const at::Tensor& x, std::optional<std::vector<int64_t>> size = std::nullopt);
 
-  torch::nn::Conv2d conv{nullptr};
+  LoraConv2d conv{nullptr};
 };
 TORCH_MODULE(Upsample2D);
 

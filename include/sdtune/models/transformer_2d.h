@@ -8,6 +8,7 @@
 #include <torch/nn/modules/normalization.h>
 
 #include "sdtune/models/attention.h"
+#include "sdtune/models/lora_conv2d.h"
 
 namespace sdtune::models {
 
@@ -56,7 +57,7 @@ class Transformer2DModelImpl : public torch::nn::Module {
   // proj_in/proj_out are Linear (use_linear_projection) or 1×1 Conv2d: exactly one of each pair is
   // set.
   LoraLinear proj_in_linear{nullptr}, proj_out_linear{nullptr};
-  torch::nn::Conv2d proj_in_conv{nullptr}, proj_out_conv{nullptr};
+  LoraConv2d proj_in_conv{nullptr}, proj_out_conv{nullptr};
   torch::nn::ModuleList transformer_blocks;
 };
 TORCH_MODULE(Transformer2DModel);
