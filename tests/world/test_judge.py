@@ -1,0 +1,65 @@
+"""The tiny world's judge names shape and colour of the generator's own images (all of them), of
+blurred and noisy copies (most of them: generated images are never crisp), and says "none" when
+nothing stands out from the background."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "world"))
+import shapes  # noqa: E402
+from judge import judge  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("shapes")
+    return folder, shapes.write_dataset(folder, 160, seed=11, shapes=shapes.SHAPES)
+
+
+def accuracy(folder, rows, degrade=lambda im: im):
+    right = 0
+    for r in rows:
+        verdict = judge(np.asarray(degrade(Image.open(folder / r["file_name"]))))
+        right += verdict["shape"] == r["shape"] and verdict["colour"] == r["colour"]
+    return right / len(rows)
+
+
+def test_judge_reads_the_generators_images(dataset):
+    folder, rows = dataset
+    acc = accuracy(folder, rows)
+    print(f"judge accuracy on 160 generated scenes: {acc:.1%}")
+    assert acc == 1.0
+
+
+def test_judge_tolerates_blur_and_noise(dataset):
+    folder, rows = dataset
+    rng = np.random.default_rng(0)
+
+    def degrade(im):
+        a = np.asarray(im.filter(ImageFilter.GaussianBlur(1.5))).astype(float) + rng.normal(0, 12, (64, 64, 3))
+        return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+
+    acc = accuracy(folder, rows, degrade)
+    print(f"judge accuracy on blurred (σ 1.5) noisy copies: {acc:.1%}")
+    assert acc >= 0.9
+
+
+def test_judge_sees_no_shape_on_a_plain_background():
+    for name, rgb in shapes.BACKGROUNDS.items():
+        plain = np.full((64, 64, 3), rgb, np.uint8)
+        assert judge(plain)["shape"] == "none" and judge(plain)["background"] == name
+    # Noise alone is not a shape either.
+    noisy = np.clip(np.random.default_rng(1).normal(128, 10, (64, 64, 3)), 0, 255).astype(np.uint8)
+    assert judge(noisy)["shape"] == "none"
+
+
+def test_each_feature_separates_the_shapes():
+    """Centred, mid-sized shapes: the features land where the geometry says."""
+    f = {s: judge(shapes.render(s, "red", "white", 32, 32, 16)) for s in shapes.SHAPES}
+    assert f["square"]["fill"] > 0.95 and abs(f["circle"]["fill"] - np.pi / 4) < 0.05
+    assert abs(f["triangle"]["fill"] - 0.5) < 0.06 and f["star"]["solidity"] < 0.65
+    assert all(f[s]["solidity"] > 0.9 for s in shapes.BASE_SHAPES)

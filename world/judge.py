@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""The tiny world's judge: names the shape and colour in an image by classical image analysis.
+
+The background is the median colour of the image's border; the shape is the largest connected
+region of pixels far from it. Its colour is the nearest named colour to the region's median pixel;
+its shape follows from two numbers that do not depend on size or position:
+  solidity = area / convex-hull area  (a five-pointed star ~0.56, convex shapes ~1)
+  fill     = area / bounding-box area (square 1, circle π/4 ≈ 0.79, triangle 0.5)
+
+    python3 world/judge.py DIR            # every image of a folder with metadata.jsonl: accuracy
+"""
+
+import argparse
+import json
+import sys
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shapes import BACKGROUNDS, COLOURS  # noqa: E402
+
+FOREGROUND_DISTANCE = 80  # RGB distance from the background that makes a pixel part of a shape
+MIN_AREA = 24  # pixels; smaller regions are noise, not a shape
+
+
+def nearest(rgb, palette):
+    names = list(palette)
+    d = [np.linalg.norm(np.asarray(palette[n], float) - rgb) for n in names]
+    return names[int(np.argmin(d))]
+
+
+def largest_component(mask):
+    """The largest 4-connected region of a boolean mask, as a boolean mask."""
+    h, w = mask.shape
+    seen = np.zeros_like(mask)
+    best = []
+    for y0, x0 in zip(*np.nonzero(mask)):
+        if seen[y0, x0]:
+            continue
+        region, queue = [], deque([(y0, x0)])
+        seen[y0, x0] = True
+        while queue:
+            y, x = queue.popleft()
+            region.append((y, x))
+            for yy, xx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+                if 0 <= yy < h and 0 <= xx < w and mask[yy, xx] and not seen[yy, xx]:
+                    seen[yy, xx] = True
+                    queue.append((yy, xx))
+        if len(region) > len(best):
+            best = region
+    out = np.zeros_like(mask)
+    if best:
+        ys, xs = zip(*best)
+        out[list(ys), list(xs)] = True
+    return out
+
+
+def hull_area(points):
+    """Area of the convex hull of 2-D points (Andrew's monotone chain, then the shoelace formula)."""
+    pts = sorted(set(map(tuple, points)))
+    if len(pts) < 3:
+        return 0.0
+
+    def cross(o, a, b):
+        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+    lower, upper = [], []
+    for p in pts:
+        while len(lower) >= 2 and cross(lower[-2], lower[-1], p) <= 0:
+            lower.pop()
+        lower.append(p)
+    for p in reversed(pts):
+        while len(upper) >= 2 and cross(upper[-2], upper[-1], p) <= 0:
+            upper.pop()
+        upper.append(p)
+    hull = np.asarray(lower[:-1] + upper[:-1], float)
+    x, y = hull[:, 0], hull[:, 1]
+    return 0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))
+
+
+def features(region):
+    """(area, fill, solidity) of a region; pixels count as unit squares (their four corners)."""
+    ys, xs = np.nonzero(region)
+    area = float(len(ys))
+    fill = area / ((xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1))
+    corners = np.concatenate([np.stack([xs + dx, ys + dy], 1) for dx in (0, 1) for dy in (0, 1)])
+    return area, fill, area / max(hull_area(corners), 1.0)
+
+
+def classify(fill, solidity):
+    if solidity < 0.8:
+        return "star"
+    if fill >= 0.88:
+        return "square"
+    if fill >= 0.66:
+        return "circle"
+    return "triangle"
+
+
+def judge(image):
+    """{"shape", "colour", "background", "fill", "solidity"} of an RGB image (uint8 [H, W, 3] or a
+    path); shape and colour are "none" when no shape stands out from the background."""
+    if not isinstance(image, np.ndarray):
+        image = np.asarray(Image.open(image).convert("RGB"))
+    rgb = image.astype(float)
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
+    bg = np.median(border, axis=0)
+    mask = np.linalg.norm(rgb - bg, axis=-1) > FOREGROUND_DISTANCE
+    result = {"background": nearest(bg, BACKGROUNDS), "shape": "none", "colour": "none", "fill": 0.0,
+              "solidity": 0.0}
+    if mask.sum() < MIN_AREA:
+        return result
+    region = largest_component(mask)
+    area, fill, solidity = features(region)
+    if area < MIN_AREA:
+        return result
+    result.update(shape=classify(fill, solidity), colour=nearest(np.median(rgb[region], axis=0), COLOURS),
+                  fill=round(fill, 3), solidity=round(solidity, 3))
+    return result
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("folder", type=Path, help="images with metadata.jsonl (shape, colour columns)")
+    args = ap.parse_args()
+    rows = [json.loads(l) for l in (args.folder / "metadata.jsonl").read_text().splitlines()]
+    right = {"shape": 0, "colour": 0, "both": 0}
+    for row in rows:
+        verdict = judge(args.folder / row["file_name"])
+        ok = {k: verdict[k] == row[k] for k in ("shape", "colour")}
+        right["shape"] += ok["shape"]
+        right["colour"] += ok["colour"]
+        right["both"] += ok["shape"] and ok["colour"]
+    n = len(rows)
+    print(f"{n} images: shape {right['shape'] / n:.1%}, colour {right['colour'] / n:.1%}, both {right['both'] / n:.1%}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""The tiny world's images: one flat-coloured shape (circle, square, triangle, star) of a named
+colour, at a random position and size, on a plain background, captioned "a red circle on a white
+background". Deterministic from a seed; written as an image folder with metadata.jsonl
+(diffusers' imagefolder layout, which `sdtune train --data` reads).
+
+    python3 world/shapes.py --out data/shapes --count 2000 --seed 0
+    python3 world/shapes.py --out data/stars --count 8 --seed 1 --shapes star --caption "a {colour} sks shape"
+"""
+
+import argparse
+import json
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SIZE = 64
+# Saturated, well-separated colours (the judge names a shape's colour by the nearest of these).
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 205, 40),
+}
+BACKGROUNDS = {"white": (245, 245, 245), "black": (15, 15, 15)}
+BASE_SHAPES = ("circle", "square", "triangle")  # what the base model is trained on
+SHAPES = BASE_SHAPES + ("star",)  # the star is the concept DreamBooth teaches
+
+
+def outline(shape, cx, cy, r):
+    """The shape's polygon (or circle's box) centred at (cx, cy) with 'radius' r (half its width)."""
+    if shape == "circle":
+        return [(cx - r, cy - r), (cx + r, cy + r)]
+    if shape == "square":
+        return [(cx - r, cy - r), (cx + r, cy + r)]
+    if shape == "triangle":  # upright, equilateral-ish: apex up, base down
+        return [(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)]
+    if shape == "star":  # five points, apex up; inner radius 0.45 r
+        points = []
+        for k in range(10):
+            radius = r if k % 2 == 0 else 0.45 * r
+            angle = -math.pi / 2 + k * math.pi / 5
+            points.append((cx + radius * math.cos(angle), cy + radius * math.sin(angle)))
+        return points
+    raise ValueError(f"unknown shape '{shape}' (known: {', '.join(SHAPES)})")
+
+
+def render(shape, colour, background, cx, cy, r, size=SIZE):
+    """uint8 [size, size, 3]: the shape, filled, without antialiasing (flat colours only)."""
+    image = Image.new("RGB", (size, size), BACKGROUNDS[background])
+    draw = ImageDraw.Draw(image)
+    fill = COLOURS[colour]
+    box = outline(shape, cx, cy, r)
+    if shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif shape == "square":
+        draw.rectangle(box, fill=fill)
+    else:
+        draw.polygon(box, fill=fill)
+    return np.asarray(image)
+
+
+def caption(shape, colour, background, template="a {colour} {shape} on a {background} background"):
+    return template.format(shape=shape, colour=colour, background=background)
+
+
+def sample(rng, shapes=BASE_SHAPES, colours=tuple(COLOURS), backgrounds=tuple(BACKGROUNDS), size=SIZE):
+    """One random scene: (shape, colour, background, cx, cy, r), the shape fully inside the image."""
+    shape, colour, background = rng.choice(shapes), rng.choice(colours), rng.choice(backgrounds)
+    r = rng.uniform(0.18, 0.32) * size
+    cx, cy = (rng.uniform(r + 2, size - r - 2) for _ in range(2))
+    return shape, colour, background, cx, cy, r
+
+
+def write_dataset(out, count, seed, shapes=BASE_SHAPES, colours=tuple(COLOURS), backgrounds=tuple(BACKGROUNDS),
+                  template="a {colour} {shape} on a {background} background"):
+    """Writes count images and metadata.jsonl (file_name, text, and the scene's labels) to out."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    rows = []
+    for i in range(count):
+        shape, colour, background, cx, cy, r = sample(rng, shapes, colours, backgrounds)
+        name = f"{i:05d}.png"
+        Image.fromarray(render(shape, colour, background, cx, cy, r)).save(out / name)
+        rows.append({"file_name": name, "text": caption(shape, colour, background, template),
+                     "shape": shape, "colour": colour, "background": background})
+    (out / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--count", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--shapes", default=",".join(BASE_SHAPES))
+    ap.add_argument("--colours", default=",".join(COLOURS))
+    ap.add_argument("--backgrounds", default=",".join(BACKGROUNDS))
+    ap.add_argument("--caption", default="a {colour} {shape} on a {background} background",
+                    help="caption template ({shape}, {colour}, {background})")
+    args = ap.parse_args()
+    rows = write_dataset(args.out, args.count, args.seed, tuple(args.shapes.split(",")),
+                         tuple(args.colours.split(",")), tuple(args.backgrounds.split(",")), args.caption)
+    print(f"{len(rows)} images in {args.out}")
+
+
+if __name__ == "__main__":
+    main()
