@@ -10,14 +10,31 @@ std::optional<at::Tensor> load_training_image(const Example& example,
                                               std::vector<Skipped>& skipped) {
   at::Tensor rgb;
   try {
-    rgb = example.bytes ? io::read_image_rgb(example.bytes->data(), example.bytes->size(),
-                                             example.image.string())
-                        : io::read_image_rgb(example.image);
+    rgb = read_example(example);
   } catch (const Error& e) {
     skip(skipped, example.image, e.message());
     return std::nullopt;
   }
   return transform_image(rgb, options, gen);
+}
+
+at::Tensor read_example(const Example& example) {
+  return example.bytes ? io::read_image_rgb(example.bytes->data(), example.bytes->size(),
+                                            example.image.string())
+                       : io::read_image_rgb(example.image);
+}
+
+void usable_examples(const std::vector<Example>& candidates, std::vector<Example>& usable,
+                     std::vector<BucketResolution>& sizes, std::vector<Skipped>& skipped) {
+  for (const auto& example : candidates) {
+    try {
+      const at::Tensor rgb = read_example(example);
+      sizes.push_back({rgb.size(1), rgb.size(0)});
+      usable.push_back(example);
+    } catch (const Error& e) {
+      skip(skipped, example.image, e.message());
+    }
+  }
 }
 
 }  // namespace sdtune::data

@@ -151,11 +151,20 @@ at::Tensor resize_image(const at::Tensor& rgb, int64_t width, int64_t height) {
 }
 
 at::Tensor labelled_grid(const std::vector<at::Tensor>& cells, int64_t rows, int64_t cols,
-                         const std::vector<std::string>& row_labels,
-                         const std::vector<std::string>& col_labels) {
+                         const std::vector<std::string>& given_row_labels,
+                         const std::vector<std::string>& given_col_labels) {
   init_vips();
   TORCH_CHECK(static_cast<int64_t>(cells.size()) == rows * cols && rows > 0 && cols > 0,
               "grid cell count");
+  // No labels: blank ones. Otherwise one per row / column.
+  const auto labels = [](const std::vector<std::string>& given, int64_t n, const char* what) {
+    if (given.empty()) return std::vector<std::string>(n, "");
+    TORCH_CHECK(static_cast<int64_t>(given.size()) == n, "grid: ", given.size(), " ", what,
+                " labels for ", n, " ", what, "s");
+    return given;
+  };
+  const std::vector<std::string> row_labels = labels(given_row_labels, rows, "row");
+  const std::vector<std::string> col_labels = labels(given_col_labels, cols, "column");
   constexpr int kGap = 6, kLabelWidth = 220;
   const int cell_w = static_cast<int>(cells[0].size(1)),
             cell_h = static_cast<int>(cells[0].size(0));

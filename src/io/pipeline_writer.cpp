@@ -5,6 +5,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <system_error>
 
@@ -73,7 +74,16 @@ void write_folder(const ModelFolder& base, const fs::path& dir, const SavedWeigh
       continue;
     }
     fs::create_directory(to);
-    copy_regular_file(from / "config.json", to / "config.json");
+    auto updates = weights.config_updates.find(component.name);
+    if (updates == weights.config_updates.end()) {
+      copy_regular_file(from / "config.json", to / "config.json");
+    } else {
+      nlohmann::json config = base.component_config(component.name).json();
+      for (const auto& [key, value] : updates->second.items()) config[key] = value;
+      std::ofstream file(to / "config.json", std::ios::binary);
+      file << config.dump(2) << "\n";
+      if (!file.flush()) throw Error("cannot write file", to / "config.json");
+    }
     write_weights(to / weight_file_name(component.name), **it->second, weights.save_dtype);
   }
   sync_tree(dir);

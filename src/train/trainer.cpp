@@ -176,29 +176,6 @@ void set_generator_state(at::Generator& gen, const io::StateDict& state, const s
   gen.set_state(it->second);
 }
 
-// The image as decoded, uint8 [H,W,3]; an Error naming it when unreadable.
-at::Tensor read_example(const data::Example& ex) {
-  return ex.bytes ? io::read_image_rgb(ex.bytes->data(), ex.bytes->size(), ex.image.string())
-                  : io::read_image_rgb(ex.image);
-}
-
-// The usable examples and their sizes: each image is decoded once up front, so that a corrupt or
-// truncated file is reported (and left out) before training starts rather than in the middle of
-// a batch.
-void usable_examples(const std::vector<data::Example>& candidates,
-                     std::vector<data::Example>& usable, std::vector<data::BucketResolution>& sizes,
-                     std::vector<data::Skipped>& skipped) {
-  for (const auto& example : candidates) {
-    try {
-      const at::Tensor rgb = read_example(example);
-      sizes.push_back({rgb.size(1), rgb.size(0)});
-      usable.push_back(example);
-    } catch (const Error& e) {
-      data::skip(skipped, example.image, e.message());
-    }
-  }
-}
-
 struct Validation {
   std::vector<std::string> prompts;
   int64_t images_per_prompt = 1, steps = 20;
@@ -393,9 +370,9 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
     summary.latent_cache_hits = cache.hits();
     summary.latent_cache_computed = cache.computed();
   } else {
-    usable_examples(instance_candidates, examples, sizes, summary.skipped);
+    data::usable_examples(instance_candidates, examples, sizes, summary.skipped);
     summary.instance_examples = examples.size();
-    usable_examples(class_candidates, examples, sizes, summary.skipped);
+    data::usable_examples(class_candidates, examples, sizes, summary.skipped);
   }
   const int64_t n_instance = summary.instance_examples;
   const int64_t n_class = static_cast<int64_t>(examples.size()) - n_instance;
@@ -641,7 +618,7 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
         means.push_back(d.mean);
         logvars.push_back(d.logvar);
       } else if (o.enable_bucket) {
-        at::Tensor img = data::resize_to_bucket(read_example(ex), buckets[bucket_of[i]]);
+        at::Tensor img = data::resize_to_bucket(data::read_example(ex), buckets[bucket_of[i]]);
         if (o.random_flip && at::rand({1}, data_gen).item<float>() < 0.5f) img = img.flip({1});
         pixels.push_back(data::to_model_input(img));
       } else {

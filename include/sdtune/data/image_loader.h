@@ -17,4 +17,13 @@ std::optional<at::Tensor> load_training_image(const Example& example,
                                               const TransformOptions& options, at::Generator& gen,
                                               std::vector<Skipped>& skipped);
 
+// The example's image as decoded, uint8 [H,W,3]; an Error naming it when unreadable.
+at::Tensor read_example(const Example& example);
+
+// The usable examples among `candidates` and their sizes: each image is decoded once up front, so
+// that a corrupt or truncated file is reported (and left out, in `skipped`) before training starts
+// rather than in the middle of a batch.
+void usable_examples(const std::vector<Example>& candidates, std::vector<Example>& usable,
+                     std::vector<BucketResolution>& sizes, std::vector<Skipped>& skipped);
+
 }  // namespace sdtune::data

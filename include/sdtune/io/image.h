@@ -34,7 +34,8 @@ std::string encode_png(const at::Tensor& rgb);
 
 // One image of `rows` × `cols` cells (uint8 [H,W,3] each, row-major), white background, with a
 // text label left of each row and above each column: the side-by-side comparisons users make
-// (base against fine-tuned model, plain against engineered prompt, several seeds).
+// (base against fine-tuned model, plain against engineered prompt, several seeds). An empty label
+// list gives blank labels; otherwise it needs one label per row (column).
 at::Tensor labelled_grid(const std::vector<at::Tensor>& cells, int64_t rows, int64_t cols,
                          const std::vector<std::string>& row_labels,
                          const std::vector<std::string>& col_labels);
