@@ -13,6 +13,7 @@ void add_grid(CLI::App& app);
 void add_train(CLI::App& app);
 void add_dreambooth(CLI::App& app);
 void add_train_vae(CLI::App& app);
+void add_init(CLI::App& app);
 void add_lora(CLI::App& app);
 
 }  // namespace sdtune::cli

@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   sdtune::cli::add_train(app);
   sdtune::cli::add_dreambooth(app);
   sdtune::cli::add_train_vae(app);
+  sdtune::cli::add_init(app);
   sdtune::cli::add_lora(app);
   try {
     app.parse(argc, argv);
