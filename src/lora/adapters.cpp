@@ -45,7 +45,8 @@ std::vector<Adapter> attach_adapters(torch::nn::Module& model, const AdapterOpti
   std::vector<Adapter> out;
   at::NoGradGuard no_grad;
   for (const auto& [path, entry] : layers) {
-    const at::Tensor& w = entry.first->named_parameters(/*recurse=*/false)["weight"];
+    // A copy of the handle: the dict named_parameters returns is a temporary.
+    const at::Tensor w = entry.first->named_parameters(/*recurse=*/false)["weight"];
     // Linear W [out, in]: A [r, in], B [out, r]. Conv2d W [out, in, kh, kw]: A [r, in, kh, kw]
     // (the layer's kernel), B [out, r, 1, 1]. PEFT's kaiming-uniform(a = √5) bound is
     // 1/√fan_in, fan_in = in·kh·kw.
