@@ -39,4 +39,6 @@ build-asan/sdtune_tests --gtest_brief=1
 SDTUNE_BIN=build-asan/sdtune python3 -m pytest -q -p no:cacheprovider tests/cli/test_bad_input.py tests/cli/test_generate_errors.py \
   tests/train/test_latent_cache.py::test_damaged_entry_is_computed_again \
   tests/train/test_latent_cache.py::test_bad_images_and_options \
-  tests/train/test_dreambooth.py::test_bad_dreambooth_input tests/lora/test_lora.py::test_bad_lora_files
+  tests/train/test_dreambooth.py::test_bad_dreambooth_input tests/lora/test_lora.py::test_bad_lora_files \
+  tests/train/test_lora_training.py::test_bad_lora_options tests/train/test_vae_trainer.py::test_bad_vae_options \
+  tests/cli/test_init.py::test_init_needs_every_config
