@@ -12,8 +12,8 @@ SDTUNE=${SDTUNE:-build/sdtune}
 WORK=${WORK:-build/world}
 OUT=${OUT:-world/base}
 IMAGES=${IMAGES:-3000}
-VAE_STEPS=${VAE_STEPS:-1500}
-UNET_STEPS=${UNET_STEPS:-8000}
+VAE_STEPS=${VAE_STEPS:-500}
+UNET_STEPS=${UNET_STEPS:-4000}
 mkdir -p "$WORK"
 
 echo "== dataset"
@@ -27,7 +27,7 @@ python3 -c "import sys; sys.path.insert(0, 'tests/helpers'); from clip_vocab imp
 
 echo "== train-vae"
 "$SDTUNE" train-vae --model "$WORK/init" --data "$WORK/data" --out "$WORK/vae" --resolution 64 \
-  --batch-size 32 --max-steps "$VAE_STEPS" --learning-rate 2e-3 --lr-warmup-steps 100 --kl-weight 1e-3 \
+  --batch-size 16 --max-steps "$VAE_STEPS" --learning-rate 2e-3 --lr-warmup-steps 100 --kl-weight 1e-3 \
   --seed 0 --log-every 50
 
 echo "== train (UNet and text encoder from scratch)"
