@@ -3,7 +3,8 @@
 
 The background is the median colour of the image's border; the shape is the largest connected
 region of pixels far from it. Its colour is the nearest named colour to the region's median pixel;
-its shape follows from two numbers that do not depend on size or position:
+a region cut by the border, covering most of the image or not of one colour is no shape. Its
+shape follows from two numbers that do not depend on size or position:
   solidity = area / convex-hull area  (a five-pointed star ~0.56, convex shapes ~1)
   fill     = area / bounding-box area (square 1, circle π/4 ≈ 0.79, triangle 0.5)
 
@@ -24,6 +25,9 @@ from shapes import BACKGROUNDS, COLOURS  # noqa: E402
 
 FOREGROUND_DISTANCE = 80  # RGB distance from the background that makes a pixel part of a shape
 MIN_AREA = 24  # pixels; smaller regions are noise, not a shape
+MAX_AREA = 0.5  # of the image; a shape is drawn inside it, on a background
+MAX_SPREAD = 80  # median RGB distance of the region's pixels from their median: shapes are flat
+MAX_BORDER = 4  # region pixels on the image's border: more, and the shape is cut off
 
 
 def nearest(rgb, palette):
@@ -115,10 +119,14 @@ def judge(image):
         return result
     region = largest_component(mask)
     area, fill, solidity = features(region)
-    if area < MIN_AREA:
+    # Not a shape: too small, too large, cut by the border, or not of one colour (noise, smears).
+    on_border = region[0].sum() + region[-1].sum() + region[:, 0].sum() + region[:, -1].sum()
+    median = np.median(rgb[region], axis=0)
+    spread = np.median(np.linalg.norm(rgb[region] - median, axis=-1))
+    if area < MIN_AREA or area > MAX_AREA * region.size or on_border > MAX_BORDER or spread > MAX_SPREAD:
         return result
-    result.update(shape=classify(fill, solidity), colour=nearest(np.median(rgb[region], axis=0), COLOURS),
-                  fill=round(fill, 3), solidity=round(solidity, 3))
+    result.update(shape=classify(fill, solidity), colour=nearest(median, COLOURS), fill=round(fill, 3),
+                  solidity=round(solidity, 3))
     return result
 
 

@@ -52,9 +52,14 @@ def test_judge_sees_no_shape_on_a_plain_background():
     for name, rgb in shapes.BACKGROUNDS.items():
         plain = np.full((64, 64, 3), rgb, np.uint8)
         assert judge(plain)["shape"] == "none" and judge(plain)["background"] == name
-    # Noise alone is not a shape either.
-    noisy = np.clip(np.random.default_rng(1).normal(128, 10, (64, 64, 3)), 0, 255).astype(np.uint8)
-    assert judge(noisy)["shape"] == "none"
+    # Noise is not a shape, faint or strong (an untrained model's output), nor is a region cut by
+    # the border.
+    rng = np.random.default_rng(1)
+    for sigma in (10, 80):
+        noisy = np.clip(rng.normal(128, sigma, (64, 64, 3)), 0, 255).astype(np.uint8)
+        assert judge(noisy)["shape"] == "none", sigma
+    cut = shapes.render("square", "red", "white", 4, 32, 12)
+    assert judge(cut)["shape"] == "none"
 
 
 def test_each_feature_separates_the_shapes():
