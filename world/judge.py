@@ -4,9 +4,9 @@
 The background is the median colour of the image's border; the shape is the largest connected
 region of pixels far from it. Its colour is the nearest named colour to the region's median pixel;
 a region cut by the border, covering most of the image or not of one colour is no shape. Its
-shape follows from two numbers that do not depend on size or position:
-  solidity = area / convex-hull area  (a five-pointed star ~0.56, convex shapes ~1)
-  fill     = area / bounding-box area (square 1, circle π/4 ≈ 0.79, triangle 0.5)
+shape follows from its corners, the directions in which its outline reaches out from the
+centroid (radial profile maxima: square 4, triangle 3, star 5, circle none), which blur rounds but
+keeps, with solidity (area / convex hull: a star ~0.56) for a star whose arms blurred together.
 
     python3 world/judge.py DIR            # every image of a folder with metadata.jsonl: accuracy
 """
@@ -27,7 +27,9 @@ FOREGROUND_DISTANCE = 80  # RGB distance from the background that makes a pixel 
 MIN_AREA = 24  # pixels; smaller regions are noise, not a shape
 MAX_AREA = 0.5  # of the image; a shape is drawn inside it, on a background
 MAX_SPREAD = 80  # median RGB distance of the region's pixels from their median: shapes are flat
-MAX_BORDER = 4  # region pixels on the image's border: more, and the shape is cut off
+MAX_BORDER = 10  # region pixels on the image's border: more, and the shape is cut off
+CORNER_PROMINENCE = 1.15  # a corner reaches this much farther out than the outline beside it
+STAR_SOLIDITY = 0.88  # area / convex hull: a star ~0.56 (blurred ~0.8), convex shapes ~1
 
 
 def nearest(rgb, palette):
@@ -94,18 +96,51 @@ def features(region):
     return area, fill, area / max(hull_area(corners), 1.0)
 
 
-def classify(fill, solidity):
-    if solidity < 0.8:
+def radial_profile(region, bins=72):
+    """The region's outline as its largest distance from the centroid per direction (5° bins),
+    gaps filled by circular interpolation, lightly smoothed."""
+    ys, xs = np.nonzero(region)
+    padded = np.pad(region, 1)
+    interior = (padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2]
+                & padded[1:-1, 2:])
+    by, bx = np.nonzero(region & ~interior)
+    dy, dx = by - ys.mean(), bx - xs.mean()
+    index = ((np.arctan2(dy, dx) + np.pi) / (2 * np.pi) * bins).astype(int) % bins
+    profile = np.full(bins, -1.0)
+    np.maximum.at(profile, index, np.hypot(dy, dx))
+    k = np.arange(bins)
+    seen = profile >= 0
+    profile = np.interp(k, np.concatenate([k[seen] - bins, k[seen], k[seen] + bins]), np.tile(profile[seen], 3))
+    return (np.roll(profile, 1) + profile + np.roll(profile, -1)) / 3
+
+
+def corner_count(region, prominence=CORNER_PROMINENCE, half_window=7):
+    """Directions where the outline reaches out: maxima of the radial profile that stand
+    `prominence` times above its minimum within ±half_window bins (±35°). A square has 4 (its
+    corners are √2 farther than its sides), a triangle 3, a five-pointed star 5, a circle none;
+    blur rounds corners but keeps them."""
+    p = radial_profile(region)
+    n = len(p)
+    peaks = []
+    for i in range(n):
+        window = p[[(i + j) % n for j in range(-half_window, half_window + 1)]]
+        if p[i] >= window.max() and p[i] > prominence * window.min():
+            if not peaks or i - peaks[-1] > 2:  # one corner, even on a plateau
+                peaks.append(i)
+    if len(peaks) > 1 and peaks[0] + n - peaks[-1] <= 2:
+        peaks.pop()
+    return len(peaks)
+
+
+def classify(corners, solidity):
+    # A star whose two arms blurred into one still has its deep notches: low solidity.
+    if corners >= 5 or (corners == 4 and solidity < STAR_SOLIDITY):
         return "star"
-    if fill >= 0.88:
-        return "square"
-    if fill >= 0.66:
-        return "circle"
-    return "triangle"
+    return {4: "square", 3: "triangle"}.get(corners, "circle")
 
 
 def judge(image):
-    """{"shape", "colour", "background", "fill", "solidity"} of an RGB image (uint8 [H, W, 3] or a
+    """{"shape", "colour", "background", "corners", "fill", "solidity"} of an RGB image (uint8 [H, W, 3] or a
     path); shape and colour are "none" when no shape stands out from the background."""
     if not isinstance(image, np.ndarray):
         image = np.asarray(Image.open(image).convert("RGB"))
@@ -113,8 +148,8 @@ def judge(image):
     border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
     bg = np.median(border, axis=0)
     mask = np.linalg.norm(rgb - bg, axis=-1) > FOREGROUND_DISTANCE
-    result = {"background": nearest(bg, BACKGROUNDS), "shape": "none", "colour": "none", "fill": 0.0,
-              "solidity": 0.0}
+    result = {"background": nearest(bg, BACKGROUNDS), "shape": "none", "colour": "none", "corners": 0,
+              "fill": 0.0, "solidity": 0.0}
     if mask.sum() < MIN_AREA:
         return result
     region = largest_component(mask)
@@ -123,10 +158,15 @@ def judge(image):
     on_border = region[0].sum() + region[-1].sum() + region[:, 0].sum() + region[:, -1].sum()
     median = np.median(rgb[region], axis=0)
     spread = np.median(np.linalg.norm(rgb[region] - median, axis=-1))
+    # The colour of the shape's core: its pixels farthest from the background (a blurred edge
+    # mixes the two colours).
+    distance = np.linalg.norm(rgb[region] - bg, axis=-1)
+    core = np.median(rgb[region][distance >= np.median(distance)], axis=0)
     if area < MIN_AREA or area > MAX_AREA * region.size or on_border > MAX_BORDER or spread > MAX_SPREAD:
         return result
-    result.update(shape=classify(fill, solidity), colour=nearest(median, COLOURS), fill=round(fill, 3),
-                  solidity=round(solidity, 3))
+    corners = corner_count(region)
+    result.update(shape=classify(corners, solidity), colour=nearest(core, COLOURS), corners=corners,
+                  fill=round(fill, 3), solidity=round(solidity, 3))
     return result
 
 

@@ -35,17 +35,18 @@ def test_judge_reads_the_generators_images(dataset):
     assert acc == 1.0
 
 
-def test_judge_tolerates_blur_and_noise(dataset):
+@pytest.mark.parametrize("sigma,floor", [(1.5, 0.98), (2.5, 0.9)])
+def test_judge_tolerates_blur_and_noise(dataset, sigma, floor):
     folder, rows = dataset
     rng = np.random.default_rng(0)
 
     def degrade(im):
-        a = np.asarray(im.filter(ImageFilter.GaussianBlur(1.5))).astype(float) + rng.normal(0, 12, (64, 64, 3))
+        a = np.asarray(im.filter(ImageFilter.GaussianBlur(sigma))).astype(float) + rng.normal(0, 12, (64, 64, 3))
         return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
 
     acc = accuracy(folder, rows, degrade)
-    print(f"judge accuracy on blurred (σ 1.5) noisy copies: {acc:.1%}")
-    assert acc >= 0.9
+    print(f"judge accuracy on blurred (σ {sigma}) noisy copies: {acc:.1%}")
+    assert acc >= floor
 
 
 def test_judge_sees_no_shape_on_a_plain_background():
@@ -62,9 +63,19 @@ def test_judge_sees_no_shape_on_a_plain_background():
     assert judge(cut)["shape"] == "none"
 
 
-def test_each_feature_separates_the_shapes():
-    """Centred, mid-sized shapes: the features land where the geometry says."""
+def test_each_feature_lands_where_the_geometry_says():
+    """Centred, mid-sized shapes: corners 4 / 3 / 5 / 0, and fill and solidity as computed."""
     f = {s: judge(shapes.render(s, "red", "white", 32, 32, 16)) for s in shapes.SHAPES}
+    assert {s: f[s]["corners"] for s in shapes.SHAPES} == {"circle": 0, "square": 4, "triangle": 3, "star": 5}
     assert f["square"]["fill"] > 0.95 and abs(f["circle"]["fill"] - np.pi / 4) < 0.05
     assert abs(f["triangle"]["fill"] - 0.5) < 0.06 and f["star"]["solidity"] < 0.65
     assert all(f[s]["solidity"] > 0.9 for s in shapes.BASE_SHAPES)
+
+
+def test_a_small_blurred_star_is_still_a_star():
+    """What a tiny model draws: small and soft. Its solidity rises toward a convex shape's, its five
+    corners stay."""
+    for r in (9, 12):
+        star = Image.fromarray(shapes.render("star", "red", "white", 32, 32, r)).filter(ImageFilter.GaussianBlur(2))
+        verdict = judge(np.asarray(star))
+        assert verdict["shape"] == "star", verdict
