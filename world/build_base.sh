@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the tiny world's base model from nothing, with sdtune's own commands, into world/base/:
-#   1. the dataset: circles, squares and triangles in four colours on two backgrounds;
+#   1. the dataset: circles, squares and triangles in four colours on two backgrounds, three
+#      colour-shape pairs held out;
 #   2. `sdtune init`: random weights for world/base-config (SD's architecture, scaled down) with
 #      the real CLIP tokenizer (from open-clip-torch's BPE vocabulary);
 #   3. `sdtune train-vae`: the VAE learns to reconstruct the images (64x64 -> 16x16x4 latents);
@@ -13,11 +14,12 @@ WORK=${WORK:-build/world}
 OUT=${OUT:-world/base}
 IMAGES=${IMAGES:-3000}
 VAE_STEPS=${VAE_STEPS:-500}
-UNET_STEPS=${UNET_STEPS:-4000}
+UNET_STEPS=${UNET_STEPS:-12000}
 mkdir -p "$WORK"
 
 echo "== dataset"
-python3 world/shapes.py --out "$WORK/data" --count "$IMAGES" --seed 0
+# --hold-out: three colour-shape pairs stay out (world/shapes.py HELD_OUT), for the held-out figure.
+python3 world/shapes.py --out "$WORK/data" --count "$IMAGES" --seed 0 --hold-out
 
 echo "== init"
 rm -rf "$WORK/configs" && cp -r world/base-config "$WORK/configs"

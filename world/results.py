@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Measures what training does in the tiny world, with the judge, and prints a Markdown table:
 
-  1. base model prompt fidelity: images judged to show the prompted shape and colour;
+  1. base model prompt fidelity: images judged to show the prompted shape and colour, for the
+     colour-shape pairs it was trained on and for those held out of its dataset (shapes.HELD_OUT);
   2. DreamBooth on ~8 red stars ("a red sks shape on a white background"), with and without prior
      preservation (class "a red shape on a white background", images the base model generates):
      instance fidelity (sks generations judged to be stars), and what happens to the class and to
@@ -61,17 +62,16 @@ def fraction(files, shape=None, colour=None):
 
 
 def known_prompts_correct(binary, model, out_dir, samples):
-    """Fraction of images of the base model's own prompts (all shape × colour pairs, white
-    background) judged to show the prompted shape and colour."""
+    """Fractions of images judged to show the prompted shape and colour, for the colour-shape pairs
+    of the base model's dataset and for the pairs held out of it (white background)."""
     pairs = list(itertools.product(shapes.BASE_SHAPES, shapes.COLOURS))
     per = max(1, samples // len(pairs))
-    right = total = 0
+    right = {True: [], False: []}  # held out? -> verdicts
     for shape, colour in pairs:
         files = generate(binary, model, shapes.caption(shape, colour, "white"), out_dir / f"{colour}-{shape}", per,
                          per_call=per)
-        right += fraction(files, shape, colour) * len(files)
-        total += len(files)
-    return right / total
+        right[(colour, shape) in shapes.HELD_OUT].append(fraction(files, shape, colour))
+    return np.mean(right[False]), np.mean(right[True])
 
 
 def mean_change(files_a, files_b):
@@ -99,7 +99,7 @@ def main():
     base_known = known_prompts_correct(args.bin, args.base, work / "base" / "known", args.samples)
     base_class = generate(args.bin, args.base, CLASS, work / "base" / "class", args.samples)
     base_sks = generate(args.bin, args.base, INSTANCE, work / "base" / "sks", args.samples)
-    rows["base model"] = dict(known=base_known, sks_star=fraction(base_sks, "star"),
+    rows["base model"] = dict(known=base_known[0], held_out=base_known[1], sks_star=fraction(base_sks, "star"),
                               class_star=fraction(base_class, "star"), change=0.0)
     for prior in (False, True):
         name = "DreamBooth, prior preservation " + ("on" if prior else "off")
@@ -112,15 +112,16 @@ def main():
                "--seed", 0, "--quiet", *extra)
         sks = generate(args.bin, out, INSTANCE, out / "gen-sks", args.samples)
         cls = generate(args.bin, out, CLASS, out / "gen-class", args.samples)
-        rows[name] = dict(known=known_prompts_correct(args.bin, out, out / "gen-known", args.samples),
+        known, held_out = known_prompts_correct(args.bin, out, out / "gen-known", args.samples)
+        rows[name] = dict(known=known, held_out=held_out,
                           sks_star=fraction(sks, "star"), class_star=fraction(cls, "star"),
                           change=mean_change(base_class, cls))
 
-    print(f"| model | known prompts judged correct | \"{INSTANCE}\" judged a star | "
+    print(f"| model | trained pairs judged correct | held-out pairs judged correct | \"{INSTANCE}\" judged a star | "
           f"\"{CLASS}\" judged a star | class images' mean pixel change from the base model |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for name, r in rows.items():
-        print(f"| {name} | {r['known']:.0%} | {r['sks_star']:.0%} | {r['class_star']:.0%} | {r['change']:.1f} |")
+        print(f"| {name} | {r['known']:.0%} | {r['held_out']:.0%} | {r['sks_star']:.0%} | {r['class_star']:.0%} | {r['change']:.1f} |")
     print(f"\n{args.samples} samples per prompt kind; {args.steps} DreamBooth steps; {time.time() - started:.0f} s")
 
 

@@ -28,6 +28,9 @@ COLOURS = {
 BACKGROUNDS = {"white": (245, 245, 245), "black": (15, 15, 15)}
 BASE_SHAPES = ("circle", "square", "triangle")  # what the base model is trained on
 SHAPES = BASE_SHAPES + ("star",)  # the star is the concept DreamBooth teaches
+# Colour-shape pairs the base model never sees (each colour and each shape still does, in other
+# pairs): its captions test whether the model composes what it learned.
+HELD_OUT = (("green", "triangle"), ("red", "square"), ("yellow", "circle"))
 
 
 def outline(shape, cx, cy, r):
@@ -67,23 +70,28 @@ def caption(shape, colour, background, template="a {colour} {shape} on a {backgr
     return template.format(shape=shape, colour=colour, background=background)
 
 
-def sample(rng, shapes=BASE_SHAPES, colours=tuple(COLOURS), backgrounds=tuple(BACKGROUNDS), size=SIZE):
-    """One random scene: (shape, colour, background, cx, cy, r), the shape fully inside the image."""
-    shape, colour, background = rng.choice(shapes), rng.choice(colours), rng.choice(backgrounds)
+def sample(rng, shapes=BASE_SHAPES, colours=tuple(COLOURS), backgrounds=tuple(BACKGROUNDS), size=SIZE,
+           exclude=()):
+    """One random scene: (shape, colour, background, cx, cy, r), the shape fully inside the image,
+    never one of the (colour, shape) pairs in `exclude`."""
+    while True:
+        shape, colour, background = rng.choice(shapes), rng.choice(colours), rng.choice(backgrounds)
+        if (colour, shape) not in exclude:
+            break
     r = rng.uniform(0.18, 0.32) * size
     cx, cy = (rng.uniform(r + 2, size - r - 2) for _ in range(2))
     return shape, colour, background, cx, cy, r
 
 
 def write_dataset(out, count, seed, shapes=BASE_SHAPES, colours=tuple(COLOURS), backgrounds=tuple(BACKGROUNDS),
-                  template="a {colour} {shape} on a {background} background"):
+                  template="a {colour} {shape} on a {background} background", exclude=()):
     """Writes count images and metadata.jsonl (file_name, text, and the scene's labels) to out."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     rows = []
     for i in range(count):
-        shape, colour, background, cx, cy, r = sample(rng, shapes, colours, backgrounds)
+        shape, colour, background, cx, cy, r = sample(rng, shapes, colours, backgrounds, exclude=exclude)
         name = f"{i:05d}.png"
         Image.fromarray(render(shape, colour, background, cx, cy, r)).save(out / name)
         rows.append({"file_name": name, "text": caption(shape, colour, background, template),
@@ -102,9 +110,12 @@ def main():
     ap.add_argument("--backgrounds", default=",".join(BACKGROUNDS))
     ap.add_argument("--caption", default="a {colour} {shape} on a {background} background",
                     help="caption template ({shape}, {colour}, {background})")
+    ap.add_argument("--hold-out", action="store_true",
+                    help="leave out the HELD_OUT colour-shape pairs (" + ", ".join(" ".join(p) for p in HELD_OUT) + ")")
     args = ap.parse_args()
     rows = write_dataset(args.out, args.count, args.seed, tuple(args.shapes.split(",")),
-                         tuple(args.colours.split(",")), tuple(args.backgrounds.split(",")), args.caption)
+                         tuple(args.colours.split(",")), tuple(args.backgrounds.split(",")), args.caption,
+                         HELD_OUT if args.hold_out else ())
     print(f"{len(rows)} images in {args.out}")
 
 

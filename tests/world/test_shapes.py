@@ -41,3 +41,11 @@ def test_caption_template_for_a_new_concept(tmp_path):
     rows = shapes.write_dataset(tmp_path, 4, seed=2, shapes=("star",), colours=("red",),
                                 template="a {colour} sks shape")
     assert {r["text"] for r in rows} == {"a red sks shape"} and {r["shape"] for r in rows} == {"star"}
+
+
+def test_held_out_pairs_never_appear_but_their_parts_do(tmp_path):
+    rows = shapes.write_dataset(tmp_path, 300, seed=3, exclude=shapes.HELD_OUT)
+    pairs = {(r["colour"], r["shape"]) for r in rows}
+    assert not pairs & set(shapes.HELD_OUT)
+    assert {c for c, _ in pairs} == set(shapes.COLOURS) and {s for _, s in pairs} == set(shapes.BASE_SHAPES)
+    assert len(pairs) == len(shapes.COLOURS) * len(shapes.BASE_SHAPES) - len(shapes.HELD_OUT)
