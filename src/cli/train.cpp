@@ -3,28 +3,18 @@
 // and every flag is also a key of the TOML file given with --config.
 #include <unistd.h>
 
-#include <atomic>
-#include <csignal>
 #include <cstdio>
 #include <filesystem>
 
 #include "cli/commands.h"
 #include "cli/progress.h"
+#include "cli/stop_signal.h"
 #include "cli/toml_config.h"
 #include "sdtune/error.h"
 #include "sdtune/train/trainer.h"
 
 namespace sdtune::cli {
 namespace {
-
-std::atomic<bool> g_stop{false};
-
-// First Ctrl-C / SIGTERM: finish the step, save a checkpoint, exit cleanly. A second one kills
-// the process the default way.
-void on_signal(int sig) {
-  g_stop.store(true);
-  std::signal(sig, SIG_DFL);
-}
 
 std::string format_duration(double seconds) {
   if (!(seconds >= 0) || seconds > 1e8) return "?";
@@ -206,7 +196,8 @@ void run(CLI::App* cmd, Flags& f) {
   o.effective_config = effective_config(cmd, {"quiet"});
 
   train::TrainHooks hooks;
-  hooks.stop_requested = &g_stop;
+  StopOnSignal stop;  // Ctrl-C: save a checkpoint, exit cleanly
+  hooks.stop_requested = stop.flag();
   Progress progress("train", f.quiet);
   const bool tty = ::isatty(STDERR_FILENO) != 0;
   double smoothed = 0;  // exponential moving average of s/step for the rate and ETA
@@ -236,20 +227,13 @@ void run(CLI::App* cmd, Flags& f) {
     }
   };
 
-  g_stop.store(false);
-  auto previous_int = std::signal(SIGINT, on_signal);
-  auto previous_term = std::signal(SIGTERM, on_signal);
   train::TrainSummary s;
   try {
     s = train::train(o, hooks);
   } catch (...) {
-    std::signal(SIGINT, previous_int);
-    std::signal(SIGTERM, previous_term);
     if (tty && !f.quiet) std::fprintf(stderr, "\n");
     throw;
   }
-  std::signal(SIGINT, previous_int);
-  std::signal(SIGTERM, previous_term);
   if (tty && !f.quiet) std::fprintf(stderr, "\n");
 
   // The run summary, on stdout.

@@ -1,24 +1,16 @@
 // sdtune train-vae: the VAE of a pipeline trained on images (reconstruction + KL), for models made
 // from scratch. Every flag is also a key of the TOML file given with --config.
-#include <atomic>
-#include <csignal>
 #include <cstdio>
 
 #include "cli/commands.h"
 #include "cli/progress.h"
+#include "cli/stop_signal.h"
 #include "cli/toml_config.h"
 #include "sdtune/error.h"
 #include "sdtune/train/vae_trainer.h"
 
 namespace sdtune::cli {
 namespace {
-
-std::atomic<bool> g_stop{false};
-
-void on_signal(int sig) {
-  g_stop.store(true);
-  std::signal(sig, SIG_DFL);
-}
 
 struct VaeFlags {
   train::VaeTrainOptions o;
@@ -39,23 +31,20 @@ void run(CLI::App* cmd, VaeFlags& f) {
   o.out = f.out;
 
   train::TrainHooks hooks;
-  hooks.stop_requested = &g_stop;
+  StopOnSignal stop;  // Ctrl-C: save the VAE trained so far
+  hooks.stop_requested = stop.flag();
   Progress progress("train-vae", f.quiet);
   hooks.on_step = [&](const train::StepMetrics& m) { progress.update(m.step, m.max_steps); };
   hooks.message = [&](const std::string& m) {
     if (!f.quiet) std::fprintf(stderr, "sdtune: %s\n", m.c_str());
   };
-  g_stop.store(false);
-  auto previous_int = std::signal(SIGINT, on_signal);
   train::VaeTrainSummary s;
   try {
     s = train::train_vae(o, hooks);
   } catch (...) {
-    std::signal(SIGINT, previous_int);
     progress.finish();
     throw;
   }
-  std::signal(SIGINT, previous_int);
   progress.finish();
   std::printf("examples: %lld used, %zu skipped\n", static_cast<long long>(s.examples),
               s.skipped.size());

@@ -231,14 +231,16 @@ at::Tensor run_validation(const io::ModelFolder& base, const models::LoadOptions
 
 }  // namespace
 
+void TrainHooks::say(const std::string& m) const {
+  if (message)
+    message(m);
+  else
+    std::fprintf(stderr, "sdtune: %s\n", m.c_str());
+}
+
 TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
   const auto started = std::chrono::steady_clock::now();
-  auto say = [&](const std::string& m) {
-    if (hooks.message)
-      hooks.message(m);
-    else
-      std::fprintf(stderr, "sdtune: %s\n", m.c_str());
-  };
+  auto say = [&](const std::string& m) { hooks.say(m); };
   check_options(o);
   TrainSummary summary;
   const auto& db = o.dreambooth;

@@ -57,12 +57,7 @@ at::Tensor kl_divergence(const models::DiagonalGaussian& q) {
 
 VaeTrainSummary train_vae(const VaeTrainOptions& o, const TrainHooks& hooks) {
   const auto started = std::chrono::steady_clock::now();
-  auto say = [&](const std::string& m) {
-    if (hooks.message)
-      hooks.message(m);
-    else
-      std::fprintf(stderr, "sdtune: %s\n", m.c_str());
-  };
+  auto say = [&](const std::string& m) { hooks.say(m); };
   check_options(o);
   VaeTrainSummary summary;
 

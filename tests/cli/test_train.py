@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from train_runs import metrics
 
 import dataset_images
 
@@ -35,10 +36,6 @@ def make_images(folder, n=4, size=(48, 40), seed=0):
 def base_args(model, data, out, *extra):
     return ["train", "--model", model, "--data", data, "--out", out, "--resolution", R, "--batch-size", 2,
             "--lr-warmup-steps", 0, "--learning-rate", 1e-3, "--quiet", *extra]
-
-
-def metrics(out):
-    return [json.loads(line) for line in (Path(out) / "logs" / "metrics.jsonl").read_text().splitlines()]
 
 
 def tensors_equal(a, b):

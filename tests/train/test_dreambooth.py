@@ -3,7 +3,6 @@ images with the class prompt, loss = instance loss + prior_loss_weight · prior 
 are checked step by step against that formula computed here with diffusers' models on the same
 batches and random draws; class images are generated only where missing."""
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,25 +11,11 @@ import torch
 import torch.nn.functional as F
 from parity import check
 from PIL import Image
+from train_runs import metrics, random_images
 
 R = 32
 INSTANCE_PROMPT = "a photo of sks dog"
 CLASS_PROMPT = "a photo of a dog"
-
-
-def make_images(folder, n, seed):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    images = []
-    for i in range(n):
-        pixels = rng.integers(0, 256, (R, R, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / f"{i}.png")
-        images.append(pixels)
-    return images
-
-
-def metrics(out):
-    return [json.loads(line) for line in (Path(out) / "logs" / "metrics.jsonl").read_text().splitlines()]
 
 
 def dreambooth_args(model, instance, out, *extra):
@@ -103,8 +88,8 @@ def reference_losses(folder, instances, classes, *, steps, batch, seed, lr, weig
 @pytest.mark.parametrize("snr_gamma", [None, 5.0], ids=["mse", "min-snr"])
 def test_prior_preservation_losses_match_the_formula(pipeline, run_sdtune, tmp_path, snr_gamma):
     folder, _ = pipeline("tiny")
-    instances = make_images(tmp_path / "instance", 3, seed=1)
-    classes = make_images(tmp_path / "class", 2, seed=2)  # a user's own class images: none generated
+    instances = random_images(tmp_path / "instance", 3, seed=1)
+    classes = random_images(tmp_path / "class", 2, seed=2)  # a user's own class images: none generated
     extra = ["--with-prior-preservation", "--class-prompt", CLASS_PROMPT, "--class-data", tmp_path / "class",
              "--num-class-images", 2, "--prior-loss-weight", 0.5, "--batch-size", 2, "--max-steps", 3]
     if snr_gamma:
@@ -127,7 +112,7 @@ def test_prior_preservation_losses_match_the_formula(pipeline, run_sdtune, tmp_p
 
 def test_missing_class_images_are_generated_and_kept(pipeline, run_sdtune, tmp_path):
     folder, _ = pipeline("tiny")
-    make_images(tmp_path / "instance", 2, seed=1)
+    random_images(tmp_path / "instance", 2, seed=1)
     classes = tmp_path / "class"
     extra = lambda n, out: dreambooth_args(folder, tmp_path / "instance", tmp_path / out, "--with-prior-preservation",
                                            "--class-prompt", CLASS_PROMPT, "--class-data", classes,
@@ -149,7 +134,7 @@ def test_missing_class_images_are_generated_and_kept(pipeline, run_sdtune, tmp_p
 
 def test_bad_dreambooth_input(pipeline, run_sdtune, tmp_path):
     folder, _ = pipeline("tiny")
-    make_images(tmp_path / "instance", 2, seed=1)
+    random_images(tmp_path / "instance", 2, seed=1)
     (tmp_path / "empty").mkdir()
     cases = [
         (dreambooth_args(folder, tmp_path / "instance", tmp_path / "o1", "--with-prior-preservation",
@@ -171,8 +156,8 @@ def test_repeats_make_an_epoch_of_repeated_instances(pipeline, run_sdtune, tmp_p
     """kohya's repeats: 2 instance images × 3 repeats, paired with 2 class images, is an epoch of
     max(6, 2) = 6 pairs: 6 steps at batch 1."""
     folder, _ = pipeline("tiny")
-    make_images(tmp_path / "instance", 2, seed=1)
-    make_images(tmp_path / "class", 2, seed=2)
+    random_images(tmp_path / "instance", 2, seed=1)
+    random_images(tmp_path / "class", 2, seed=2)
     proc = run_sdtune(*dreambooth_args(folder, tmp_path / "instance", tmp_path / "out", "--with-prior-preservation",
                                        "--class-prompt", CLASS_PROMPT, "--class-data", tmp_path / "class",
                                        "--num-class-images", 2, "--repeats", 3, "--batch-size", 1,
@@ -187,8 +172,8 @@ def test_class_latents_are_cached_too(pipeline, run_sdtune, tmp_path):
     as the first did; both agree with an uncached run to rounding (the cache encodes one image at a
     time, the uncached run an instance and a class image together)."""
     folder, _ = pipeline("tiny")
-    make_images(tmp_path / "instance", 3, seed=1)
-    make_images(tmp_path / "class", 2, seed=2)
+    random_images(tmp_path / "instance", 3, seed=1)
+    random_images(tmp_path / "class", 2, seed=2)
     common = ["--with-prior-preservation", "--class-prompt", CLASS_PROMPT, "--class-data", tmp_path / "class",
               "--num-class-images", 2, "--batch-size", 1, "--max-steps", 3]
     cached = [*common, "--cache-latents", "--cache-dir", tmp_path / "cache"]

@@ -8,12 +8,11 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from parity import check
-from PIL import Image
+from train_runs import metrics, random_images
 from safetensors.torch import load_file
 
 R = 32
@@ -23,21 +22,6 @@ UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 LOCON_TARGETS = UNET_TARGETS + ["conv1", "conv2", "conv_shortcut", "conv", "proj_in", "proj_out"]
 TE_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
 RANK, ALPHA, SEED, LR = 4, 8, 7, 1e-3
-
-
-def make_images(folder, n, seed):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    images = []
-    for i in range(n):
-        pixels = rng.integers(0, 256, (R, R, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / f"{i}.png")
-        images.append(pixels)
-    return images
-
-
-def metrics(out):
-    return [json.loads(line) for line in (Path(out) / "logs" / "metrics.jsonl").read_text().splitlines()]
 
 
 def lora_args(model, instance, out, *extra):
@@ -133,7 +117,7 @@ def test_lora_training_matches_peft_and_loads_in_diffusers(pipeline, run_sdtune,
     from diffusers import StableDiffusionPipeline
 
     folder, _ = pipeline("tiny")
-    instances = make_images(tmp_path / "instance", 3, seed=1)
+    instances = random_images(tmp_path / "instance", 3, seed=1)
     extra = ["--batch-size", 2, "--max-steps", 3, "--lora-layers", ",".join(targets)]
     extra += ["--train-text-encoder"] if text_encoder else []
     proc = run_sdtune(*lora_args(folder, tmp_path / "instance", tmp_path / "out", *extra))
@@ -183,7 +167,7 @@ def test_lora_resume_is_bitwise(pipeline, run_sdtune, tmp_path):
     """6 steps straight equal 3 steps + resume + 3 steps, with the text encoder's adapters,
     gradient accumulation and dropout (drawn from the checkpointed generator)."""
     folder, _ = pipeline("tiny")
-    make_images(tmp_path / "instance", 3, seed=1)
+    random_images(tmp_path / "instance", 3, seed=1)
     common = ["--batch-size", 1, "--gradient-accumulation-steps", 2, "--train-text-encoder", "--lora-dropout", 0.2]
     run_sdtune(*lora_args(folder, tmp_path / "instance", tmp_path / "a", *common, "--max-steps", 6))
     run_sdtune(*lora_args(folder, tmp_path / "instance", tmp_path / "b", *common, "--max-steps", 3,
@@ -211,7 +195,7 @@ def test_gradient_checkpointing_replays_dropout(pipeline, run_sdtune, tmp_path):
     """With LoRA dropout the recomputation in backward must draw the forward's masks again: the
     run with gradient checkpointing trains exactly as the run without."""
     folder, _ = pipeline("tiny")
-    make_images(tmp_path / "instance", 3, seed=1)
+    random_images(tmp_path / "instance", 3, seed=1)
     common = ["--batch-size", 2, "--max-steps", 3, "--lora-dropout", 0.3, "--train-text-encoder"]
     run_sdtune(*lora_args(folder, tmp_path / "instance", tmp_path / "plain", *common))
     run_sdtune(*lora_args(folder, tmp_path / "instance", tmp_path / "ckpt", *common, "--gradient-checkpointing"))
@@ -230,7 +214,7 @@ def test_gradient_checkpointing_replays_dropout(pipeline, run_sdtune, tmp_path):
 
 def test_bad_lora_options(pipeline, run_sdtune, tmp_path):
     folder, _ = pipeline("tiny")
-    make_images(tmp_path / "instance", 2, seed=1)
+    random_images(tmp_path / "instance", 2, seed=1)
     base = lora_args(folder, tmp_path / "instance", tmp_path / "o", "--max-steps", 1)
     with_rank = lambda rank: [str(rank) if a == RANK and base[i - 1] == "--lora-rank" else a
                               for i, a in enumerate(base)]
@@ -255,7 +239,7 @@ def test_lora_for_plain_train(pipeline, run_sdtune, tmp_path):
     from diffusers import StableDiffusionPipeline
 
     folder, _ = pipeline("tiny")
-    make_images(tmp_path / "data", 2, seed=4)
+    random_images(tmp_path / "data", 2, seed=4)
     (tmp_path / "data" / "metadata.jsonl").write_text(
         "".join(json.dumps({"file_name": f"{i}.png", "text": f"pattern {i}"}) + "\n" for i in range(2)))
     proc = run_sdtune("train", "--model", folder, "--data", tmp_path / "data", "--out", tmp_path / "out",

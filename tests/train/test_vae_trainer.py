@@ -12,15 +12,12 @@ import pytest
 import torch
 from parity import check
 from PIL import Image
+from train_runs import metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "world"))
 import shapes  # noqa: E402
 
 R, SEED, KL = 64, 3, 1e-2
-
-
-def records(out):
-    return [json.loads(l) for l in (Path(out) / "logs" / "metrics.jsonl").read_text().splitlines()]
 
 
 def pixels(folder, rows):
@@ -46,7 +43,7 @@ def test_first_step_loss_is_the_formula(pipeline, run_sdtune, tmp_path, world):
     model, _ = pipeline("tiny")
     folder, rows = world
     run_sdtune(*vae_args(model, folder, tmp_path / "out", "--max-steps", 1))
-    ours = records(tmp_path / "out")[0]
+    ours = metrics(tmp_path / "out")[0]
     # The batch of step 1: the first 4 of the epoch-0 permutation (seed), and its sample drawn
     # from a generator seeded seed + 1.
     perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(SEED)).tolist()
@@ -68,7 +65,7 @@ def test_training_reconstructs_and_sets_the_scaling_factor(pipeline, run_sdtune,
     model, _ = pipeline("tiny")
     folder, rows = world
     proc = run_sdtune(*vae_args(model, folder, tmp_path / "out", "--max-steps", 60))
-    log = records(tmp_path / "out")
+    log = metrics(tmp_path / "out")
     first, last = log[0]["reconstruction"], np.mean([r["reconstruction"] for r in log[-5:]])
     print(f"train-vae: reconstruction MSE {first:.4f} -> {last:.4f}")
     assert last < 0.5 * first, proc.stdout

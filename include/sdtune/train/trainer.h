@@ -37,6 +37,9 @@ struct TrainHooks {
   const std::atomic<bool>* stop_requested = nullptr;
   // One-line status messages ("saved checkpoint ...") for the user; stderr when empty.
   std::function<void(const std::string&)> message;
+
+  // Passes `m` to `message`, or writes "sdtune: m" to stderr when there is none.
+  void say(const std::string& m) const;
 };
 
 struct TrainSummary {
