@@ -203,7 +203,6 @@ void run(const Args& a) {
   for (const at::Tensor& l : losses) loss_values.push_back(l.item<double>());
   out["losses"] = loss_values;
   out["batch"] = batch;
-  out["num_parameters"] = optimizer.num_parameters();
   out["trainable_parameters"] = optimizer.num_parameters();
   out["optimizer_state_bytes"] = optimizer.state_bytes();
   int64_t frozen = 0;
