@@ -34,7 +34,7 @@ cmake --build build-gpu -j 16 --target ${BUILD_TARGETS:-sdtune_cli sdtune_bench_
 grep -c 'warning:' "$OUT/build.log" | sed 's/^/compiler warnings: /'
 
 # Sections, all by default; SECTIONS="train parity" runs those alone (after the build).
-SECTIONS=${SECTIONS:-"linking train parity bench-train lora-memory bench-unet"}
+SECTIONS=${SECTIONS:-"linking train parity bench-train bench-deterministic lora-memory bench-unet"}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 if want linking; then
@@ -49,7 +49,7 @@ fi
 if want train; then
   section "sdtune train --device cuda: fp32/bf16/fp16 through the caches, resume, diffusers loads it"
   if [ -d .fixture ]; then
-    SDTUNE_BIN=build-gpu/sdtune timeout 150 python3 bench/gpu_train_check.py --run .fixture
+    SDTUNE_BIN=build-gpu/sdtune timeout 300 python3 bench/gpu_train_check.py --run .fixture
   else
     echo "no .fixture: run 'python3 bench/gpu_train_check.py --prepare .fixture' here and carry it"
   fi
@@ -69,6 +69,14 @@ if want bench-train; then
   for gc in "" --gradient-checkpointing; do
     SDTUNE_BENCH_TRAIN_STEP=build-gpu/sdtune_bench_train_step timeout 200 python3 bench/train_step.py \
       --device cuda --config sd15 --mixed-precision bf16 --batch 8 --warmup 3 --iters 10 $gc
+  done
+fi
+
+if want bench-deterministic; then
+  section "What deterministic kernels cost: SD 1.5, 512x512, bf16, batch 8, default vs deterministic (both sides)"
+  for det in "" --deterministic; do
+    SDTUNE_BENCH_TRAIN_STEP=build-gpu/sdtune_bench_train_step timeout 200 python3 bench/train_step.py \
+      --device cuda --config sd15 --mixed-precision bf16 --batch 8 --warmup 3 --iters 10 $det
   done
 fi
 

@@ -119,15 +119,22 @@ def run(fixture, binary, device):
 
     # Resume on CUDA: bitwise? cuDNN and atomics may make CUDA backward passes nondeterministic.
     # With and without EMA, so that a failure says which state's restore is at fault.
-    for ema, tag in ((["--use-ema"], "EMA"), ([], "no EMA"), (["--lora-rank", 4, "--lora-dropout", 0.1], "LoRA")):
+    # --deterministic (cuBLAS workspace, cuDNN, attention backward) should make both bitwise.
+    lora = ["--lora-rank", 4, "--lora-dropout", 0.1]
+    for ema, tag in ((["--use-ema"], "EMA"), ([], "no EMA"), (lora, "LoRA"),
+                     (["--use-ema", "--deterministic"], "EMA, deterministic"),
+                     ([*lora, "--deterministic"], "LoRA, deterministic")):
         a, b = work / f"straight-{tag}", work / f"resumed-{tag}"
-        rcs = [sdtune(binary, train_args(fixture, a, "no", "--max-steps", 6, *ema, "--device", device),
-                      check=False).returncode,
+        t = time.time()
+        straight = sdtune(binary, train_args(fixture, a, "no", "--max-steps", 6, *ema, "--device", device), check=False)
+        print(f"  {tag}: straight 6 steps {time.time() - t:.1f} s incl. start, rc {straight.returncode}"
+              + (f": {straight.stderr.strip().splitlines()[-1:]}" if straight.returncode else ""))
+        rcs = [straight.returncode,
                sdtune(binary, train_args(fixture, b, "no", "--max-steps", 3, *ema, "--device", device,
                                          "--checkpointing-steps", 3), check=False).returncode,
                sdtune(binary, train_args(fixture, b, "no", "--max-steps", 6, *ema, "--device", device,
                                          "--resume-from-checkpoint", "latest"), check=False).returncode]
-        if "LoRA" in tag:  # the same run twice: how deterministic is CUDA here at all?
+        if "LoRA" in tag or "deterministic" in tag:  # the same run twice: how deterministic is CUDA here at all?
             again = work / f"again-{tag}"
             rcs.append(sdtune(binary, train_args(fixture, again, "no", "--max-steps", 6, *ema, "--device", device),
                               check=False).returncode)
@@ -138,7 +145,7 @@ def run(fixture, binary, device):
         weights = "pytorch_lora_weights.safetensors" if "LoRA" in tag else "unet/diffusion_pytorch_model.safetensors"
         ua, ub = (load_file(x / weights) for x in (a, b))
         worst = max((ua[k] - ub[k]).abs().max().item() for k in ua)
-        if "LoRA" in tag:
+        if "LoRA" in tag or "deterministic" in tag:
             uc = load_file(work / f"again-{tag}" / weights)
             print(f"  {tag}: the straight run twice: bitwise equal: {all(torch.equal(ua[k], uc[k]) for k in ua)} "
                   f"(max |diff| {max((ua[k] - uc[k]).abs().max().item() for k in ua):.2e})")

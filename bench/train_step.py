@@ -143,6 +143,8 @@ def sdtune_run(binary, folder, inputs_file, args):
            "--iters", str(args.iters), "--threads", str(args.threads)]
     if args.gradient_checkpointing:
         cmd.append("--gradient-checkpointing")
+    if args.deterministic:
+        cmd.append("--deterministic")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:  # the error line, not LibTorch's stack trace
         return dict(error=f"exit {proc.returncode}: {(proc.stderr.strip() or '?').splitlines()[0]}")
@@ -157,6 +159,9 @@ def main():
     ap.add_argument("--batch", type=int, default=2, help="images per step (default 2)")
     ap.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"], help="autocast (default no)")
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--deterministic", action="store_true",
+                    help="deterministic kernels on both sides (torch.use_deterministic_algorithms, "
+                         "cuDNN deterministic, CUBLAS_WORKSPACE_CONFIG=:4096:8; sdtune --deterministic)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     ap.add_argument("--iters", type=int, default=5, help="timed steps (default 5)")
     ap.add_argument("--rounds", type=int, default=1,
@@ -170,6 +175,10 @@ def main():
                     help="sdtune_bench_train_step (default build/, or $SDTUNE_BENCH_TRAIN_STEP)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.deterministic:  # before the first CUDA operation, as sdtune does it
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     config = CONFIGS[args.config]
     latent = config["sample_size"]
     autocast_dtype = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.mixed_precision]
@@ -207,6 +216,7 @@ def main():
     where = torch.cuda.get_device_name() if cuda else f"CPU, {args.threads} threads"
     shape = "SD 1.5 UNet" if args.config == "sd15" else "SD 1.5-shaped UNet, channels [160,320,640,640]"
     checkpointing = ", gradient checkpointing" if args.gradient_checkpointing else ""
+    checkpointing += ", deterministic kernels" if args.deterministic else ""
     precision = "fp32" if autocast_dtype is None else f"{args.mixed_precision} autocast"
     print(f"training step ({shape}, batch {args.batch}, latent {latent}x{latent}, {precision}{checkpointing}, "
           f"AdamW fused, {where}; {args.warmup} warmup + {args.iters} timed steps"

@@ -5,7 +5,7 @@
 //
 //   sdtune_bench_train_step --model DIR [--inputs in.safetensors | --batch B [--latent S]]
 //       [--device cpu|cuda] [--mixed-precision no|bf16|fp16] [--gradient-checkpointing]
-//       [--warmup N] [--iters M] [--threads T] [--lora-rank R]
+//       [--warmup N] [--iters M] [--threads T] [--lora-rank R] [--deterministic]
 //
 // DIR holds unet/ and scheduler/ (its alphas_cumprod). Inputs: `latents`, `noise`, `timesteps`
 // (int64 [B]) and `encoder_hidden_states` from the file, or random ones (seed 0) of batch B at
@@ -40,6 +40,7 @@
 #include "sdtune/schedulers/scheduler.h"
 #include "sdtune/train/adamw.h"
 #include "sdtune/train/autocast.h"
+#include "sdtune/train/determinism.h"
 #include "sdtune/train/diffusion_loss.h"
 
 namespace {
@@ -55,6 +56,7 @@ struct Args {
   std::string device = "cpu";
   std::string mixed_precision = "no";
   bool gradient_checkpointing = false;
+  bool deterministic = false;  // sdtune train --deterministic's kernels (train/determinism.h)
   int warmup = 2, iters = 5, threads = 0;  // threads 0: LibTorch's default
   int64_t lora_rank = 0;                   // 0: full fine-tuning
 };
@@ -66,6 +68,8 @@ Args parse_args(int argc, char** argv) {
     const std::string flag = argv[i];
     if (flag == "--gradient-checkpointing") {
       a.gradient_checkpointing = true;
+    } else if (flag == "--deterministic") {
+      a.deterministic = true;
     } else if (flag.rfind("--", 0) == 0 && i + 1 < argc) {
       values[flag] = argv[++i];
     } else {
@@ -106,6 +110,7 @@ at::Tensor input(const std::map<std::string, at::Tensor>& in, const std::string&
 
 void run(const Args& a) {
   if (a.threads > 0) at::set_num_threads(a.threads);
+  if (a.deterministic) sdtune::train::use_deterministic_algorithms();
   const c10::Device device(a.device);
   const auto folder = sdtune::io::ModelFolder::open(a.model);
   std::optional<at::ScalarType> autocast;

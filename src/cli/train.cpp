@@ -127,6 +127,9 @@ void add_options(CLI::App* cmd, Flags& f) {
   cmd->add_option("--mixed-precision", o.mixed_precision, "no, fp16 or bf16")
       ->capture_default_str();
   cmd->add_flag("--gradient-checkpointing", o.gradient_checkpointing);
+  cmd->add_flag("--deterministic", o.deterministic,
+                "Deterministic GPU kernels (cuBLAS, cuDNN, attention backward): a resumed run "
+                "equals the straight one bit for bit on CUDA too; slower");
   cmd->add_flag("--use-ema", o.use_ema, "Keep an EMA of the UNet weights (saved as the model)");
   cmd->add_option("--ema-decay", o.ema_decay)->capture_default_str();
   cmd->add_flag("--ema-warmup", o.ema_warmup, "EMA decay warmup (1 - (1 + step)^(-2/3))");

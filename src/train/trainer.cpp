@@ -31,6 +31,7 @@
 #include "sdtune/train/autocast.h"
 #include "sdtune/train/checkpoint.h"
 #include "sdtune/train/class_images.h"
+#include "sdtune/train/determinism.h"
 #include "sdtune/train/diffusion_loss.h"
 #include "sdtune/train/ema.h"
 #include "sdtune/train/grad_norm.h"
@@ -242,6 +243,7 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
   const auto started = std::chrono::steady_clock::now();
   auto say = [&](const std::string& m) { hooks.say(m); };
   check_options(o);
+  if (o.deterministic) use_deterministic_algorithms();  // before the first CUDA operation
   TrainSummary summary;
   const auto& db = o.dreambooth;
   const bool prior = db.enabled && db.with_prior_preservation;

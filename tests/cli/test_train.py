@@ -98,11 +98,14 @@ def test_pipeline_holds_ema_weights_and_state_the_trained_ones(trained):
                          out / "checkpoint-4" / "unet" / "diffusion_pytorch_model.safetensors")
 
 
-def test_resume_is_bitwise(tiny, run_sdtune, tmp_path):
+# --deterministic picks deterministic GPU kernels; on the CPU it must change nothing (the GPU side
+# is bench/gpu_train_check.py's).
+@pytest.mark.parametrize("deterministic", [[], ["--deterministic"]], ids=["default", "deterministic"])
+def test_resume_is_bitwise(tiny, run_sdtune, tmp_path, deterministic):
     """N steps straight equal K steps, resume, N − K steps: EMA, accumulation, random crop and flip."""
     data = make_images(tmp_path / "data")
     extra = ["--use-ema", "--gradient-accumulation-steps", 2, "--random-flip", "--checkpointing-steps", 2,
-             "--seed", 3]
+             "--seed", 3, *deterministic]
     run_sdtune(*base_args(tiny, data, tmp_path / "straight", "--max-steps", 5, *extra))
     # A first run that stops at step 2 (the constant LR schedule does not depend on the total).
     run_sdtune(*base_args(tiny, data, tmp_path / "resumed", "--max-steps", 2, *extra))

@@ -67,6 +67,8 @@ struct TrainOptions {
   // Precision and memory.
   std::string mixed_precision = "no";  // "no" | "fp16" | "bf16"
   bool gradient_checkpointing = false;
+  // Deterministic GPU kernels (train/determinism.h): bit-for-bit resume on CUDA, at some speed.
+  bool deterministic = false;
 
   // EMA of the UNet weights.
   bool use_ema = false;
