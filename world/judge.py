@@ -7,6 +7,7 @@ a region cut by the border, covering most of the image or not of one colour is n
 shape follows from its corners, the directions in which its outline reaches out from the
 centroid (radial profile maxima: square 4, triangle 3, star 5, circle none), which blur rounds but
 keeps, with solidity (area / convex hull: a star ~0.56) for a star whose arms blurred together.
+Its fill is striped when the region's row profile oscillates at the stripes' period.
 
     python3 world/judge.py DIR            # every image of a folder with metadata.jsonl: accuracy
 """
@@ -21,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shapes import BACKGROUNDS, COLOURS  # noqa: E402
+from shapes import BACKGROUNDS, COLOURS, STRIPE_PERIOD  # noqa: E402
 
 FOREGROUND_DISTANCE = 80  # RGB distance from the background that makes a pixel part of a shape
 MIN_AREA = 24  # pixels; smaller regions are noise, not a shape
@@ -30,6 +31,7 @@ MAX_SPREAD = 80  # median RGB distance of the region's pixels from their median:
 MAX_BORDER = 10  # region pixels on the image's border: more, and the shape is cut off
 CORNER_PROMINENCE = 1.15  # a corner reaches this much farther out than the outline beside it
 STAR_SOLIDITY = 0.88  # area / convex hull: a star ~0.56 (blurred ~0.8), convex shapes ~1
+STRIPES = 0.1  # stripe score (see stripe_score) above which a fill is striped: clean stripes ~0.3
 
 
 def nearest(rgb, palette):
@@ -132,6 +134,20 @@ def corner_count(region, prominence=CORNER_PROMINENCE, half_window=7):
     return len(peaks)
 
 
+def stripe_score(region, distance):
+    """How striped a region is: the amplitude of its row profile (the mean distance from the
+    background of each row's region pixels) at the stripes' period, relative to the profile's mean.
+    Horizontal bands of the colour and of its mix with the background make the profile a square
+    wave, whose fundamental has amplitude (4/pi)(STRIPE_MIX/2) ~ 0.25 of the colour's distance; a
+    flat fill's profile is constant but for its blurred top and bottom rows, which are left out."""
+    rows = [y for y in range(region.shape[0]) if region[y].sum() >= 3][2:-2]
+    if len(rows) < STRIPE_PERIOD:
+        return 0.0
+    profile = np.array([distance[y][region[y]].mean() for y in rows])
+    wave = np.exp(-2j * np.pi * np.asarray(rows) / STRIPE_PERIOD)
+    return float(2 * abs(np.dot(profile - profile.mean(), wave)) / len(rows) / profile.mean())
+
+
 def classify(corners, solidity):
     # A star whose two arms blurred into one still has its deep notches: low solidity.
     if corners >= 5 or (corners == 4 and solidity < STAR_SOLIDITY):
@@ -140,8 +156,9 @@ def classify(corners, solidity):
 
 
 def judge(image):
-    """{"shape", "colour", "background", "corners", "fill", "solidity"} of an RGB image (uint8 [H, W, 3] or a
-    path); shape and colour are "none" when no shape stands out from the background."""
+    """{"shape", "colour", "background", "corners", "fill", "solidity", "striped", "stripes"} of an RGB
+    image (uint8 [H, W, 3] or a path); shape and colour are "none" when no shape stands out from the
+    background; "striped" says whether its fill is (stripe_score "stripes" > STRIPES)."""
     if not isinstance(image, np.ndarray):
         image = np.asarray(Image.open(image).convert("RGB"))
     rgb = image.astype(float)
@@ -149,24 +166,29 @@ def judge(image):
     bg = np.median(border, axis=0)
     mask = np.linalg.norm(rgb - bg, axis=-1) > FOREGROUND_DISTANCE
     result = {"background": nearest(bg, BACKGROUNDS), "shape": "none", "colour": "none", "corners": 0,
-              "fill": 0.0, "solidity": 0.0}
+              "fill": 0.0, "solidity": 0.0, "striped": False, "stripes": 0.0}
     if mask.sum() < MIN_AREA:
         return result
     region = largest_component(mask)
     area, fill, solidity = features(region)
     # Not a shape: too small, too large, cut by the border, or not of one colour (noise, smears).
     on_border = region[0].sum() + region[-1].sum() + region[:, 0].sum() + region[:, -1].sum()
-    median = np.median(rgb[region], axis=0)
-    spread = np.median(np.linalg.norm(rgb[region] - median, axis=-1))
-    # The colour of the shape's core: its pixels farthest from the background (a blurred edge
-    # mixes the two colours).
-    distance = np.linalg.norm(rgb[region] - bg, axis=-1)
-    core = np.median(rgb[region][distance >= np.median(distance)], axis=0)
+    distance_map = np.linalg.norm(rgb - bg, axis=-1)
+    stripes = stripe_score(region, distance_map)
+    # The colour of the shape's core: the quarter of its pixels farthest from the background (a
+    # blurred edge, and a stripe, mix the colour with the background).
+    distance = distance_map[region]
+    core_pixels = rgb[region][distance >= np.percentile(distance, 75)]
+    core = np.median(core_pixels, axis=0)
+    # One colour: flat fills over the whole region, striped ones over their core (the colour's bands).
+    pixels = core_pixels if stripes > STRIPES else rgb[region]
+    spread = np.median(np.linalg.norm(pixels - np.median(pixels, axis=0), axis=-1))
     if area < MIN_AREA or area > MAX_AREA * region.size or on_border > MAX_BORDER or spread > MAX_SPREAD:
         return result
     corners = corner_count(region)
     result.update(shape=classify(corners, solidity), colour=nearest(core, COLOURS), corners=corners,
-                  fill=round(fill, 3), solidity=round(solidity, 3))
+                  fill=round(fill, 3), solidity=round(solidity, 3), striped=stripes > STRIPES,
+                  stripes=round(stripes, 3))
     return result
 
 

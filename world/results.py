@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Measures what training does in the tiny world, with the judge, and prints a Markdown table:
+"""Measures what training does in the tiny world, with the judge, and prints Markdown tables:
 
   1. base model prompt fidelity: images judged to show the prompted shape and colour, for the
      colour-shape pairs it was trained on and for those held out of its dataset (shapes.HELD_OUT);
@@ -7,7 +7,10 @@
      preservation (class "a red shape on a white background", images the base model generates):
      instance fidelity (sks generations judged to be stars), and what happens to the class and to
      the shapes the base model knew (still judged correct), on the same seeds as the base model;
-  3. the mean pixel change of the class prompt's images from the base model's, same seeds.
+  3. how much the class prompt's images changed from the base model's, same seeds: the fraction
+     whose judged shape changed, and the mean pixel change;
+  4. full fine-tuning on a style (striped fills, captions that do not name it): the fraction of
+     images judged striped, and whether the prompts still give their shape and colour.
 
     python3 world/results.py [--base world/base] [--work build/world/results] [--samples 64]
 """
@@ -61,17 +64,26 @@ def fraction(files, shape=None, colour=None):
     return hits / len(files)
 
 
-def known_prompts_correct(binary, model, out_dir, samples):
-    """Fractions of images judged to show the prompted shape and colour, for the colour-shape pairs
-    of the base model's dataset and for the pairs held out of it (white background)."""
+def known_prompts(binary, model, out_dir, samples):
+    """Images of the base model's captions (every colour-shape pair, white background), judged:
+    {"trained", "held_out"}: the fractions showing the prompted shape and colour, for the pairs of
+    the base model's dataset and for those held out of it; "striped": the fraction with striped
+    fills."""
     pairs = list(itertools.product(shapes.BASE_SHAPES, shapes.COLOURS))
     per = max(1, samples // len(pairs))
-    right = {True: [], False: []}  # held out? -> verdicts
+    right = {True: [], False: []}  # held out? -> fractions
+    striped = []
     for shape, colour in pairs:
         files = generate(binary, model, shapes.caption(shape, colour, "white"), out_dir / f"{colour}-{shape}", per,
                          per_call=per)
         right[(colour, shape) in shapes.HELD_OUT].append(fraction(files, shape, colour))
-    return np.mean(right[False]), np.mean(right[True])
+        striped += [judge(f)["striped"] for f in files]
+    return {"trained": np.mean(right[False]), "held_out": np.mean(right[True]), "striped": np.mean(striped)}
+
+
+def changed_shapes(files_a, files_b):
+    """The fraction of image pairs (same prompt and seed, two models) whose judged shape differs."""
+    return np.mean([judge(a)["shape"] != judge(b)["shape"] for a, b in zip(files_a, files_b)])
 
 
 def mean_change(files_a, files_b):
@@ -86,6 +98,8 @@ def main():
     ap.add_argument("--work", type=Path, default=HERE.parent / "build" / "world" / "results")
     ap.add_argument("--samples", type=int, default=64)
     ap.add_argument("--steps", type=int, default=300, help="DreamBooth optimizer steps")
+    ap.add_argument("--style-images", type=int, default=600, help="striped images for full fine-tuning")
+    ap.add_argument("--style-steps", type=int, default=500, help="full fine-tuning optimizer steps")
     ap.add_argument("--bin", type=Path, default=HERE.parent / "build" / "sdtune")
     args = ap.parse_args()
     started = time.time()
@@ -96,11 +110,11 @@ def main():
                          template="a {colour} sks shape on a {background} background")
 
     rows = {}
-    base_known = known_prompts_correct(args.bin, args.base, work / "base" / "known", args.samples)
+    base_known = known_prompts(args.bin, args.base, work / "base" / "known", args.samples)
     base_class = generate(args.bin, args.base, CLASS, work / "base" / "class", args.samples)
     base_sks = generate(args.bin, args.base, INSTANCE, work / "base" / "sks", args.samples)
-    rows["base model"] = dict(known=base_known[0], held_out=base_known[1], sks_star=fraction(base_sks, "star"),
-                              class_star=fraction(base_class, "star"), change=0.0)
+    rows["base model"] = dict(**base_known, sks_star=fraction(base_sks, "star"),
+                              class_star=fraction(base_class, "star"), changed=0.0, change=0.0)
     for prior in (False, True):
         name = "DreamBooth, prior preservation " + ("on" if prior else "off")
         out = work / ("db-prior" if prior else "db-plain")
@@ -112,18 +126,37 @@ def main():
                "--seed", 0, "--quiet", *extra)
         sks = generate(args.bin, out, INSTANCE, out / "gen-sks", args.samples)
         cls = generate(args.bin, out, CLASS, out / "gen-class", args.samples)
-        known, held_out = known_prompts_correct(args.bin, out, out / "gen-known", args.samples)
-        rows[name] = dict(known=known, held_out=held_out,
+        rows[name] = dict(**known_prompts(args.bin, out, out / "gen-known", args.samples),
                           sks_star=fraction(sks, "star"), class_star=fraction(cls, "star"),
-                          change=mean_change(base_class, cls))
+                          changed=changed_shapes(base_class, cls), change=mean_change(base_class, cls))
+    db_seconds = time.time() - started
 
+    # Full fine-tuning, the Naruto recipe in miniature: a dataset of one style (striped fills), its
+    # captions saying only what is drawn; the UNet alone trains, as train_text_to_image.py does.
+    striped = work / "striped"
+    shapes.write_dataset(striped, args.style_images, seed=2, fills=("striped",))
+    style = work / "style"
+    sdtune(args.bin, "train", "--model", args.base, "--data", striped, "--out", style, "--resolution", shapes.SIZE,
+           "--center-crop", "--cache-latents", "--cache-dir", work / "cache", "--batch-size", 32,
+           "--max-steps", args.style_steps, "--learning-rate", 2e-4, "--lr-warmup-steps", 0,
+           "--checkpointing-steps", 0, "--seed", 0, "--quiet")
+    style_known = known_prompts(args.bin, style, style / "gen-known", args.samples)
+
+    print(f"DreamBooth on 8 red stars, \"{INSTANCE}\", {args.steps} steps (text encoder trained too); class "
+          f"\"{CLASS}\"; {args.samples} samples per prompt kind, seeds 0, 1, ...\n")
     print(f"| model | trained pairs judged correct | held-out pairs judged correct | \"{INSTANCE}\" judged a star | "
-          f"\"{CLASS}\" judged a star | class images' mean pixel change from the base model |")
-    print("| --- | --- | --- | --- | --- | --- |")
+          f"\"{CLASS}\" judged a star | class images whose judged shape changed | class images' mean pixel change |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, r in rows.items():
-        print(f"| {name} | {r['known']:.0%} | {r['held_out']:.0%} | {r['sks_star']:.0%} | {r['class_star']:.0%} | {r['change']:.1f} |")
-    print(f"\n{args.samples} samples per prompt kind; {args.steps} DreamBooth steps; {time.time() - started:.0f} s")
-
+        print(f"| {name} | {r['trained']:.0%} | {r['held_out']:.0%} | {r['sks_star']:.0%} | {r['class_star']:.0%} | "
+              f"{r['changed']:.0%} | {r['change']:.1f} |")
+    print(f"\nFull fine-tuning on {args.style_images} striped shapes (captions without the style), "
+          f"{args.style_steps} steps at batch 32, UNet only:\n")
+    print("| model | images judged striped | trained pairs judged correct | held-out pairs judged correct |")
+    print("| --- | --- | --- | --- |")
+    for name, r in (("base model", base_known), ("fine-tuned on striped shapes", style_known)):
+        print(f"| {name} | {r['striped']:.0%} | {r['trained']:.0%} | {r['held_out']:.0%} |")
+    print(f"\n{time.time() - started:.0f} s ({db_seconds:.0f} s to the end of the DreamBooth rows)")
 
 if __name__ == "__main__":
     main()
