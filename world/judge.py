@@ -137,9 +137,10 @@ def corner_count(region, prominence=CORNER_PROMINENCE, half_window=7):
 def stripe_score(region, distance):
     """How striped a region is: the amplitude of its row profile (the mean distance from the
     background of each row's region pixels) at the stripes' period, relative to the profile's mean.
-    Horizontal bands of the colour and of its mix with the background make the profile a square
-    wave, whose fundamental has amplitude (4/pi)(STRIPE_MIX/2) ~ 0.25 of the colour's distance; a
-    flat fill's profile is constant but for its blurred top and bottom rows, which are left out."""
+    Horizontal bands of the colour (distance D) and of its mix with the background (distance
+    (1 - STRIPE_MIX) D) make the profile a square wave of mean (1 - STRIPE_MIX/2) D whose
+    fundamental has amplitude (4/pi)(STRIPE_MIX/2) D: a score of 0.32 for clean stripes. A flat
+    fill's profile is constant but for its blurred top and bottom rows, which are left out."""
     rows = [y for y in range(region.shape[0]) if region[y].sum() >= 3][2:-2]
     if len(rows) < STRIPE_PERIOD:
         return 0.0

@@ -42,7 +42,7 @@ def sdtune(binary, *args):
     return proc.stdout
 
 
-def generate(binary, model, prompt, out_dir, samples, steps=20, per_call=8):
+def generate(binary, model, prompt, out_dir, samples, steps=20, per_call=16):
     """`samples` images of `prompt`: seeds 0, 1, ... (each call makes per_call images from one seed)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
@@ -66,18 +66,22 @@ def fraction(files, shape=None, colour=None):
 
 def known_prompts(binary, model, out_dir, samples):
     """Images of the base model's captions (every colour-shape pair, white background), judged:
-    {"trained", "held_out"}: the fractions showing the prompted shape and colour, for the pairs of
-    the base model's dataset and for those held out of it; "striped": the fraction with striped
-    fills."""
-    pairs = list(itertools.product(shapes.BASE_SHAPES, shapes.COLOURS))
-    per = max(1, samples // len(pairs))
-    right = {True: [], False: []}  # held out? -> fractions
+    {"trained", "held_out"}: the fractions showing the prompted shape and colour, over at least
+    `samples` images each, of the pairs in the base model's dataset and of those held out of it;
+    "striped": the fraction of all of them with striped fills."""
+    right = {True: [], False: []}  # held out? -> verdicts
     striped = []
-    for shape, colour in pairs:
-        files = generate(binary, model, shapes.caption(shape, colour, "white"), out_dir / f"{colour}-{shape}", per,
-                         per_call=per)
-        right[(colour, shape) in shapes.HELD_OUT].append(fraction(files, shape, colour))
-        striped += [judge(f)["striped"] for f in files]
+    for held_out in (False, True):
+        pairs = [(s, c) for s, c in itertools.product(shapes.BASE_SHAPES, shapes.COLOURS)
+                 if ((c, s) in shapes.HELD_OUT) == held_out]
+        per = -(-samples // len(pairs))
+        for shape, colour in pairs:
+            files = generate(binary, model, shapes.caption(shape, colour, "white"), out_dir / f"{colour}-{shape}",
+                             per, per_call=per)
+            for f in files:
+                verdict = judge(f)
+                right[held_out].append(verdict["shape"] == shape and verdict["colour"] == colour)
+                striped.append(verdict["striped"])
     return {"trained": np.mean(right[False]), "held_out": np.mean(right[True]), "striped": np.mean(striped)}
 
 

@@ -85,3 +85,16 @@ def test_a_small_blurred_star_is_still_a_star():
         star = Image.fromarray(shapes.render("star", "red", "white", 32, 32, r)).filter(ImageFilter.GaussianBlur(2))
         verdict = judge(np.asarray(star))
         assert verdict["shape"] == "star", verdict
+
+
+def test_stripe_score_is_the_square_waves_fundamental():
+    """A large striped square: its row profile is a square wave between D and (1 - mix) D, whose
+    fundamental relative to the mean is (4/pi)(mix/2) / (1 - mix/2); a flat square scores ~0."""
+    mix = shapes.STRIPE_MIX
+    expected = (4 / np.pi) * (mix / 2) / (1 - mix / 2)
+    for colour, background in (("red", "white"), ("green", "black"), ("yellow", "white")):
+        striped = judge(shapes.render("square", colour, background, 32, 32, 20, fill="striped"))
+        flat = judge(shapes.render("square", colour, background, 32, 32, 20))
+        assert striped["striped"] and abs(striped["stripes"] - expected) < 0.03, (colour, striped)
+        assert not flat["striped"] and flat["stripes"] < 0.01
+        assert striped["shape"] == flat["shape"] == "square" and striped["colour"] == colour
