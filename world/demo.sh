@@ -27,7 +27,7 @@ rm -rf "$OUT/finetuned"
 "$SDTUNE" dreambooth --model "$BASE" --instance-data "$OUT/stars" --instance-prompt "$INSTANCE" \
   --with-prior-preservation --class-prompt "$CLASS" --class-data "$OUT/class-images" \
   --num-class-images 32 --class-inference-steps 20 --train-text-encoder \
-  --resolution 64 --center-crop --batch-size 4 --max-steps "$STEPS" --learning-rate 2e-4 \
+  --resolution 64 --center-crop --batch-size 4 --max-steps "$STEPS" --learning-rate 4e-4 \
   --lr-warmup-steps 0 --checkpointing-steps 0 --seed 0 --out "$OUT/finetuned"
 
 echo "== comparison grid: base / fine-tuned x \"a red sks shape\" / \"a red shape\" x 4 seeds"

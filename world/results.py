@@ -126,7 +126,7 @@ def main():
                  "--num-class-images", 32, "--class-inference-steps", 20] if prior else []
         sdtune(args.bin, "dreambooth", "--model", args.base, "--instance-data", stars, "--instance-prompt", INSTANCE,
                "--out", out, "--resolution", shapes.SIZE, "--center-crop", "--batch-size", 4, "--max-steps", args.steps,
-               "--learning-rate", 2e-4, "--lr-warmup-steps", 0, "--train-text-encoder", "--checkpointing-steps", 0,
+               "--learning-rate", 4e-4, "--lr-warmup-steps", 0, "--train-text-encoder", "--checkpointing-steps", 0,
                "--seed", 0, "--quiet", *extra)
         sks = generate(args.bin, out, INSTANCE, out / "gen-sks", args.samples)
         cls = generate(args.bin, out, CLASS, out / "gen-class", args.samples)
