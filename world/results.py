@@ -9,7 +9,10 @@
      the shapes the base model knew (still judged correct), on the same seeds as the base model;
   3. how much the class prompt's images changed from the base model's, same seeds: the fraction
      whose judged shape changed, and the mean pixel change;
-  4. full fine-tuning on a style (striped fills, captions that do not name it): the fraction of
+  4. the class prompt under classifier-free guidance 1, 3 and 7.5 for each of these models: what
+     the images are judged to be, and how much of the image the shape covers (guidance extrapolates
+     from the unconditional prediction along what fine-tuning changed, so it can exaggerate it);
+  5. full fine-tuning on a style (striped fills, captions that do not name it): the fraction of
      images judged striped, and whether the prompts still give their shape and colour.
 
     python3 world/results.py [--base world/base] [--work build/world/results] [--samples 64]
@@ -29,10 +32,11 @@ from PIL import Image
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import shapes  # noqa: E402
-from judge import judge  # noqa: E402
+from judge import FOREGROUND_DISTANCE, judge  # noqa: E402
 
 INSTANCE = "a red sks shape on a white background"
 CLASS = "a red shape on a white background"
+GUIDANCE = (1.0, 3.0, 7.5)  # classifier-free guidance scales of the class prompt's sweep; 7.5 everywhere else
 
 
 def sdtune(binary, *args):
@@ -42,14 +46,14 @@ def sdtune(binary, *args):
     return proc.stdout
 
 
-def generate(binary, model, prompt, out_dir, samples, steps=20, per_call=16):
+def generate(binary, model, prompt, out_dir, samples, steps=20, per_call=16, guidance=7.5):
     """`samples` images of `prompt`: seeds 0, 1, ... (each call makes per_call images from one seed)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
     for seed in range((samples + per_call - 1) // per_call):
         stem = out_dir / f"s{seed}"
         sdtune(binary, "generate", "--model", model, "--prompt", prompt, "--seed", seed, "--steps", steps,
-               "--num-images", per_call, "--out", f"{stem}.png", "--quiet")
+               "--num-images", per_call, "--guidance-scale", guidance, "--out", f"{stem}.png", "--quiet")
         # One image is written as OUT itself, several as OUT-0.png, OUT-1.png, ...
         files += [stem.with_name(f"{stem.name}-{i}.png") for i in range(per_call)] if per_call > 1 else \
             [stem.with_name(f"{stem.name}.png")]
@@ -90,6 +94,16 @@ def changed_shapes(files_a, files_b):
     return np.mean([judge(a)["shape"] != judge(b)["shape"] for a, b in zip(files_a, files_b)])
 
 
+def covered(files):
+    """The mean fraction of the image that stands out from the background (the judge's foreground)."""
+    out = []
+    for f in files:
+        rgb = np.asarray(Image.open(f).convert("RGB"), float)
+        bg = np.median(np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]), axis=0)
+        out.append((np.linalg.norm(rgb - bg, axis=-1) > FOREGROUND_DISTANCE).mean())
+    return np.mean(out)
+
+
 def mean_change(files_a, files_b):
     a = np.stack([np.asarray(Image.open(f), float) for f in files_a])
     b = np.stack([np.asarray(Image.open(f), float) for f in files_b])
@@ -118,7 +132,9 @@ def main():
     base_class = generate(args.bin, args.base, CLASS, work / "base" / "class", args.samples)
     base_sks = generate(args.bin, args.base, INSTANCE, work / "base" / "sks", args.samples)
     rows["base model"] = dict(**base_known, sks_star=fraction(base_sks, "star"),
-                              class_star=fraction(base_class, "star"), changed=0.0, change=0.0)
+                              class_star=fraction(base_class, "star"), class_none=fraction(base_class, "none"),
+                              changed=0.0, change=0.0)
+    class_models = {"base model": (args.base, work / "base", base_class)}  # name -> (model, out, class images)
     for prior in (False, True):
         name = "DreamBooth, prior preservation " + ("on" if prior else "off")
         out = work / ("db-prior" if prior else "db-plain")
@@ -130,9 +146,18 @@ def main():
                "--seed", 0, "--quiet", *extra)
         sks = generate(args.bin, out, INSTANCE, out / "gen-sks", args.samples)
         cls = generate(args.bin, out, CLASS, out / "gen-class", args.samples)
+        class_models["prior preservation " + ("on" if prior else "off")] = (out, out, cls)
         rows[name] = dict(**known_prompts(args.bin, out, out / "gen-known", args.samples),
                           sks_star=fraction(sks, "star"), class_star=fraction(cls, "star"),
-                          changed=changed_shapes(base_class, cls), change=mean_change(base_class, cls))
+                          class_none=fraction(cls, "none"), changed=changed_shapes(base_class, cls),
+                          change=mean_change(base_class, cls))
+    # The class prompt under weaker guidance: how much of what the table shows is guidance's doing.
+    sweep = {}
+    for name, (model, out, cls) in class_models.items():
+        for g in GUIDANCE:
+            files = cls if g == 7.5 else generate(args.bin, model, CLASS, out / f"class-g{g:g}", args.samples,
+                                                  guidance=g)
+            sweep[name, g] = {s: fraction(files, s) for s in ("star", "circle", "none")} | {"covered": covered(files)}
     db_seconds = time.time() - started
 
     # Full fine-tuning, the Naruto recipe in miniature: a dataset of one style (striped fills), its
@@ -149,11 +174,20 @@ def main():
     print(f"DreamBooth on 8 red stars, \"{INSTANCE}\", {args.steps} steps (text encoder trained too); class "
           f"\"{CLASS}\"; {args.samples} samples per prompt kind, seeds 0, 1, ...\n")
     print(f"| model | trained pairs judged correct | held-out pairs judged correct | \"{INSTANCE}\" judged a star | "
-          f"\"{CLASS}\" judged a star | class images whose judged shape changed | class images' mean pixel change |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+          f"\"{CLASS}\" judged a star | \"{CLASS}\" judged no shape (cut off or too large) | class images whose judged shape "
+          f"changed | class images' mean pixel change |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in rows.items():
         print(f"| {name} | {r['trained']:.0%} | {r['held_out']:.0%} | {r['sks_star']:.0%} | {r['class_star']:.0%} | "
-              f"{r['changed']:.0%} | {r['change']:.1f} |")
+              f"{r['class_none']:.0%} | {r['changed']:.0%} | {r['change']:.1f} |")
+    print(f"\n\"{CLASS}\" by guidance scale, {args.samples} images each (same seeds): judged star / circle / no shape, "
+          f"and the mean fraction of the image the shape covers:\n")
+    print("| model | " + " | ".join(f"guidance {g:g}" for g in GUIDANCE) + " |")
+    print("| --- |" + " --- |" * len(GUIDANCE))
+    for name in class_models:
+        cells = [f"{r['star']:.0%} / {r['circle']:.0%} / {r['none']:.0%}, covers {r['covered']:.0%}"
+                 for r in (sweep[name, g] for g in GUIDANCE)]
+        print(f"| {name} | " + " | ".join(cells) + " |")
     print(f"\nFull fine-tuning on {args.style_images} striped shapes (captions without the style), "
           f"{args.style_steps} steps at batch 32, UNet only:\n")
     print("| model | images judged striped | trained pairs judged correct | held-out pairs judged correct |")
