@@ -115,7 +115,7 @@ def main():
     ap.add_argument("--base", type=Path, default=HERE / "base")
     ap.add_argument("--work", type=Path, default=HERE.parent / "build" / "world" / "results")
     ap.add_argument("--samples", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=300, help="DreamBooth optimizer steps")
+    ap.add_argument("--steps", type=int, default=800, help="DreamBooth optimizer steps (world/demo.sh's)")
     ap.add_argument("--style-images", type=int, default=600, help="striped images for full fine-tuning")
     ap.add_argument("--style-steps", type=int, default=500, help="full fine-tuning optimizer steps")
     ap.add_argument("--bin", type=Path, default=HERE.parent / "build" / "sdtune")
