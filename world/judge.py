@@ -40,6 +40,11 @@ def nearest(rgb, palette):
     return names[int(np.argmin(d))]
 
 
+def background(rgb):
+    """The background colour of an RGB image [H, W, 3]: the median colour of its border pixels."""
+    return np.median(np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]), axis=0)
+
+
 def largest_component(mask):
     """The largest 4-connected region of a boolean mask, as a boolean mask."""
     h, w = mask.shape
@@ -163,8 +168,7 @@ def judge(image):
     if not isinstance(image, np.ndarray):
         image = np.asarray(Image.open(image).convert("RGB"))
     rgb = image.astype(float)
-    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
-    bg = np.median(border, axis=0)
+    bg = background(rgb)
     mask = np.linalg.norm(rgb - bg, axis=-1) > FOREGROUND_DISTANCE
     result = {"background": nearest(bg, BACKGROUNDS), "shape": "none", "colour": "none", "corners": 0,
               "fill": 0.0, "solidity": 0.0, "striped": False, "stripes": 0.0}

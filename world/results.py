@@ -32,7 +32,7 @@ from PIL import Image
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import shapes  # noqa: E402
-from judge import FOREGROUND_DISTANCE, judge  # noqa: E402
+from judge import FOREGROUND_DISTANCE, background, judge  # noqa: E402
 
 INSTANCE = "a red sks shape on a white background"
 CLASS = "a red shape on a white background"
@@ -99,8 +99,7 @@ def covered(files):
     out = []
     for f in files:
         rgb = np.asarray(Image.open(f).convert("RGB"), float)
-        bg = np.median(np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]), axis=0)
-        out.append((np.linalg.norm(rgb - bg, axis=-1) > FOREGROUND_DISTANCE).mean())
+        out.append((np.linalg.norm(rgb - background(rgb), axis=-1) > FOREGROUND_DISTANCE).mean())
     return np.mean(out)
 
 
