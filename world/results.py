@@ -19,6 +19,7 @@
 """
 
 import argparse
+import functools
 import itertools
 import shutil
 import subprocess
@@ -32,11 +33,13 @@ from PIL import Image
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import shapes  # noqa: E402
-from judge import FOREGROUND_DISTANCE, background, judge  # noqa: E402
+import judge as judge_module  # noqa: E402
+from judge import FOREGROUND_DISTANCE, background  # noqa: E402
 
 INSTANCE = "a red sks shape on a white background"
 CLASS = "a red shape on a white background"
-GUIDANCE = (1.0, 3.0, 7.5)  # classifier-free guidance scales of the class prompt's sweep; 7.5 everywhere else
+GUIDANCE_SCALE = 7.5  # classifier-free guidance of every image but the sweep's
+GUIDANCE = (1.0, 3.0, GUIDANCE_SCALE)  # the class prompt's guidance sweep
 
 
 def sdtune(binary, *args):
@@ -46,7 +49,11 @@ def sdtune(binary, *args):
     return proc.stdout
 
 
-def generate(binary, model, prompt, out_dir, samples, steps=20, per_call=16, guidance=7.5):
+# Each image is judged once: the tables ask several questions of the same images.
+judge = functools.lru_cache(maxsize=None)(judge_module.judge)
+
+
+def generate(binary, model, prompt, out_dir, samples, steps=20, per_call=16, guidance=GUIDANCE_SCALE):
     """`samples` images of `prompt`: seeds 0, 1, ... (each call makes per_call images from one seed)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
@@ -154,8 +161,8 @@ def main():
     sweep = {}
     for name, (model, out, cls) in class_models.items():
         for g in GUIDANCE:
-            files = cls if g == 7.5 else generate(args.bin, model, CLASS, out / f"class-g{g:g}", args.samples,
-                                                  guidance=g)
+            files = cls if g == GUIDANCE_SCALE else \
+                generate(args.bin, model, CLASS, out / f"class-g{g:g}", args.samples, guidance=g)
             sweep[name, g] = {s: fraction(files, s) for s in ("star", "circle", "none")} | {"covered": covered(files)}
     db_seconds = time.time() - started
 
