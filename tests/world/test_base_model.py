@@ -5,8 +5,6 @@ broken model or a broken generation pipeline fails here."""
 import sys
 from pathlib import Path
 
-import pytest
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "world"))
 import shapes  # noqa: E402
 from judge import judge  # noqa: E402
@@ -14,9 +12,6 @@ from judge import judge  # noqa: E402
 BASE = Path(__file__).resolve().parents[2] / "world" / "base"
 
 
-# Until the base model ships (issue 6: world/build_base.sh makes it), this test is reported as
-# skipped, not passed.
-@pytest.mark.skipif(not (BASE / "model_index.json").is_file(), reason="world/base not shipped yet")
 def test_base_model_draws_the_prompted_shape_and_colour(run_sdtune, tmp_path):
     results = []
     for shape in shapes.BASE_SHAPES:

@@ -36,7 +36,6 @@ def shapes_drawn(run_sdtune, model, prompt, folder):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (BASE / "model_index.json").is_file(), reason="world/base not shipped yet")
 def test_prior_preservation_keeps_the_class_prompt_from_drifting(run_sdtune, tmp_path):
     stars = tmp_path / "stars"
     shapes.write_dataset(stars, 8, seed=1, shapes=("star",), colours=("red",), backgrounds=("white",),
