@@ -4,7 +4,9 @@
 #   1. formatting (clang-format) of our C++;
 #   2. C++ unit tests (GoogleTest) of the Release build;
 #   3. pytest: parity against diffusers/transformers, tokenizer parity, CLI behaviour;
-#   4. under AddressSanitizer + UBSan: the unit tests and the bad-input tests again.
+#   4. the numerics-sensitive tests again under a second CPU instruction set (below);
+#   5. under AddressSanitizer + UBSan: the unit tests and the bad-input tests again.
+# To run it all as another CPU would: scripts/with_isa.sh avx2|avx512|default scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -19,8 +21,25 @@ echo "== C++ unit tests"
 build/sdtune_core_tests --gtest_brief=1
 build/sdtune_tests --gtest_brief=1
 
-echo "== pytest"
+echo "== pytest ($(scripts/with_isa.sh native 2>/dev/null || echo '?') kernels${ATEN_CPU_CAPABILITY:+, forced: $ATEN_CPU_CAPABILITY})"
 python3 -m pytest -q "$@"
+
+# Machines of our kind have Intel CPUs with AVX-512 or AMD CPUs with AVX2 only, and kernels round
+# differently on each (MKL and oneDNN block a matmul by instruction set). The tests whose claims
+# rest on float rounding (model, scheduler and pipeline parity, training steps, resume, caches,
+# LoRA) run again under the instruction set that this CPU does not pick by itself: AVX2 on an
+# AVX-512 machine, the generic one on an AVX2 machine. SDTUNE_SECOND_ISA=avx2|avx512|default
+# chooses it, =none skips this pass.
+NUMERICS_TESTS=(tests/models tests/schedulers tests/pipeline tests/train tests/lora tests/cli/test_train.py)
+second=${SDTUNE_SECOND_ISA:-auto}
+if [ "$second" = auto ]; then
+  second=avx2
+  [ "${ATEN_CPU_CAPABILITY:-$(scripts/with_isa.sh native)}" = avx2 ] && second=default
+fi
+if [ "$second" != none ]; then
+  echo "== pytest: the numerics-sensitive tests again, with $second kernels"
+  scripts/with_isa.sh "$second" python3 -m pytest -q -p no:cacheprovider "${NUMERICS_TESTS[@]}" "$@"
+fi
 
 # AddressSanitizer + UBSan build (Debug): the unit tests, then the command line fed every kind of
 # malformed input (files, configs, weights, tensors) -- where bad input meets memory.

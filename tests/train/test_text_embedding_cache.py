@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from parity import check
+from reference_training import check_update, make_data, reference_run
 from safetensors.torch import load_file
+from train_runs import metrics
 
 R = 32
 
@@ -68,14 +71,28 @@ def test_cached_run_trains_exactly_as_uncached(tiny, run_sdtune, tmp_path):
     assert any(not torch.equal(base[k], ref[k]) for k in base)
 
 
-def test_text_cache_alone_is_bitwise(tiny, run_sdtune, tmp_path):
-    """Batches of 2: each caption's embedding does not depend on the batch it is in."""
-    data = make_images(tmp_path / "data", CAPTIONS)
-    run_sdtune(*train_args(tiny, data, tmp_path / "plain", "--use-ema"))
-    run_sdtune(*train_args(tiny, data, tmp_path / "cached", "--use-ema", "--cache-text-encoder-outputs",
+def test_text_cache_at_batch_2_trains_as_uncached(tiny, run_sdtune, tmp_path):
+    """Batches of 2. The cache runs the text encoder on one caption at a time, the plain run on the
+    batch's two, and MKL/oneDNN block a matmul differently for different row counts on some CPUs
+    (AVX2) but not on others (AVX-512): the embeddings agree to float rounding, not bitwise. So do
+    both trainings, then: the step-1 loss to float rounding, and the weights (EMA) as close to
+    diffusers' exact (float64) training as torch's own float32 run of it is
+    (tests/helpers/reference_training.py). The bitwise claim holds where the shapes are the same:
+    batch 1, above. Embeddings are not computed one caption per forward in the plain run to make it
+    bitwise here: that would cost a batch-size-fold more text-encoder launches per step."""
+    images, captions = make_data(tmp_path / "data", CAPTIONS)
+    common = ["--center-crop", "--use-ema"]
+    run_sdtune(*train_args(tiny, tmp_path / "data", tmp_path / "plain", *common))
+    run_sdtune(*train_args(tiny, tmp_path / "data", tmp_path / "cached", *common, "--cache-text-encoder-outputs",
                            "--cache-dir", tmp_path / "cache"))
-    a, b = unet(tmp_path / "plain"), unet(tmp_path / "cached")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    plain, cached = ([m["loss"] for m in metrics(tmp_path / run)] for run in ("plain", "cached"))
+    check("text cache at batch 2: step-1 loss", torch.tensor(cached[0]), torch.tensor(plain[0]), 1e-6)
+    check("text cache at batch 2: losses", torch.tensor(cached), torch.tensor(plain), 1e-5)
+    run = dict(steps=3, batch=2, accum=1, lr=1e-3, seed=7, use_ema=True)
+    _, before, _, averaged, _ = reference_run(tiny, images, captions, **run)
+    _, _, _, exact, _ = reference_run(tiny, images, captions, dtype=torch.float64, **run)
+    for name in ("plain", "cached"):
+        check_update(f"text cache at batch 2: {name} run", unet(tmp_path / name), averaged, exact, before, 1e-3)
 
 
 def test_entries_are_the_text_encoders_last_hidden_state(tiny, run_sdtune, tmp_path):
