@@ -44,8 +44,12 @@ QUANTILES = (0.5, 0.9)
 # AdamW steps the two trajectories' quantiles differ by 0.52–1.66× (measured: AVX2, generic ISA):
 # 3 covers that twice. A real defect moves the bulk by far more: weight decay dropped, 100×.
 BULK_FACTOR = 3.0
-# No element may be off by more than this many lr (a flipped first step moves it by up to 2·lr).
-MAX_OFF = 0.5
+# Per tensor, the median element may be off by at most this many lr. A tensor that the optimizer
+# skipped, or stepped with another lr, is off by ~lr in nearly every element, however small it is
+# (the quantiles above would not see a 320-element bias). Rounding can move a single element by up
+# to ~2·lr (a first-step gradient within rounding of zero: its sign decides ±lr), so no bound on
+# the largest element holds on every CPU; it never moves most of a tensor.
+TENSOR_MEDIAN_OFF = 0.5
 
 
 def make_data(folder, captions=CAPTIONS, size=R):
@@ -184,8 +188,8 @@ def _record(key, value):
 def check_update(name, ours, ref, exact, before, lr):
     """sdtune's trained weights `ours` against the exact (float64) run of the reference, measured
     by the yardstick of torch's float32 run `ref` of that same reference (see the top): each of
-    QUANTILES of the differences in ulps at most BULK_FACTOR× torch's + 1, and no element off by
-    more than MAX_OFF·lr."""
+    QUANTILES of the differences in ulps at most BULK_FACTOR× torch's + 1, and each tensor's median
+    difference at most TENSOR_MEDIAN_OFF·lr."""
     keys = [k for k in exact if exact[k].is_floating_point()]
     updates = torch.cat([(exact[k].double() - before[k].double()).abs().flatten() for k in keys])
     assert float(updates.max()) > 0.5 * lr, f"{name}: the reference did not train"
@@ -196,6 +200,11 @@ def check_update(name, ours, ref, exact, before, lr):
         _record(f"{name}: {q:.0%} quantile of |diff| in ulps, torch fp32", b)
         assert a <= BULK_FACTOR * b + 1, (f"{name}: {q:.0%} of the weights are within {a:.3g} ulps of the exact run, "
                                           f"torch's float32 run within {b:.3g}: more than rounding")
-    largest = max(float((ours[k].double() - exact[k].double()).abs().max()) for k in keys) / lr
-    _record(f"{name}: largest difference / lr, sdtune", largest)
-    assert largest <= MAX_OFF, f"{name}: a weight differs from the exact run by {largest:.2f}·lr"
+    for k in keys:
+        diff = (ours[k].double() - exact[k].double()).abs().flatten()
+        median = _quantile(diff, 0.5) / lr
+        _record(f"{name}: largest tensor median |diff| / lr, sdtune", median)
+        assert median <= TENSOR_MEDIAN_OFF, f"{name}: {k} differs from the exact run by {median:.2f}·lr (median)"
+    for who, weights in (("sdtune", ours), ("torch fp32", ref)):  # for the record: not bounded (see above)
+        largest = max(float((weights[k].double() - exact[k].double()).abs().max()) for k in keys) / lr
+        _record(f"{name}: largest |diff| / lr, {who}", largest)
