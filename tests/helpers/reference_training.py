@@ -23,11 +23,10 @@ must be as close to the exact training as torch's own float32 run of diffusers i
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from parity import WORST
-from PIL import Image
+from train_runs import random_images
 
 R = 32  # the tiny VAE halves it: 16×16 latents, the tiny UNet's sample_size
 CAPTIONS = ["a red square", "a green circle", "", "two blue triangles on a white background"]
@@ -56,16 +55,11 @@ def make_data(folder, captions=CAPTIONS, size=R):
     """Random size×size images with captions in folder/metadata.jsonl; returns (pixels, captions).
     Images at the training resolution make resizing and cropping the identity on both sides
     (torchvision's bilinear Resize and our Lanczos are different filters by design)."""
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    rows = []
-    for i, caption in enumerate(captions):
-        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / f"{i}.png")
-        rows.append({"file_name": f"{i}.png", "text": caption})
+    images = random_images(folder, len(captions), seed=0, size=size)
+    rows = [{"file_name": f"{i}.png", "text": caption} for i, caption in enumerate(captions)]
     (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     # The trainer sorts by path: 0.png … 3.png (fewer than 10 images).
-    return [np.array(Image.open(folder / f"{i}.png")) for i in range(len(captions))], list(captions)
+    return images, list(captions)
 
 
 def reference_run(folder, images, captions, *, steps, batch, accum, lr, seed, use_ema, snr_gamma=None,
