@@ -1,6 +1,6 @@
-// Times full UNet training steps of sdtune on a pipeline folder: x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε
-// (DDPM add_noise), forward with encoder_hidden_states, the epsilon MSE loss, backward, one fused
-// AdamW update (lr 1e-5, weight decay 1e-2) and zero_grad. bench/train_step.py runs it next to
+// Times full UNet training steps of sdtune on a pipeline folder: the trainer's training_step()
+// (x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε, forward with encoder_hidden_states, the epsilon MSE loss,
+// backward), one fused AdamW update (lr 1e-5, weight decay 1e-2) and zero_grad. bench/train_step.py runs it next to
 // diffusers on the same weights and inputs and prints the ratio.
 //
 //   sdtune_bench_train_step --model DIR [--inputs in.safetensors | --batch B [--latent S]]
@@ -36,12 +36,12 @@
 #include "sdtune/error.h"
 #include "sdtune/io/tensor.h"
 #include "sdtune/lora/adapters.h"
-#include "sdtune/models/stable_diffusion.h"
+#include "sdtune/models/component_loader.h"
 #include "sdtune/schedulers/scheduler.h"
 #include "sdtune/train/adamw.h"
-#include "sdtune/train/autocast.h"
 #include "sdtune/train/determinism.h"
-#include "sdtune/train/diffusion_loss.h"
+#include "sdtune/train/loss_scaler.h"
+#include "sdtune/train/training_step.h"
 
 namespace {
 
@@ -120,7 +120,6 @@ void run(const Args& a) {
   if (a.lora_rank > 0) load.dtype = autocast.value_or(at::kFloat);  // frozen: compute dtype
   auto unet = sdtune::models::load_unet(folder, load);
   const auto scheduler = sched::SchedulerConfig::from_json(folder.component_config("scheduler"));
-  const at::Tensor alphas_cumprod = sched::make_noise_schedule(scheduler).alphas_cumprod.to(device);
 
   // The batch: x₀, ε, t, text embeddings, all on the device before timing starts.
   std::map<std::string, at::Tensor> in;
@@ -167,23 +166,26 @@ void run(const Args& a) {
       at::accelerator::synchronizeDevice(device.has_index() ? device.index()
                                                             : at::accelerator::getDeviceIndex());
   };
+  // The trainer's own step (train/training_step.h): add_noise, forward, the epsilon loss and
+  // backward, then the update.
+  train::StepOptions options{.schedule = sched::make_noise_schedule(scheduler),
+                             .prediction_type = sched::PredictionType::Epsilon,
+                             .num_train_timesteps = scheduler.num_train_timesteps,
+                             .autocast = autocast};
+  options.schedule.alphas_cumprod = options.schedule.alphas_cumprod.to(device);
+  const train::LossScaler no_scaling({.enabled = false}, device);
   auto step = [&] {
-    // x_t = √ᾱ_t · x₀ + √(1 − ᾱ_t) · ε (DDPMScheduler.add_noise).
-    const at::Tensor ac = alphas_cumprod.index_select(0, timesteps).reshape({batch, 1, 1, 1});
-    const at::Tensor noisy = at::pow(ac, 0.5) * latents + at::pow(1 - ac, 0.5) * noise;
-    at::Tensor loss;
-    {
-      sdtune::train::AutocastGuard scope(device.type(), autocast);
-      const at::Tensor model_pred = unet->forward(noisy, timesteps, context);
-      loss = train::diffusion_loss(model_pred, noise);  // epsilon target
-    }
-    loss.backward();
+    const train::StepLoss loss =
+        train::training_step(unet, nullptr, /*text_encoder_trains=*/false,
+                             {.latents = latents, .noise = noise, .timesteps = timesteps,
+                              .context = context},
+                             options, no_scaling);
     optimizer.step();
     optimizer.zero_grad();
-    return loss.detach();
+    return loss.loss;
   };
 
-  std::vector<at::Tensor> losses;
+  std::vector<double> losses;
   for (int i = 0; i < a.warmup; ++i) losses.push_back(step());
   std::vector<double> seconds;
   for (int i = 0; i < a.iters; ++i) {
@@ -204,9 +206,7 @@ void run(const Args& a) {
   out["seconds_per_step_mean"] = mean;
   out["seconds_per_step_median"] = n % 2 ? sorted[n / 2] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2;
   out["step_seconds"] = seconds;
-  std::vector<double> loss_values;
-  for (const at::Tensor& l : losses) loss_values.push_back(l.item<double>());
-  out["losses"] = loss_values;
+  out["losses"] = losses;
   out["batch"] = batch;
   out["trainable_parameters"] = optimizer.num_parameters();
   out["optimizer_state_bytes"] = optimizer.state_bytes();

@@ -9,7 +9,7 @@
 
 #include <c10/core/InferenceMode.h>
 
-#include "sdtune/models/stable_diffusion.h"
+#include "sdtune/models/component_loader.h"
 
 int main(int argc, char** argv) {
   if (argc != 9) {

@@ -11,7 +11,7 @@
 #include "sdtune/error.h"
 #include "sdtune/io/tensor.h"
 #include "sdtune/lora/lora.h"
-#include "sdtune/models/stable_diffusion.h"
+#include "sdtune/models/component_loader.h"
 
 namespace sdtune::cli {
 namespace {

@@ -5,7 +5,7 @@
 
 #include <CLI/CLI.hpp>
 
-#include "sdtune/models/stable_diffusion.h"
+#include "sdtune/models/component_loader.h"
 #include "sdtune/pipeline/stable_diffusion_pipeline.h"
 
 namespace sdtune::cli {

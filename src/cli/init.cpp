@@ -11,7 +11,8 @@
 #include "sdtune/io/model_folder.h"
 #include "sdtune/io/pipeline_writer.h"
 #include "sdtune/io/state_dict.h"
-#include "sdtune/models/stable_diffusion.h"
+#include "sdtune/models/component_loader.h"
+#include "sdtune/text/clip_tokenizer.h"
 
 namespace sdtune::cli {
 namespace {
@@ -34,7 +35,7 @@ void run(const InitFlags& f) {
       throw Error(std::string("model_index.json names no '") + name + "'",
                   (configs.root() / "model_index.json").string());
   // The tokenizer must load: a pipeline that cannot read prompts is no start.
-  models::load_tokenizer(configs);
+  text::ClipTokenizer::from_pipeline(configs);
   // LibTorch's default initialization (PyTorch's: Kaiming-uniform for Linear and Conv2d, N(0, 1)
   // for embeddings, identity for norms), drawn from a generator seeded with --seed.
   at::manual_seed(f.seed);

@@ -13,7 +13,7 @@
 #include "sdtune/io/pipeline_writer.h"
 #include "sdtune/io/state_dict.h"
 #include "sdtune/lora/lora.h"
-#include "sdtune/models/stable_diffusion.h"
+#include "sdtune/models/component_loader.h"
 
 namespace sdtune::cli {
 namespace {

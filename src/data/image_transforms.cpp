@@ -27,25 +27,6 @@ at::Tensor to_model_input(const at::Tensor& rgb) {
   return rgb.permute({2, 0, 1}).to(at::kFloat).div(127.5).sub(1.0).contiguous();
 }
 
-at::Tensor transform_image(const at::Tensor& rgb, const TransformOptions& options,
-                           at::Generator& gen) {
-  const int64_t r = options.resolution;
-  if (r <= 0) throw Error("resolution must be positive, got " + std::to_string(r));
-  at::Tensor img = resize_shorter_side(rgb, r);
-  const int64_t h = img.size(0), w = img.size(1);
-  int64_t top = 0, left = 0;
-  if (options.center_crop) {
-    top = center_crop_offset(h, r);
-    left = center_crop_offset(w, r);
-  } else {
-    top = at::randint(0, h - r + 1, {1}, gen, at::kLong).item<int64_t>();
-    left = at::randint(0, w - r + 1, {1}, gen, at::kLong).item<int64_t>();
-  }
-  img = img.slice(0, top, top + r).slice(1, left, left + r);
-  if (options.random_flip && at::rand({1}, gen).item<float>() < 0.5f) img = img.flip({1});
-  return to_model_input(img);
-}
-
 std::vector<BucketResolution> make_bucket_resolutions(int64_t max_width, int64_t max_height,
                                                       int64_t min_size, int64_t max_size,
                                                       int64_t divisible) {
@@ -90,6 +71,52 @@ at::Tensor resize_to_bucket(const at::Tensor& rgb, const BucketResolution& bucke
   at::Tensor img = (new_w == w && new_h == h) ? rgb : io::resize_image(rgb, new_w, new_h);
   const int64_t top = (new_h - bucket.height) / 2, left = (new_w - bucket.width) / 2;
   return img.slice(0, top, top + bucket.height).slice(1, left, left + bucket.width).contiguous();
+}
+
+int64_t bucket_index(int64_t width, int64_t height, const std::vector<BucketResolution>& buckets) {
+  const BucketResolution b = select_bucket(width, height, buckets);
+  return static_cast<int64_t>(std::find(buckets.begin(), buckets.end(), b) - buckets.begin());
+}
+
+namespace {
+
+// uint8 [H,W,3] -> the crop (uint8): the bucket, or Resize(R) then a center crop or, with `gen`,
+// a random one.
+at::Tensor crop(const at::Tensor& rgb, const TransformOptions& options, at::Generator* gen) {
+  if (!options.buckets.empty())
+    return resize_to_bucket(rgb, options.buckets[bucket_index(rgb.size(1), rgb.size(0),
+                                                              options.buckets)]);
+  const int64_t r = options.resolution;
+  if (r <= 0) throw Error("resolution must be positive, got " + std::to_string(r));
+  at::Tensor img = resize_shorter_side(rgb, r);
+  const int64_t h = img.size(0), w = img.size(1);
+  int64_t top = 0, left = 0;
+  if (options.center_crop) {
+    top = center_crop_offset(h, r);
+    left = center_crop_offset(w, r);
+  } else {
+    if (!gen) throw Error("a random crop draws from a generator: it cannot be cached");
+    top = at::randint(0, h - r + 1, {1}, *gen, at::kLong).item<int64_t>();
+    left = at::randint(0, w - r + 1, {1}, *gen, at::kLong).item<int64_t>();
+  }
+  return img.slice(0, top, top + r).slice(1, left, left + r);
+}
+
+}  // namespace
+
+at::Tensor transform_image(const at::Tensor& rgb, const TransformOptions& options,
+                           at::Generator& gen) {
+  at::Tensor img = crop(rgb, options, &gen);
+  if (draw_flip(options, gen)) img = img.flip({1});
+  return to_model_input(img);
+}
+
+at::Tensor transform_image_unflipped(const at::Tensor& rgb, const TransformOptions& options) {
+  return to_model_input(crop(rgb, options, nullptr));
+}
+
+bool draw_flip(const TransformOptions& options, at::Generator& gen) {
+  return options.random_flip && at::rand({1}, gen).item<float>() < 0.5f;
 }
 
 }  // namespace sdtune::data

@@ -15,4 +15,9 @@ io::StateDict canonical_clip_text_keys(io::StateDict state) {
   return out;
 }
 
+const std::vector<std::string>& clip_text_ignored_keys() {
+  static const std::vector<std::string> keys{"text_model.embeddings.position_ids"};
+  return keys;
+}
+
 }  // namespace sdtune::formats

@@ -9,6 +9,7 @@
 #include <vips/vips8>
 
 #include "sdtune/error.h"
+#include "sdtune/io/atomic_write.h"
 
 namespace sdtune::io {
 namespace {
@@ -226,28 +227,20 @@ std::string encode_png(const at::Tensor& rgb) {
 void write_png(const std::filesystem::path& path, const at::Tensor& rgb,
                const std::map<std::string, std::string>& text) {
   init_vips();
-  if (std::filesystem::exists(path))
-    throw Error("refusing to overwrite an existing file", path.string());
-  const std::filesystem::path tmp = path.string() + ".tmp." + std::to_string(::getpid()) + ".png";
-  try {
-    vips::VImage img = from_tensor(rgb);
-    int i = 0;
-    for (const auto& [key, value] : text)
-      img.set(("png-comment-" + std::to_string(i++) + "-" + key).c_str(), value.c_str());
-    img.pngsave(tmp.c_str());
-  } catch (const vips::VError& e) {
-    std::filesystem::remove(tmp);
-    throw Error("cannot write PNG: " + vips_message(e), path.string());
-  }
-  // link() fails if `path` appeared meanwhile, so a concurrent writer is never clobbered either.
-  if (::link(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    std::filesystem::remove(tmp);
-    throw Error(err == EEXIST ? "refusing to overwrite an existing file"
-                              : std::string("cannot create: ") + std::strerror(err),
-                path.string());
-  }
-  std::filesystem::remove(tmp);
+  io::write_file_atomically(
+      path,
+      [&](const std::filesystem::path& tmp) {
+        try {
+          vips::VImage img = from_tensor(rgb);
+          int i = 0;
+          for (const auto& [key, value] : text)
+            img.set(("png-comment-" + std::to_string(i++) + "-" + key).c_str(), value.c_str());
+          img.pngsave(tmp.c_str());
+        } catch (const vips::VError& e) {
+          throw Error("cannot write PNG: " + vips_message(e), path.string());
+        }
+      },
+      io::Existing::Refuse);
 }
 
 }  // namespace sdtune::io

@@ -1,16 +1,11 @@
 #include "sdtune/io/pipeline_writer.h"
 
-#include <fcntl.h>
-#include <unistd.h>
 
-#include <cerrno>
-#include <cstring>
 #include <fstream>
 #include <map>
-#include <system_error>
 
 #include "sdtune/error.h"
-#include "sdtune/io/remove_tree.h"
+#include "sdtune/io/atomic_write.h"
 #include "sdtune/io/tensor.h"
 
 namespace sdtune::io {
@@ -20,12 +15,6 @@ namespace {
 // The weight file each rewritten component gets (diffusers' and transformers' default names).
 const char* weight_file_name(const std::string& component) {
   return component == "text_encoder" ? "model.safetensors" : "diffusion_pytorch_model.safetensors";
-}
-
-void sync_tree(const fs::path& root) {
-  for (const auto& entry : fs::recursive_directory_iterator(root))
-    if (entry.is_regular_file() || entry.is_directory()) sync_path(entry.path());
-  sync_path(root);
 }
 
 // Copies a file's bytes. Symbolic links are followed: a Hugging Face cache snapshot is made of
@@ -56,8 +45,10 @@ void write_weights(const fs::path& path, const NamedTensors& tensors, at::Scalar
   write_tensors(path, converted, {{"format", "pt"}});
 }
 
-// Fills `dir` (an empty folder) with the complete pipeline.
-void write_folder(const ModelFolder& base, const fs::path& dir, const SavedWeights& weights) {
+}  // namespace
+
+void write_pipeline_folder(const ModelFolder& base, const fs::path& dir,
+                           const SavedWeights& weights) {
   const std::map<std::string, const std::optional<NamedTensors>*> rewritten{
       {"unet", &weights.unet}, {"text_encoder", &weights.text_encoder}, {"vae", &weights.vae}};
   for (const auto& [name, tensors] : rewritten)
@@ -86,25 +77,6 @@ void write_folder(const ModelFolder& base, const fs::path& dir, const SavedWeigh
     }
     write_weights(to / weight_file_name(component.name), **it->second, weights.save_dtype);
   }
-  sync_tree(dir);
-}
-
-// `path` with a suffix appended to its last component ("out" -> "out.tmp-123").
-fs::path sibling(const fs::path& path, const std::string& suffix) {
-  return path.parent_path() / (path.filename().string() + suffix);
-}
-
-}  // namespace
-
-// The renames that publish a folder must not reach the disk before the data they publish, or a
-// power loss could leave a complete-looking folder of holes.
-void sync_path(const fs::path& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw Error(std::string("cannot open for fsync: ") + std::strerror(errno), path);
-  const int rc = ::fsync(fd);
-  const int err = errno;
-  ::close(fd);
-  if (rc != 0) throw Error(std::string("fsync failed: ") + std::strerror(err), path);
 }
 
 void save_pipeline(const ModelFolder& base, const fs::path& out, const SavedWeights& weights) {
@@ -115,52 +87,7 @@ void save_pipeline(const ModelFolder& base, const fs::path& out, const SavedWeig
   if (target.empty()) throw Error("empty output path");
   if (fs::exists(target) && !fs::is_directory(target))
     throw Error("output path exists and is not a folder", target);
-  const std::string pid = std::to_string(::getpid());
-  const fs::path tmp = sibling(target, ".tmp-" + pid), old = sibling(target, ".old-" + pid);
-
-  try {
-    if (!target.parent_path().empty()) fs::create_directories(target.parent_path());
-    io::remove_tree(tmp);  // left over by an earlier process with our pid
-    fs::create_directory(tmp);
-    write_folder(base, tmp, weights);
-  } catch (...) {
-    std::error_code ignored;
-    io::remove_tree(tmp, ignored);
-    try {
-      throw;
-    } catch (const Error&) {
-      throw;
-    } catch (const fs::filesystem_error& e) {
-      throw Error(e.code().message(), e.path1().string());
-    } catch (const std::exception& e) {
-      throw Error(e.what(), tmp);
-    }
-  }
-
-  // The swap: between the two renames neither `target` nor a half-written folder exists under
-  // that name; `old` (complete) remains until the new folder is in place.
-  const bool replace = fs::exists(target);
-  std::error_code ec;
-  if (replace) {
-    io::remove_tree(old, ec);
-    fs::rename(target, old, ec);
-    if (ec) {
-      io::remove_tree(tmp, ec);
-      throw Error("cannot move the existing folder aside: " + ec.message(), target);
-    }
-  }
-  fs::rename(tmp, target, ec);
-  if (ec) {
-    const std::string message = ec.message();
-    if (replace) fs::rename(old, target, ec);  // put the old folder back
-    io::remove_tree(tmp, ec);
-    throw Error("cannot move the new folder into place: " + message, target);
-  }
-  if (!target.parent_path().empty()) sync_path(target.parent_path());
-  if (replace) {
-    io::remove_tree(old, ec);
-    if (ec) throw Error("saved, but cannot remove the previous folder: " + ec.message(), old);
-  }
+  publish_folder(target, [&](const fs::path& tmp) { write_pipeline_folder(base, tmp, weights); });
 }
 
 }  // namespace sdtune::io

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <set>
 #include <system_error>
 #include <utility>
@@ -18,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "sdtune/error.h"
+#include "sdtune/io/atomic_write.h"
 
 namespace sdtune::io {
 namespace {
@@ -159,27 +161,9 @@ Entry parse_entry(const std::string& name, const nlohmann::json& value, const st
   return entry;
 }
 
-// Removes the temporary file unless the write got as far as the rename.
-class TempFileGuard {
- public:
-  explicit TempFileGuard(std::filesystem::path path) : path_(std::move(path)) {}
-  ~TempFileGuard() {
-    if (file_ != nullptr) std::fclose(file_);
-    if (!committed_) {
-      std::error_code ignored;
-      std::filesystem::remove(path_, ignored);
-    }
-  }
-  TempFileGuard(const TempFileGuard&) = delete;
-  TempFileGuard& operator=(const TempFileGuard&) = delete;
-
-  FILE*& file() { return file_; }
-  void commit() { committed_ = true; }
-
- private:
-  std::filesystem::path path_;
-  FILE* file_ = nullptr;
-  bool committed_ = false;
+// Closes a FILE left open by an error (the normal path closes it and checks the result).
+struct FileCloser {
+  void operator()(FILE* f) const { std::fclose(f); }
 };
 
 }  // namespace
@@ -411,37 +395,28 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Tens
   for (std::size_t i = 0; i < kLenBytes; ++i)
     len_bytes[i] = static_cast<unsigned char>(static_cast<uint64_t>(header_text.size()) >> (8 * i));
 
-  // Same folder as the target so that the rename stays on one file system (and is atomic).
-  std::filesystem::path temp = path;
-  temp += ".tmp." + std::to_string(::getpid());
-  TempFileGuard guard(temp);
-  // Takes errno as an argument so that building the message cannot clobber it first.
-  auto io_fail = [&](const char* what, int err) -> Error {
-    return Error(std::string(what) + " " + temp.string() + ": " + errno_text(err), file);
-  };
-  FILE*& out = guard.file();
-  out = std::fopen(temp.c_str(), "wb");
-  if (out == nullptr) throw io_fail("cannot create temporary file", errno);
-  if (std::fwrite(len_bytes.data(), 1, len_bytes.size(), out) != len_bytes.size() ||
-      std::fwrite(header_text.data(), 1, header_text.size(), out) != header_text.size())
-    throw io_fail("cannot write header to", errno);
-  for (std::size_t i = 0; i < sorted.size(); ++i) {
-    if (lengths[i] == 0) continue;
-    if (std::fwrite(sorted[i]->data, 1, lengths[i], out) != lengths[i]) {
-      int err = errno;
-      throw Error("cannot write tensor data to " + temp.string() + ": " + errno_text(err), file,
-                  sorted[i]->name);
+  write_file_atomically(path, [&](const std::filesystem::path& temp) {
+    // Takes errno as an argument so that building the message cannot clobber it first.
+    auto io_fail = [&](const char* what, int err) -> Error {
+      return Error(std::string(what) + " " + temp.string() + ": " + errno_text(err), file);
+    };
+    std::unique_ptr<FILE, FileCloser> owned(std::fopen(temp.c_str(), "wb"));
+    FILE* out = owned.get();
+    if (out == nullptr) throw io_fail("cannot create temporary file", errno);
+    if (std::fwrite(len_bytes.data(), 1, len_bytes.size(), out) != len_bytes.size() ||
+        std::fwrite(header_text.data(), 1, header_text.size(), out) != header_text.size())
+      throw io_fail("cannot write header to", errno);
+    for (std::size_t i = 0; i < sorted.size(); ++i) {
+      if (lengths[i] == 0) continue;
+      if (std::fwrite(sorted[i]->data, 1, lengths[i], out) != lengths[i]) {
+        int err = errno;
+        throw Error("cannot write tensor data to " + temp.string() + ": " + errno_text(err), file,
+                    sorted[i]->name);
+      }
     }
-  }
-  if (std::fflush(out) != 0) throw io_fail("cannot flush", errno);
-  if (::fsync(::fileno(out)) != 0) throw io_fail("cannot fsync", errno);
-  FILE* to_close = std::exchange(out, nullptr);
-  if (std::fclose(to_close) != 0) throw io_fail("cannot close", errno);
-
-  std::error_code ec;
-  std::filesystem::rename(temp, path, ec);
-  if (ec) throw Error("cannot rename " + temp.string() + " onto the target: " + ec.message(), file);
-  guard.commit();
+    if (std::fflush(out) != 0) throw io_fail("cannot flush", errno);
+    if (std::fclose(owned.release()) != 0) throw io_fail("cannot close", errno);
+  });
 }
 
 }  // namespace sdtune::io

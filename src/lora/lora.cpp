@@ -8,6 +8,7 @@
 #include <set>
 
 #include "sdtune/error.h"
+#include "sdtune/formats/lora_keys.h"
 #include "sdtune/io/safetensors.h"
 #include "sdtune/io/state_dict.h"
 #include "sdtune/io/tensor.h"
@@ -15,56 +16,6 @@
 namespace sdtune::lora {
 namespace fs = std::filesystem;
 namespace {
-
-// kohya's layer name of a module path: prefix + the path with '.' -> '_'.
-std::string kohya_name(const std::string& component, const std::string& module) {
-  std::string name = component == "unet" ? "lora_unet_" : "lora_te_";
-  for (char c : module) name.push_back(c == '.' ? '_' : c);
-  return name;
-}
-
-// What a key is: (component, layer name, part) with part "down", "up" or "alpha"; false when the
-// key is not a LoRA key of a layout we know.
-bool classify(const std::string& key, Format& format, std::string& component, std::string& name,
-              std::string& part) {
-  struct Suffix {
-    const char* text;
-    const char* part;
-  };
-  static const Suffix kohya[] = {
-      {".lora_down.weight", "down"}, {".lora_up.weight", "up"}, {".alpha", "alpha"}};
-  static const Suffix diffusers[] = {{".lora_A.weight", "down"},
-                                     {".lora_B.weight", "up"},
-                                     {".lora_linear_layer.down.weight", "down"},
-                                     {".lora_linear_layer.up.weight", "up"},
-                                     {".lora.down.weight", "down"},
-                                     {".lora.up.weight", "up"},
-                                     {".alpha", "alpha"}};
-  for (const char* prefix : {"lora_unet_", "lora_te_"}) {
-    if (!key.starts_with(prefix)) continue;
-    for (const auto& s : kohya) {
-      if (!key.ends_with(s.text)) continue;
-      format = Format::Kohya;
-      component = std::string(prefix) == "lora_unet_" ? "unet" : "text_encoder";
-      name = key.substr(0, key.size() - std::string(s.text).size());  // keeps lora_unet_
-      part = s.part;
-      return true;
-    }
-  }
-  for (const char* prefix : {"unet.", "text_encoder."}) {
-    if (!key.starts_with(prefix)) continue;
-    for (const auto& s : diffusers) {
-      if (!key.ends_with(s.text)) continue;
-      format = Format::Diffusers;
-      component = std::string(prefix) == "unet." ? "unet" : "text_encoder";
-      name = key.substr(std::string(prefix).size(),
-                        key.size() - std::string(prefix).size() - std::string(s.text).size());
-      part = s.part;
-      return true;
-    }
-  }
-  return false;
-}
 
 // diffusers' adapter metadata: {"unet.r": 4, "unet.lora_alpha": 8, "unet.alpha_pattern": {...}}.
 double metadata_alpha(const nlohmann::json& md, const std::string& component,
@@ -97,12 +48,12 @@ LoraFile read_lora_file(const fs::path& path) {
   std::vector<std::string> unknown;
   bool any_kohya = false, any_diffusers = false;
   for (const auto& view : file.tensors()) {
-    Format format;
-    std::string component, name, part;
-    if (!classify(view.name, format, component, name, part)) {
+    const std::optional<formats::LoraKey> key = formats::parse_lora_key(view.name);
+    if (!key) {
       unknown.push_back(view.name);
       continue;
     }
+    const auto& [format, component, name, part] = *key;
     (format == Format::Kohya ? any_kohya : any_diffusers) = true;
     LoraEntry& e = layers[{component, name}];
     e.component = component;
@@ -156,7 +107,7 @@ std::vector<LoraLayer> resolve(const LoraFile& file,
       if (w == nullptr || w->dim() < 2) continue;
       const std::string& path = item.key();
       by_name[component + "\n" + path] = {path, *w};
-      by_name[component + "\n" + kohya_name(component, path)] = {path, *w};
+      by_name[component + "\n" + formats::kohya_layer_name(component, path)] = {path, *w};
       // diffusers' text-encoder keys may carry transformers 4's "text_model." prefix or not.
       if (component == "text_encoder" && path.starts_with("text_model."))
         by_name[component + "\n" + path.substr(11)] = {path, *w};
@@ -225,10 +176,10 @@ void write_lora_file(const fs::path& path, const std::vector<LoraLayer>& layers,
   std::map<std::string, std::string> metadata;
   if (format == Format::Kohya) {
     for (const auto& l : layers) {
-      const std::string name = kohya_name(l.component, l.module);
-      tensors.emplace_back(name + ".lora_down.weight", l.down);
-      tensors.emplace_back(name + ".lora_up.weight", l.up);
-      tensors.emplace_back(name + ".alpha", at::scalar_tensor(l.alpha, at::kFloat));
+      tensors.emplace_back(formats::lora_key(format, l.component, l.module, "down"), l.down);
+      tensors.emplace_back(formats::lora_key(format, l.component, l.module, "up"), l.up);
+      tensors.emplace_back(formats::lora_key(format, l.component, l.module, "alpha"),
+                           at::scalar_tensor(l.alpha, at::kFloat));
     }
   } else {
     nlohmann::json md = nlohmann::json::object();
@@ -240,11 +191,8 @@ void write_lora_file(const fs::path& path, const std::vector<LoraLayer>& layers,
       bool uniform = true;
       for (const auto& l : layers) {
         if (l.component != component) continue;
-        std::string key = component;
-        key += ".";
-        key += l.module;
-        tensors.emplace_back(key + ".lora_A.weight", l.down);
-        tensors.emplace_back(key + ".lora_B.weight", l.up);
+        tensors.emplace_back(formats::lora_key(format, component, l.module, "down"), l.down);
+        tensors.emplace_back(formats::lora_key(format, component, l.module, "up"), l.up);
         // PEFT matches target_modules as name suffixes ("to_q", "to_out.0") and pattern keys as
         // path suffixes; without transformers 4's "text_model." they fit transformers 5 too.
         const std::string path =

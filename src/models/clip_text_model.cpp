@@ -24,11 +24,6 @@ CLIPTextConfig CLIPTextConfig::from_json(const io::JsonConfig& j) {
   return c;
 }
 
-const std::vector<std::string>& clip_text_ignored_keys() {
-  static const std::vector<std::string> keys{"text_model.embeddings.position_ids"};
-  return keys;
-}
-
 CLIPEncoderLayerImpl::CLIPEncoderLayerImpl(const CLIPTextConfig& c)
     : heads(c.num_attention_heads), act(c.hidden_act) {
   const int64_t d = c.hidden_size;

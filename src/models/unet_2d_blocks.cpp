@@ -2,7 +2,7 @@
 
 #include "sdtune/error.h"
 #include "sdtune/models/lora_branch.h"
-#include "sdtune/train/gradient_checkpoint.h"
+#include "sdtune/models/gradient_checkpoint.h"
 
 namespace sdtune::models {
 namespace nn = torch::nn;
@@ -42,7 +42,7 @@ at::Tensor run_resnet(nn::ModuleList resnets, size_t i, const at::Tensor& h, con
                       bool checkpoint) {
   auto* resnet = resnets[i]->as<ResnetBlock2D>();
   if (!checkpoint) return resnet->forward(h, temb);
-  return train::checkpoint(
+  return models::checkpoint(
       [resnet](const std::vector<at::Tensor>& in) { return resnet->forward(in[0], in[1]); },
       {h, temb}, parameters_and_adapters(*resnet));
 }
@@ -51,7 +51,7 @@ at::Tensor run_attention(nn::ModuleList attentions, size_t i, const at::Tensor& 
                          const at::Tensor& context, bool checkpoint) {
   auto* attention = attentions[i]->as<Transformer2DModel>();
   if (!checkpoint) return attention->forward(h, context);
-  return train::checkpoint(
+  return models::checkpoint(
       [attention](const std::vector<at::Tensor>& in) { return attention->forward(in[0], in[1]); },
       {h, context}, parameters_and_adapters(*attention));
 }

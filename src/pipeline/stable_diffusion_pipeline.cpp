@@ -4,14 +4,13 @@
 #include <c10/core/InferenceMode.h>
 
 #include "sdtune/error.h"
-#include "sdtune/schedulers/ddim.h"
 
 namespace sdtune::pipeline {
 
 StableDiffusionPipeline::StableDiffusionPipeline(const io::ModelFolder& folder,
                                                  const models::LoadOptions& options,
                                                  const std::string& scheduler, bool karras)
-    : load_(options), tokenizer_(models::load_tokenizer(folder)) {
+    : load_(options), tokenizer_(text::ClipTokenizer::from_pipeline(folder)) {
   text_encoder_ = models::load_text_encoder(folder, options);
   unet_ = models::load_unet(folder, options);
   vae_ = models::load_vae(folder, options);
@@ -27,7 +26,7 @@ StableDiffusionPipeline::StableDiffusionPipeline(const io::ModelFolder& folder,
                                                  models::AutoencoderKL vae,
                                                  const std::string& scheduler)
     : load_(options),
-      tokenizer_(models::load_tokenizer(folder)),
+      tokenizer_(text::ClipTokenizer::from_pipeline(folder)),
       text_encoder_(std::move(text_encoder)),
       unet_(std::move(unet)),
       vae_(std::move(vae)) {
@@ -41,15 +40,7 @@ int64_t StableDiffusionPipeline::vae_scale_factor() const {
 }
 
 std::string StableDiffusionPipeline::sampler_label() const {
-  static const std::map<std::string, std::string> labels{{"ddpm", "DDPM"},
-                                                         {"ddim", "DDIM"},
-                                                         {"pndm", "PLMS"},
-                                                         {"euler", "Euler"},
-                                                         {"euler-ancestral", "Euler a"},
-                                                         {"dpmpp-2m", "DPM++ 2M"}};
-  std::string label = labels.at(scheduler_name_);
-  if (scheduler_->config().use_karras_sigmas) label += " Karras";
-  return label;
+  return schedulers::sampler_label(scheduler_name_, scheduler_->config());
 }
 
 at::Tensor StableDiffusionPipeline::encode_prompt(const GenerateOptions& o, bool* truncated) {
@@ -98,7 +89,7 @@ at::Tensor StableDiffusionPipeline::generate(const GenerateOptions& o,
   at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(o.seed);
   const auto cpu = at::TensorOptions().dtype(load_.dtype);
   auto& sched = *scheduler_;
-  if (auto* ddim = dynamic_cast<schedulers::DDIMScheduler*>(scheduler_.get())) ddim->set_eta(o.eta);
+  sched.set_eta(o.eta);
   sched.set_timesteps(o.steps);
   at::Tensor timesteps = sched.timesteps();
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 
 #include "schedulers/registry.h"
 #include "sdtune/error.h"
@@ -123,16 +124,23 @@ NoiseSchedule make_noise_schedule(const SchedulerConfig& c) {
 Scheduler::Scheduler(SchedulerConfig config)
     : config_(std::move(config)), schedule_(make_noise_schedule(config_)) {}
 
+at::Tensor alphas_cumprod_at(const NoiseSchedule& schedule, const at::Tensor& timesteps,
+                             const at::Tensor& like) {
+  at::Tensor ac = schedule.alphas_cumprod.to(like.device(), like.scalar_type());
+  std::vector<int64_t> shape(like.dim(), 1);
+  shape[0] = -1;
+  return ac.index_select(0, timesteps.to(like.device(), at::kLong).flatten()).reshape(shape);
+}
+
+at::Tensor add_noise(const NoiseSchedule& schedule, const at::Tensor& original,
+                     const at::Tensor& noise, const at::Tensor& timesteps) {
+  const at::Tensor ac = alphas_cumprod_at(schedule, timesteps, original);
+  return at::pow(ac, 0.5) * original + at::pow(1 - ac, 0.5) * noise;
+}
+
 at::Tensor Scheduler::add_noise(const at::Tensor& original, const at::Tensor& noise,
                                 const at::Tensor& timesteps) const {
-  // x_t = √ᾱ_t · x_0 + √(1 − ᾱ_t) · ε, per sample of the batch.
-  at::Tensor ac = schedule_.alphas_cumprod.to(original.device(), original.scalar_type());
-  at::Tensor t = timesteps.to(original.device(), at::kLong);
-  std::vector<int64_t> shape(original.dim(), 1);
-  shape[0] = -1;
-  at::Tensor sqrt_ac = ac.index_select(0, t).sqrt().reshape(shape);
-  at::Tensor sqrt_one_minus = (1.0 - ac.index_select(0, t)).sqrt().reshape(shape);
-  return sqrt_ac * original + sqrt_one_minus * noise;
+  return schedulers::add_noise(schedule_, original, noise, timesteps);
 }
 
 const std::vector<std::string>& scheduler_names() {
@@ -173,6 +181,18 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& name, SchedulerConf
   if (chosen == "euler") return make_euler(std::move(config));
   if (chosen == "euler-ancestral") return make_euler_ancestral(std::move(config));
   return make_dpm_solver_multistep(std::move(config));
+}
+
+std::string sampler_label(const std::string& name, const SchedulerConfig& config) {
+  static const std::map<std::string, std::string> labels{{"ddpm", "DDPM"},
+                                                         {"ddim", "DDIM"},
+                                                         {"pndm", "PLMS"},
+                                                         {"euler", "Euler"},
+                                                         {"euler-ancestral", "Euler a"},
+                                                         {"dpmpp-2m", "DPM++ 2M"}};
+  auto it = labels.find(name);
+  if (it == labels.end()) throw Error("no sampler label for scheduler '" + name + "'");
+  return config.use_karras_sigmas ? it->second + " Karras" : it->second;
 }
 
 PredictionType parse_prediction_type(const std::string& name) {

@@ -14,6 +14,7 @@
 #include <queue>
 
 #include "sdtune/error.h"
+#include "sdtune/io/model_folder.h"
 
 namespace sdtune::text {
 namespace {
@@ -210,6 +211,10 @@ std::pair<std::string, std::string> parse_merge(const std::string& line, const s
 }
 
 }  // namespace
+
+ClipTokenizer ClipTokenizer::from_pipeline(const io::ModelFolder& folder) {
+  return load(folder.component_dir("tokenizer"));
+}
 
 ClipTokenizer ClipTokenizer::load(const std::filesystem::path& dir) {
   // Published SD folders hold vocab.json + merges.txt; folders saved by transformers 5 hold only

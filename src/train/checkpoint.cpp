@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "sdtune/error.h"
+#include "sdtune/io/atomic_write.h"
 #include "sdtune/io/remove_tree.h"
 #include "sdtune/io/tensor.h"
 
@@ -53,16 +54,8 @@ fs::path checkpoint_path(const fs::path& out, int64_t step) {
 
 void write_checkpoint(const io::ModelFolder& base, const fs::path& dir,
                       const CheckpointContents& contents) {
-  const fs::path staging = hidden_sibling(dir, ".partial-");
-  const fs::path old = hidden_sibling(dir, ".old-");
-  std::error_code ec;
-  io::remove_tree(staging, ec);
-  try {
-    // The pipeline part (itself written to a temporary folder and renamed into `staging`).
-    if (contents.pipeline)
-      io::save_pipeline(base, staging, *contents.pipeline);
-    else
-      fs::create_directories(staging);
+  io::publish_folder(dir, [&](const fs::path& staging) {
+    if (contents.pipeline) io::write_pipeline_folder(base, staging, *contents.pipeline);
     if (contents.write_files) contents.write_files(staging);
     const fs::path state_dir = staging / kStateDir;
     fs::create_directory(state_dir);
@@ -74,27 +67,7 @@ void write_checkpoint(const io::ModelFolder& base, const fs::path& dir,
     write_text(state_dir / kTrainerState, contents.trainer_state.dump(2) + "\n");
     if (!contents.config_toml.empty())
       write_text(staging / "train_config.toml", contents.config_toml);
-    // safetensors files are flushed by their writer, the pipeline by save_pipeline.
-    io::sync_path(state_dir / kTrainerState);
-    if (!contents.config_toml.empty()) io::sync_path(staging / "train_config.toml");
-    io::sync_path(state_dir);
-    io::sync_path(staging);
-  } catch (...) {
-    io::remove_tree(staging, ec);
-    throw;
-  }
-  io::remove_tree(old, ec);
-  if (fs::exists(dir)) {
-    fs::rename(dir, old, ec);
-    if (ec) throw Error("cannot move the existing checkpoint aside: " + ec.message(), dir.string());
-  }
-  fs::rename(staging, dir, ec);
-  if (ec) {
-    const std::string message = ec.message();
-    if (fs::exists(old)) fs::rename(old, dir, ec);
-    throw Error("cannot move the new checkpoint into place: " + message, dir.string());
-  }
-  io::remove_tree(old, ec);
+  });
 }
 
 LoadedCheckpoint read_checkpoint(const fs::path& dir) {

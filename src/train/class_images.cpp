@@ -5,6 +5,7 @@
 
 #include "sdtune/data/caption_dataset.h"
 #include "sdtune/error.h"
+#include "sdtune/io/atomic_write.h"
 #include "sdtune/io/image.h"
 #include "sdtune/pipeline/stable_diffusion_pipeline.h"
 
@@ -39,15 +40,11 @@ ClassImageReport ensure_class_images(const io::ModelFolder& base, const models::
     const at::Tensor rgb = pipe.generate(g)[0];
     // The caption first: an image without its .txt would train with an empty caption if the
     // folder were used as a plain dataset.
-    const fs::path caption = dir / (std::string(stem) + ".txt");
-    const fs::path partial = dir / (std::string(stem) + ".txt.partial");
-    {
-      std::ofstream out(partial);
+    io::write_file_atomically(dir / (std::string(stem) + ".txt"), [&](const fs::path& tmp) {
+      std::ofstream out(tmp);
       out << options.prompt << "\n";
-      if (!out) throw Error("cannot write", partial.string());
-    }
-    fs::rename(partial, caption, ec);
-    if (ec) throw Error("cannot write: " + ec.message(), caption.string());
+      if (!out) throw Error("cannot write", tmp.string());
+    });
     io::write_png(image, rgb,
                   {{"parameters", options.prompt + "\nSteps: " + std::to_string(g.steps) +
                                       ", Seed: " + std::to_string(g.seed)}});

@@ -6,18 +6,7 @@
 #include "sdtune/error.h"
 
 namespace sdtune::train {
-namespace {
-
-// ᾱ_t per sample, shaped [B,1,…,1] to broadcast over `like`, in like's dtype and device.
-at::Tensor alphas_cumprod_at(const NoiseSchedule& schedule, const at::Tensor& timesteps,
-                             const at::Tensor& like) {
-  at::Tensor ac = schedule.alphas_cumprod.to(like.device(), like.scalar_type());
-  std::vector<int64_t> shape(like.dim(), 1);
-  shape[0] = -1;
-  return ac.index_select(0, timesteps.to(like.device(), at::kLong).flatten()).reshape(shape);
-}
-
-}  // namespace
+using schedulers::alphas_cumprod_at;
 
 at::Tensor sample_noise(at::IntArrayRef latent_shape, at::Generator gen, double noise_offset,
                         const at::TensorOptions& options) {
@@ -37,13 +26,6 @@ at::Tensor sample_noise(at::IntArrayRef latent_shape, at::Generator gen, double 
 at::Tensor sample_timesteps(int64_t batch, int64_t num_train_timesteps, at::Generator gen) {
   return at::randint(0, num_train_timesteps, {batch}, gen,
                      at::TensorOptions().dtype(at::kLong).device(gen.device()));
-}
-
-at::Tensor add_noise(const at::Tensor& latents, const at::Tensor& noise,
-                     const at::Tensor& timesteps, const NoiseSchedule& schedule) {
-  // x_t = √ᾱ_t · x₀ + √(1 − ᾱ_t) · ε, with ᾱ in x₀'s dtype (DDPMScheduler.add_noise).
-  const at::Tensor ac = alphas_cumprod_at(schedule, timesteps, latents);
-  return at::pow(ac, 0.5) * latents + at::pow(1 - ac, 0.5) * noise;
 }
 
 at::Tensor training_target(PredictionType type, const at::Tensor& latents, const at::Tensor& noise,

@@ -5,7 +5,7 @@
 #include <map>
 
 #include "sdtune/io/content_hash.h"
-#include "sdtune/train/autocast.h"
+#include "sdtune/models/autocast.h"
 
 namespace sdtune::train {
 
@@ -41,7 +41,7 @@ std::vector<at::Tensor> TextEmbeddingCache::prepare(
       embedding = entry->at("last_hidden_state");
       ++hits_;
     } else {
-      AutocastGuard guard(device.type(), autocast);
+      models::AutocastGuard guard(device.type(), autocast);
       const at::Tensor input = at::tensor(ids, at::kLong).unsqueeze(0).to(device);
       embedding = text_encoder->forward(input).last_hidden_state[0].cpu();
       store_.put(key, {{"last_hidden_state", embedding}});

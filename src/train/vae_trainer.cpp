@@ -15,7 +15,7 @@
 #include "sdtune/io/model_folder.h"
 #include "sdtune/io/pipeline_writer.h"
 #include "sdtune/io/state_dict.h"
-#include "sdtune/models/stable_diffusion.h"
+#include "sdtune/models/component_loader.h"
 #include "sdtune/train/adamw.h"
 #include "sdtune/train/checkpoint.h"
 #include "sdtune/train/grad_norm.h"

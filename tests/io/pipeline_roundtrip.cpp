@@ -16,7 +16,7 @@
 #include "sdtune/io/model_folder.h"
 #include "sdtune/io/pipeline_writer.h"
 #include "sdtune/io/state_dict.h"
-#include "sdtune/models/stable_diffusion.h"
+#include "sdtune/models/component_loader.h"
 
 namespace {
 

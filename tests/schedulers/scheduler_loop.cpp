@@ -23,7 +23,6 @@
 #include "sdtune/error.h"
 #include "sdtune/io/json_config.h"
 #include "sdtune/io/tensor.h"
-#include "sdtune/schedulers/ddim.h"
 #include "sdtune/schedulers/scheduler.h"
 
 namespace {
@@ -87,11 +86,11 @@ at::Tensor input(const std::map<std::string, at::Tensor>& in, const std::string&
 
 void run(const Args& a) {
   auto config = sched::SchedulerConfig::from_json(sdtune::io::JsonConfig::load(a.config));
+  const bool ddim = sched::resolve_scheduler_name(a.scheduler, config) == "ddim";
   auto scheduler = sched::make_scheduler(a.scheduler, std::move(config), a.karras);
   if (a.eta) {
-    auto* ddim = dynamic_cast<sched::DDIMScheduler*>(scheduler.get());
     if (!ddim) throw Error("--eta applies to ddim only");
-    ddim->set_eta(*a.eta);
+    scheduler->set_eta(*a.eta);
   }
   const int64_t train = scheduler->config().num_train_timesteps;
   const auto in = sdtune::io::read_tensors(a.inputs);

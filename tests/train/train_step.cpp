@@ -1,5 +1,5 @@
-// Test driver: one training step of the UNet (forward, loss, backward) on given inputs, so that
-// tests/train/test_train_step.py can compare the loss and every parameter's gradient with
+// Test driver: the trainer's training step of the UNet (forward, loss, backward) on given inputs,
+// so that tests/train/test_train_step.py can compare the loss and every parameter's gradient with
 // diffusers' UNet under train_text_to_image.py's loss.
 //
 //   sdtune_train_step --model DIR --inputs in.safetensors --out out.safetensors
@@ -18,9 +18,10 @@
 #include "sdtune/error.h"
 #include "sdtune/io/model_folder.h"
 #include "sdtune/io/tensor.h"
-#include "sdtune/models/stable_diffusion.h"
+#include "sdtune/models/component_loader.h"
 #include "sdtune/schedulers/scheduler.h"
-#include "sdtune/train/diffusion_loss.h"
+#include "sdtune/train/loss_scaler.h"
+#include "sdtune/train/training_step.h"
 
 namespace {
 
@@ -90,21 +91,19 @@ void run(const Args& a) {
 
   unet->train();
   unet->set_gradient_checkpointing(a.gradient_checkpointing);
-  // x_t = √ᾱ_t · x₀ + √(1 − ᾱ_t) · ε (DDPMScheduler.add_noise).
-  std::vector<int64_t> shape(latents.dim(), 1);
-  shape[0] = -1;
-  const at::Tensor ac = schedule.alphas_cumprod.index_select(0, timesteps).reshape(shape);
-  const at::Tensor noisy = at::pow(ac, 0.5) * latents + at::pow(1 - ac, 0.5) * noise;
+  // The trainer's own step (train/training_step.h) on the given x₀, ε and t.
+  const train::StepOptions options{.schedule = schedule,
+                                   .prediction_type = type,
+                                   .num_train_timesteps = config.num_train_timesteps,
+                                   .snr_gamma = a.snr_gamma};
+  const train::LossScaler no_scaling({.enabled = false}, latents.device());
+  const train::StepLoss loss =
+      train::training_step(unet, nullptr, /*text_encoder_trains=*/false,
+                           {.latents = latents, .noise = noise, .timesteps = timesteps,
+                            .context = context},
+                           options, no_scaling);
 
-  const at::Tensor model_pred = unet->forward(noisy, timesteps, context);
-  const at::Tensor target = train::training_target(type, latents, noise, timesteps, schedule);
-  std::optional<at::Tensor> weights;
-  if (a.snr_gamma)
-    weights = train::min_snr_weights(train::snr(schedule, timesteps), *a.snr_gamma, type);
-  const at::Tensor loss = train::diffusion_loss(model_pred, target, weights);
-  loss.backward();
-
-  std::vector<std::pair<std::string, at::Tensor>> out{{"loss", loss.detach()}};
+  std::vector<std::pair<std::string, at::Tensor>> out{{"loss", at::scalar_tensor(loss.loss, at::kFloat)}};
   for (const auto& p : unet->named_parameters()) {
     const at::Tensor& grad = p.value().grad();
     out.emplace_back("grad." + p.key(), grad.defined() ? grad : at::zeros_like(p.value()));

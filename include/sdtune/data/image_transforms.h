@@ -9,16 +9,6 @@
 
 namespace sdtune::data {
 
-struct TransformOptions {
-  int64_t resolution = 512;
-  bool center_crop = false;  // else a random crop
-  bool random_flip = false;  // horizontal, p = 0.5
-};
-
-// uint8 [H,W,3] RGB -> float [3,R,R] in [-1, 1]. Random crops and flips are drawn from `gen`
-// (a CPU generator), crop offsets first, as torchvision draws them.
-at::Tensor transform_image(const at::Tensor& rgb, const TransformOptions& options,
-                           at::Generator& gen);
 
 // Resizes uint8 [H,W,3] so that its shorter side is `size`; the longer side is truncated as
 // torchvision's Resize(int) does. Small images are upscaled.
@@ -48,6 +38,33 @@ BucketResolution select_bucket(int64_t width, int64_t height,
 
 // uint8 [H,W,3] resized (aspect kept) to cover the bucket, then center-cropped to it.
 at::Tensor resize_to_bucket(const at::Tensor& rgb, const BucketResolution& bucket);
+
+// The index in `buckets` of select_bucket's choice.
+int64_t bucket_index(int64_t width, int64_t height, const std::vector<BucketResolution>& buckets);
+
+// How a training example's image becomes the model's input. This is the one place where that
+// choice is made, for every path: uncached images, the latent cache and the VAE trainer.
+struct TransformOptions {
+  int64_t resolution = 512;
+  bool center_crop = false;  // else a random crop
+  bool random_flip = false;  // horizontal, p = 0.5
+  // Aspect-ratio buckets (kohya): when given, each image is resized to cover its bucket and
+  // center-cropped to it instead of the square crop.
+  std::vector<BucketResolution> buckets;
+};
+
+// uint8 [H,W,3] RGB -> float [3,R,R] in [-1, 1] (or the bucket's [3,h,w]). Random crops and flips
+// are drawn from `gen` (a CPU generator), crop offsets first, as torchvision draws them.
+at::Tensor transform_image(const at::Tensor& rgb, const TransformOptions& options,
+                           at::Generator& gen);
+
+// The part of transform_image that draws nothing, unflipped: the bucket or the center crop. What
+// the latent cache encodes; an Error for random crops, which no cache can hold.
+at::Tensor transform_image_unflipped(const at::Tensor& rgb, const TransformOptions& options);
+
+// Whether this image is mirrored: one draw from `gen` (p = 0.5) when random flips are on, none
+// otherwise. transform_image draws it after the crop; a cached latent draws it in its place.
+bool draw_flip(const TransformOptions& options, at::Generator& gen);
 
 // uint8 [H,W,3] -> float [3,H,W], x / 127.5 - 1 (ToTensor + Normalize([0.5], [0.5])).
 at::Tensor to_model_input(const at::Tensor& rgb);

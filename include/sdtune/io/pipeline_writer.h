@@ -32,9 +32,10 @@ struct SavedWeights {
   std::map<std::string, nlohmann::json> config_updates;
 };
 
-// fsync of a file or folder: data must reach the disk before the rename that publishes it.
-// An Error naming the path on failure.
-void sync_path(const std::filesystem::path& path);
+// Fills `dir`, an empty folder, with the pipeline that save_pipeline describes, in place (not
+// atomically: for a folder that is itself published atomically, e.g. a checkpoint).
+void write_pipeline_folder(const ModelFolder& base, const std::filesystem::path& dir,
+                           const SavedWeights& weights);
 
 // Writes `out` as a pipeline folder: model_index.json and every component folder it names are
 // copied from `base` byte for byte, except that a component with new weights gets the base's
@@ -43,10 +44,10 @@ void sync_path(const std::filesystem::path& path);
 // model.safetensors) with metadata
 // {"format": "pt"}, which transformers requires.
 //
-// Atomic: everything is written to the sibling `<out>.tmp-<pid>`, which then replaces `out` by
-// renames (an existing `out` is moved aside to `<out>.old-<pid>` and removed last), so a crash at
-// any moment leaves either the old or the new folder complete. On failure `out` is untouched and
-// the temporary folder removed; the Error names the path at fault.
+// Atomic (io::publish_folder): everything is written to the sibling `<out>.tmp-<pid>`, which then
+// replaces `out` by renames (an existing `out` is moved aside to `<out>.old-<pid>` and removed
+// last), so a crash at any moment leaves either the old or the new folder complete. On failure
+// `out` is untouched and the temporary folder removed; the Error names the path at fault.
 void save_pipeline(const ModelFolder& base, const std::filesystem::path& out,
                    const SavedWeights& weights);
 

@@ -1,13 +1,8 @@
 #pragma once
 // LoRA files: low-rank updates ΔW = (alpha / rank) · up · down of a pipeline's Linear and Conv2d
-// weights, in the two layouts users exchange:
-//  - diffusers/PEFT (`pipe.load_lora_weights`, pytorch_lora_weights.safetensors):
-//    "unet.<module>.lora_A.weight" (down) / ".lora_B.weight" (up), "text_encoder.<module>...",
-//    rank and alpha in the safetensors metadata "lora_adapter_metadata" (as diffusers writes it);
-//    the older "<module>.lora_linear_layer.down/up.weight" and "<module>.lora.down/up.weight"
-//    spellings are read too;
-//  - kohya (A1111, ComfyUI, sd-scripts): "lora_unet_<module with _ for .>.lora_down.weight",
-//    ".lora_up.weight", ".alpha"; "lora_te_<module>" for the text encoder.
+// weights, in the two layouts users exchange (their key names: formats/lora_keys.h): diffusers/
+// PEFT, with rank and alpha in the safetensors metadata "lora_adapter_metadata" (as diffusers
+// writes it), and kohya's, with an ".alpha" tensor per layer.
 #include <filesystem>
 #include <map>
 #include <string>
@@ -16,9 +11,11 @@
 #include <ATen/ATen.h>
 #include <torch/nn/module.h>
 
+#include "sdtune/formats/lora_keys.h"
+
 namespace sdtune::lora {
 
-enum class Format { Diffusers, Kohya };
+using Format = formats::LoraFormat;
 
 // One adapted weight, named as our modules are ("down_blocks.0.attentions.0.transformer_blocks.0.
 // attn1.to_q", "text_model.encoder.layers.0.self_attn.q_proj").

@@ -65,7 +65,5 @@ class CLIPTextModelImpl : public torch::nn::Module {
 };
 TORCH_MODULE(CLIPTextModel);
 
-// State-dict keys of old checkpoints that carry no weights (a persistent position_ids buffer).
-const std::vector<std::string>& clip_text_ignored_keys();
 
 }  // namespace sdtune::models

@@ -11,7 +11,8 @@
 #include <ATen/ATen.h>
 
 #include "sdtune/io/model_folder.h"
-#include "sdtune/models/stable_diffusion.h"
+#include "sdtune/models/component_loader.h"
+#include "sdtune/text/clip_tokenizer.h"
 #include "sdtune/schedulers/scheduler.h"
 
 namespace sdtune::pipeline {

@@ -13,13 +13,7 @@ class DDIMScheduler final : public Scheduler {
   at::Tensor step(const at::Tensor& model_output, const at::Tensor& timestep,
                   const at::Tensor& sample, std::optional<at::Generator> generator) override;
 
-  // η of the paper, diffusers' step(eta=...): 0 is DDIM proper, 1 has DDPM's variance. With
-  // eta > 0 every step draws noise from the generator.
-  void set_eta(double eta) { eta_ = eta; }
-  double eta() const { return eta_; }
-
  private:
-  double eta_ = 0.0;
   at::Tensor final_alpha_cumprod_;  // ᾱ "before" the first timestep: 1, or ᾱ_0
 };
 

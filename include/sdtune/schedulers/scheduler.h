@@ -71,6 +71,15 @@ struct NoiseSchedule {
 };
 NoiseSchedule make_noise_schedule(const SchedulerConfig& config);
 
+// ᾱ_t per sample, shaped [B,1,…,1] to broadcast over `like`, in like's dtype and device.
+at::Tensor alphas_cumprod_at(const NoiseSchedule& schedule, const at::Tensor& timesteps,
+                             const at::Tensor& like);
+
+// The forward process q(x_t | x₀): x_t = √ᾱ_t · x₀ + √(1 − ᾱ_t) · ε per sample, with ᾱ in x₀'s
+// dtype (DDPMScheduler.add_noise). The one implementation, for training and img2img alike.
+at::Tensor add_noise(const NoiseSchedule& schedule, const at::Tensor& original,
+                     const at::Tensor& noise, const at::Tensor& timesteps);
+
 class Scheduler {
  public:
   virtual ~Scheduler() = default;
@@ -103,6 +112,13 @@ class Scheduler {
   const SchedulerConfig& config() const { return config_; }
   const NoiseSchedule& schedule() const { return schedule_; }
 
+  // η of DDIM (Song et al. 2021), diffusers' step(eta=...): 0 is DDIM proper, 1 has DDPM's
+  // variance; with eta > 0 every step draws noise from the generator. An option of every
+  // scheduler, as the pipeline passes it; only DDIM's step uses it (diffusers passes eta only
+  // to a step that takes it).
+  void set_eta(double eta) { eta_ = eta; }
+  double eta() const { return eta_; }
+
  protected:
   explicit Scheduler(SchedulerConfig config);
 
@@ -111,6 +127,7 @@ class Scheduler {
   at::Tensor timesteps_;
   int64_t num_inference_steps_ = 0;
   std::optional<int64_t> begin_index_;
+  double eta_ = 0.0;
 };
 
 // Names accepted by --scheduler: ddpm, ddim, pndm, euler, euler-ancestral, dpmpp-2m.
@@ -122,5 +139,8 @@ std::string resolve_scheduler_name(const std::string& name, const SchedulerConfi
 // use_karras_sigmas. An Error for an unknown name or class.
 std::unique_ptr<Scheduler> make_scheduler(const std::string& name, SchedulerConfig config,
                                           bool karras = false);
+// The scheduler `name` (a --scheduler name) as A1111-style tools label it ("PLMS", "Euler a",
+// "DPM++ 2M Karras", ...), for the "parameters" text of generated images.
+std::string sampler_label(const std::string& name, const SchedulerConfig& config);
 
 }  // namespace sdtune::schedulers

@@ -13,6 +13,10 @@
 #include <utility>
 #include <vector>
 
+namespace sdtune::io {
+class ModelFolder;
+}
+
 namespace sdtune::text {
 
 class ClipTokenizer {
@@ -22,6 +26,8 @@ class ClipTokenizer {
   // "<|endoftext|>", SD 2.x with "!"). Throws sdtune::Error naming the file on a missing or
   // malformed file.
   static ClipTokenizer load(const std::filesystem::path& dir);
+  // The tokenizer/ component of a pipeline folder.
+  static ClipTokenizer from_pipeline(const io::ModelFolder& folder);
 
   // `merges` in rank order (first = highest priority).
   ClipTokenizer(std::unordered_map<std::string, int64_t> vocab,

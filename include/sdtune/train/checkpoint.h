@@ -33,9 +33,9 @@ struct CheckpointContents {
 // OUT/checkpoint-STEP.
 std::filesystem::path checkpoint_path(const std::filesystem::path& out, int64_t step);
 
-// Writes `dir` atomically: everything goes to a hidden sibling first, which is renamed into place
-// once complete and flushed (replacing an existing `dir`), so a crash at any moment leaves the
-// earlier checkpoints intact and never a half-written checkpoint-STEP/.
+// Writes `dir` atomically (io::publish_folder): everything goes to a temporary sibling first,
+// which is renamed into place once complete and flushed (replacing an existing `dir`), so a crash
+// at any moment leaves the earlier checkpoints intact and never a half-written checkpoint-STEP/.
 void write_checkpoint(const io::ModelFolder& base, const std::filesystem::path& dir,
                       const CheckpointContents& contents);
 

@@ -8,7 +8,7 @@
 #include <string>
 
 #include "sdtune/io/model_folder.h"
-#include "sdtune/models/stable_diffusion.h"
+#include "sdtune/models/component_loader.h"
 
 namespace sdtune::train {
 

@@ -24,10 +24,6 @@ at::Tensor sample_noise(at::IntArrayRef latent_shape, at::Generator gen, double 
 // t ~ U{0, …, T−1}, int64 [batch] on the generator's device (torch.randint(0, T, (B,))).
 at::Tensor sample_timesteps(int64_t batch, int64_t num_train_timesteps, at::Generator gen);
 
-// The forward process q(x_t | x₀): x_t = √ᾱ_t · x₀ + √(1 − ᾱ_t) · ε (DDPMScheduler.add_noise).
-at::Tensor add_noise(const at::Tensor& latents, const at::Tensor& noise,
-                     const at::Tensor& timesteps, const NoiseSchedule& schedule);
-
 // What the UNet regresses onto: ε (epsilon), v = √ᾱ_t·ε − √(1−ᾱ_t)·x₀ (v_prediction, diffusers'
 // get_velocity) or x₀ (sample). `timesteps` is int64 [B].
 at::Tensor training_target(PredictionType type, const at::Tensor& latents, const at::Tensor& noise,

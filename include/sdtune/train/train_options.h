@@ -135,4 +135,7 @@ struct TrainOptions {
   std::string effective_config;
 };
 
+// An Error naming the flag for options that cannot work together or are out of range.
+void check_options(const TrainOptions& options);
+
 }  // namespace sdtune::train

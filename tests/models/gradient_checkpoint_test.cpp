@@ -1,9 +1,9 @@
-#include "sdtune/train/gradient_checkpoint.h"
+#include "sdtune/models/gradient_checkpoint.h"
 
 #include <gtest/gtest.h>
 #include <torch/nn/modules/linear.h>
 
-namespace sdtune::train {
+namespace sdtune::models {
 namespace {
 
 // y = tanh(W·x + b) · s: a parameterised function of two inputs, one of which needs no grad.
@@ -52,4 +52,4 @@ TEST(GradientCheckpoint, NoGraphKeptInForward) {
 }
 
 }  // namespace
-}  // namespace sdtune::train
+}  // namespace sdtune::models

@@ -1,4 +1,4 @@
-#include "sdtune/models/stable_diffusion.h"
+#include "sdtune/models/component_loader.h"
 
 #include "sdtune/error.h"
 #include "sdtune/formats/clip_text_keys.h"
@@ -37,11 +37,7 @@ AutoencoderKL load_vae(const io::ModelFolder& folder, const LoadOptions& options
 CLIPTextModel load_text_encoder(const io::ModelFolder& folder, const LoadOptions& options) {
   auto config = CLIPTextConfig::from_json(folder.component_config("text_encoder"));
   return load_component(folder, "text_encoder", CLIPTextModel(config), options,
-                        clip_text_ignored_keys(), formats::canonical_clip_text_keys);
-}
-
-text::ClipTokenizer load_tokenizer(const io::ModelFolder& folder) {
-  return text::ClipTokenizer::load(folder.component_dir("tokenizer"));
+                        formats::clip_text_ignored_keys(), formats::canonical_clip_text_keys);
 }
 
 c10::ScalarType parse_dtype(const std::string& name) {

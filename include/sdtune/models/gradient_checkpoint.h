@@ -8,7 +8,7 @@
 
 #include <ATen/ATen.h>
 
-namespace sdtune::train {
+namespace sdtune::models {
 
 using CheckpointedFn = std::function<at::Tensor(const std::vector<at::Tensor>&)>;
 
@@ -20,4 +20,4 @@ using CheckpointedFn = std::function<at::Tensor(const std::vector<at::Tensor>&)>
 at::Tensor checkpoint(CheckpointedFn fn, const std::vector<at::Tensor>& inputs,
                       const std::vector<at::Tensor>& params);
 
-}  // namespace sdtune::train
+}  // namespace sdtune::models

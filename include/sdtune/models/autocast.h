@@ -7,7 +7,7 @@
 
 #include <ATen/autocast_mode.h>
 
-namespace sdtune::train {
+namespace sdtune::models {
 
 class AutocastGuard {
  public:
@@ -36,4 +36,4 @@ class AutocastGuard {
   at::ScalarType previous_dtype_ = at::kFloat;
 };
 
-}  // namespace sdtune::train
+}  // namespace sdtune::models

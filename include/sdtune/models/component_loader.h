@@ -11,7 +11,6 @@
 #include "sdtune/models/autoencoder_kl.h"
 #include "sdtune/models/clip_text_model.h"
 #include "sdtune/models/unet_2d_condition.h"
-#include "sdtune/text/clip_tokenizer.h"
 
 namespace sdtune::models {
 
@@ -24,7 +23,6 @@ struct LoadOptions {
 UNet2DConditionModel load_unet(const io::ModelFolder& folder, const LoadOptions& options = {});
 AutoencoderKL load_vae(const io::ModelFolder& folder, const LoadOptions& options = {});
 CLIPTextModel load_text_encoder(const io::ModelFolder& folder, const LoadOptions& options = {});
-text::ClipTokenizer load_tokenizer(const io::ModelFolder& folder);
 
 // Parses "fp32" / "fp16" / "bf16"; an Error otherwise.
 c10::ScalarType parse_dtype(const std::string& name);

@@ -1,4 +1,4 @@
-#include "sdtune/train/gradient_checkpoint.h"
+#include "sdtune/models/gradient_checkpoint.h"
 
 #include <utility>
 
@@ -9,9 +9,9 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include "sdtune/error.h"
-#include "sdtune/train/autocast.h"
+#include "sdtune/models/autocast.h"
 
-namespace sdtune::train {
+namespace sdtune::models {
 namespace {
 
 using torch::autograd::AutogradContext;
@@ -113,4 +113,4 @@ at::Tensor checkpoint(CheckpointedFn fn, const std::vector<at::Tensor>& inputs,
                            at::TensorList(params));
 }
 
-}  // namespace sdtune::train
+}  // namespace sdtune::models

@@ -1,0 +1,77 @@
+#pragma once
+// What a fine-tuning run trains on: the usable examples (instances, then DreamBooth's class
+// images), their aspect-ratio buckets, the latent and text-embedding caches, the batch order, and
+// next_batch(), which turns the next batch of examples into the models' inputs.
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "sdtune/data/batch_sampler.h"
+#include "sdtune/data/caption_dataset.h"
+#include "sdtune/data/image_transforms.h"
+#include "sdtune/io/model_folder.h"
+#include "sdtune/models/autoencoder_kl.h"
+#include "sdtune/models/clip_text_model.h"
+#include "sdtune/text/clip_tokenizer.h"
+#include "sdtune/train/latent_cache.h"
+#include "sdtune/train/trainer.h"
+
+namespace sdtune::train {
+
+// One micro-batch: the posterior of its images (from the VAE, or the latent cache) and its
+// captions (token ids, or the cached embeddings: `context`).
+struct Batch {
+  models::DiagonalGaussian posterior;
+  at::Tensor input_ids, context;
+};
+
+// The frozen models that turn examples into inputs, and how they run.
+struct DataEncoders {
+  const text::ClipTokenizer& tokenizer;
+  models::AutoencoderKL vae;
+  models::CLIPTextModel text_encoder;  // used only to fill the text-embedding cache
+  c10::Device device;
+  at::ScalarType weight_dtype;  // of the frozen VAE and text encoder
+  std::optional<at::ScalarType> autocast;
+};
+
+class TrainingData {
+ public:
+  // Opens the dataset (and the class images), decodes every image once up front (or reads or
+  // computes its cached latents) and fills the caches. Reports what it found in `summary`
+  // (examples, skipped files, buckets, cache hits); an Error when no usable image is left.
+  // Data-parallel sharding point: `rank` of `world` processes takes its share of every epoch.
+  TrainingData(const TrainOptions& options, const io::ModelFolder& base, const DataEncoders& enc,
+               int64_t rank, int64_t world, TrainSummary& summary,
+               const std::function<void(const std::string&)>& say);
+
+  // The next micro-batch, on the device. Crops and flips draw from `gen`.
+  Batch next_batch(at::Generator& gen);
+
+  data::BatchSampler& sampler() { return *sampler_; }
+  int64_t examples() const { return static_cast<int64_t>(examples_.size()); }
+
+ private:
+  void cache_latents(const io::ModelFolder& base, const std::vector<data::Example>& instances,
+                     const std::vector<data::Example>& classes, TrainSummary& summary,
+                     const std::function<void(const std::string&)>& say);
+
+  const TrainOptions& o_;
+  DataEncoders enc_;
+  bool prior_;  // DreamBooth with prior preservation: a batch is instances, then class images
+  data::TransformOptions transform_;
+  // Instances first, then class images; with --cache-latents each one's posterior, with
+  // --cache-text-encoder-outputs each one's caption embedding.
+  std::vector<data::Example> examples_;
+  std::vector<data::BucketResolution> sizes_;
+  int64_t n_instance_ = 0, n_class_ = 0;
+  std::vector<CachedLatents> cached_latents_;
+  std::vector<at::Tensor> cached_text_;
+  std::optional<data::BatchSampler> sampler_;
+};
+
+}  // namespace sdtune::train

@@ -1,0 +1,67 @@
+#include "sdtune/formats/lora_keys.h"
+
+#include <iterator>
+
+#include "sdtune/error.h"
+
+namespace sdtune::formats {
+namespace {
+
+struct Suffix {
+  const char* text;
+  const char* part;
+};
+const Suffix kKohya[] = {
+    {".lora_down.weight", "down"}, {".lora_up.weight", "up"}, {".alpha", "alpha"}};
+// The first of each part is what we write.
+const Suffix kDiffusers[] = {{".lora_A.weight", "down"},
+                             {".lora_B.weight", "up"},
+                             {".lora_linear_layer.down.weight", "down"},
+                             {".lora_linear_layer.up.weight", "up"},
+                             {".lora.down.weight", "down"},
+                             {".lora.up.weight", "up"},
+                             {".alpha", "alpha"}};
+
+}  // namespace
+
+std::optional<LoraKey> parse_lora_key(const std::string& key) {
+  for (const std::string prefix : {"lora_unet_", "lora_te_"}) {
+    if (!key.starts_with(prefix)) continue;
+    for (const auto& s : kKohya) {
+      if (!key.ends_with(s.text)) continue;
+      return LoraKey{LoraFormat::Kohya, prefix == "lora_unet_" ? "unet" : "text_encoder",
+                     key.substr(0, key.size() - std::string(s.text).size()),  // keeps lora_unet_
+                     s.part};
+    }
+  }
+  for (const std::string prefix : {"unet.", "text_encoder."}) {
+    if (!key.starts_with(prefix)) continue;
+    for (const auto& s : kDiffusers) {
+      if (!key.ends_with(s.text)) continue;
+      return LoraKey{LoraFormat::Diffusers, prefix == "unet." ? "unet" : "text_encoder",
+                     key.substr(prefix.size(),
+                                key.size() - prefix.size() - std::string(s.text).size()),
+                     s.part};
+    }
+  }
+  return std::nullopt;
+}
+
+std::string kohya_layer_name(const std::string& component, const std::string& module) {
+  std::string name = component == "unet" ? "lora_unet_" : "lora_te_";
+  for (char c : module) name.push_back(c == '.' ? '_' : c);
+  return name;
+}
+
+std::string lora_key(LoraFormat format, const std::string& component, const std::string& module,
+                     const std::string& part) {
+  const bool kohya = format == LoraFormat::Kohya;
+  const Suffix* begin = kohya ? std::begin(kKohya) : std::begin(kDiffusers);
+  const Suffix* end = kohya ? std::end(kKohya) : std::end(kDiffusers);
+  for (const Suffix* s = begin; s != end; ++s)
+    if (part == s->part)
+      return (kohya ? kohya_layer_name(component, module) : component + "." + module) + s->text;
+  throw Error("no LoRA key for part '" + part + "'");
+}
+
+}  // namespace sdtune::formats
