@@ -1,7 +1,7 @@
 // Times full UNet training steps of sdtune on a pipeline folder: the trainer's training_step()
 // (x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε, forward with encoder_hidden_states, the epsilon MSE loss,
-// backward), one fused AdamW update (lr 1e-5, weight decay 1e-2) and zero_grad. bench/train_step.py runs it next to
-// diffusers on the same weights and inputs and prints the ratio.
+// backward), one fused AdamW update (lr 1e-5, weight decay 1e-2) and zero_grad. bench/train_step.py
+// runs it next to diffusers on the same weights and inputs and prints the ratio.
 //
 //   sdtune_bench_train_step --model DIR [--inputs in.safetensors | --batch B [--latent S]]
 //       [--device cpu|cuda] [--mixed-precision no|bf16|fp16] [--gradient-checkpointing]
@@ -33,6 +33,7 @@
 #include <ATen/Parallel.h>
 #include <nlohmann/json.hpp>
 
+#include "driver.h"
 #include "sdtune/error.h"
 #include "sdtune/io/tensor.h"
 #include "sdtune/lora/adapters.h"
@@ -61,47 +62,6 @@ struct Args {
   int64_t lora_rank = 0;                   // 0: full fine-tuning
 };
 
-Args parse_args(int argc, char** argv) {
-  Args a;
-  std::map<std::string, std::string> values;
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    if (flag == "--gradient-checkpointing") {
-      a.gradient_checkpointing = true;
-    } else if (flag == "--deterministic") {
-      a.deterministic = true;
-    } else if (flag.rfind("--", 0) == 0 && i + 1 < argc) {
-      values[flag] = argv[++i];
-    } else {
-      throw Error("unexpected argument '" + flag + "'");
-    }
-  }
-  auto take = [&](const std::string& key) -> std::optional<std::string> {
-    auto it = values.find(key);
-    if (it == values.end()) return std::nullopt;
-    std::string value = it->second;
-    values.erase(it);
-    return value;
-  };
-  auto model = take("--model");
-  if (!model) throw Error("missing --model");
-  a.model = *model;
-  a.inputs = take("--inputs");
-  if (auto v = take("--batch")) a.batch = std::stoll(*v);
-  if (auto v = take("--latent")) a.latent = std::stoll(*v);
-  if (auto v = take("--device")) a.device = *v;
-  if (auto v = take("--mixed-precision")) a.mixed_precision = *v;
-  if (auto v = take("--warmup")) a.warmup = std::stoi(*v);
-  if (auto v = take("--iters")) a.iters = std::stoi(*v);
-  if (auto v = take("--threads")) a.threads = std::stoi(*v);
-  if (auto v = take("--lora-rank")) a.lora_rank = std::stoll(*v);
-  if (!values.empty()) throw Error("unknown option " + values.begin()->first);
-  if (a.iters < 1 || a.warmup < 0) throw Error("--iters must be >= 1 and --warmup >= 0");
-  if (a.mixed_precision != "no" && a.mixed_precision != "bf16" && a.mixed_precision != "fp16")
-    throw Error("--mixed-precision must be no, bf16 or fp16, not '" + a.mixed_precision + "'");
-  return a;
-}
-
 at::Tensor input(const std::map<std::string, at::Tensor>& in, const std::string& name) {
   auto it = in.find(name);
   if (it == in.end()) throw Error("missing input tensor '" + name + "'");
@@ -109,6 +69,9 @@ at::Tensor input(const std::map<std::string, at::Tensor>& in, const std::string&
 }
 
 void run(const Args& a) {
+  if (a.iters < 1 || a.warmup < 0) throw Error("--iters must be >= 1 and --warmup >= 0");
+  if (a.mixed_precision != "no" && a.mixed_precision != "bf16" && a.mixed_precision != "fp16")
+    throw Error("--mixed-precision must be no, bf16 or fp16, not '" + a.mixed_precision + "'");
   if (a.threads > 0) at::set_num_threads(a.threads);
   if (a.deterministic) sdtune::train::use_deterministic_algorithms();
   const c10::Device device(a.device);
@@ -175,11 +138,10 @@ void run(const Args& a) {
   options.schedule.alphas_cumprod = options.schedule.alphas_cumprod.to(device);
   const train::LossScaler no_scaling({.enabled = false}, device);
   auto step = [&] {
-    const train::StepLoss loss =
-        train::training_step(unet, nullptr, /*text_encoder_trains=*/false,
-                             {.latents = latents, .noise = noise, .timesteps = timesteps,
-                              .context = context},
-                             options, no_scaling);
+    const train::StepLoss loss = train::training_step(
+        unet, nullptr, /*text_encoder_trains=*/false,
+        {.latents = latents, .noise = noise, .timesteps = timesteps, .context = context}, options,
+        no_scaling);
     optimizer.step();
     optimizer.zero_grad();
     return loss.loss;
@@ -239,11 +201,28 @@ void run(const Args& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    run(parse_args(argc, argv));
-    return 0;
-  } catch (const std::exception& e) {
-    std::cerr << "error: " << e.what() << "\n";
-    return 1;
-  }
+  Args a;
+  return sdtune::driver::run_driver(
+      argc, argv, "Times sdtune's UNet training steps on a pipeline folder",
+      [&](CLI::App& app) {
+        app.add_option("--model", a.model, "Pipeline folder (unet/, scheduler/)")->required();
+        app.add_option("--inputs", a.inputs,
+                       "latents, noise, timesteps, encoder_hidden_states (.safetensors)");
+        app.add_option("--batch", a.batch,
+                       "Batch of random inputs (default 1); with --inputs, checked");
+        app.add_option("--latent", a.latent, "Latent side of random inputs (default: sample_size)");
+        app.add_option("--device", a.device, "cpu or cuda")->capture_default_str();
+        app.add_option("--mixed-precision", a.mixed_precision, "no, bf16 or fp16 (autocast)")
+            ->capture_default_str();
+        app.add_flag("--gradient-checkpointing", a.gradient_checkpointing,
+                     "Recompute the UNet's block activations in backward");
+        app.add_option("--warmup", a.warmup, "Untimed steps first")->capture_default_str();
+        app.add_option("--iters", a.iters, "Timed steps")->capture_default_str();
+        app.add_option("--threads", a.threads, "CPU threads (0: LibTorch's default)")
+            ->capture_default_str();
+        app.add_option("--lora-rank", a.lora_rank, "Train rank-R LoRA adapters (0: the full UNet)")
+            ->capture_default_str();
+        app.add_flag("--deterministic", a.deterministic, "sdtune train --deterministic's kernels");
+      },
+      [&] { run(a); });
 }

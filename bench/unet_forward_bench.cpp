@@ -4,26 +4,30 @@
 // Prints one JSON line: {"seconds_per_forward": ...}.
 #include <chrono>
 #include <cstdio>
-#include <cstdlib>
 #include <string>
 
 #include <c10/core/InferenceMode.h>
 
+#include "driver.h"
 #include "sdtune/models/component_loader.h"
 
-int main(int argc, char** argv) {
-  if (argc != 9) {
-    std::fprintf(stderr, "usage: %s MODEL DEVICE DTYPE BATCH H W WARMUP ITERS\n", argv[0]);
-    return 2;
-  }
+namespace {
+
+struct Args {
+  std::string model, device, dtype;
+  int64_t batch = 0, h = 0, w = 0;
+  int warmup = 0, iters = 0;
+};
+
+void run(const Args& a) {
   using namespace sdtune;
   models::LoadOptions opts;
-  opts.device = c10::Device(argv[2]);
-  opts.dtype = models::parse_dtype(argv[3]);
-  const int64_t batch = std::atoll(argv[4]), h = std::atoll(argv[5]), w = std::atoll(argv[6]);
-  const int warmup = std::atoi(argv[7]), iters = std::atoi(argv[8]);
+  opts.device = c10::Device(a.device);
+  opts.dtype = models::parse_dtype(a.dtype);
+  const int64_t batch = a.batch, h = a.h, w = a.w;
+  const int warmup = a.warmup, iters = a.iters;
 
-  auto folder = io::ModelFolder::open(argv[1]);
+  auto folder = io::ModelFolder::open(a.model);
   auto unet = models::load_unet(folder, opts);
   c10::InferenceMode guard;
   auto options = at::TensorOptions().device(opts.device).dtype(opts.dtype);
@@ -39,5 +43,24 @@ int main(int argc, char** argv) {
   out.sum().item<float>();
   double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::printf("{\"seconds_per_forward\": %.6f}\n", seconds / iters);
-  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args a;
+  // Positional, in this order: bench/unet_forward.py passes them so.
+  return sdtune::driver::run_driver(
+      argc, argv, "Times sdtune's UNet forward passes on a pipeline folder",
+      [&](CLI::App& app) {
+        app.add_option("MODEL_DIR", a.model, "Pipeline folder")->required();
+        app.add_option("DEVICE", a.device, "cpu or cuda")->required();
+        app.add_option("DTYPE", a.dtype, "fp32, fp16 or bf16")->required();
+        app.add_option("BATCH", a.batch, "Batch")->required();
+        app.add_option("LATENT_H", a.h, "Latent height")->required();
+        app.add_option("LATENT_W", a.w, "Latent width")->required();
+        app.add_option("WARMUP", a.warmup, "Untimed forwards first")->required();
+        app.add_option("ITERS", a.iters, "Timed forwards")->required();
+      },
+      [&] { run(a); });
 }

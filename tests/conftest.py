@@ -8,6 +8,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from tiny_models import build_pipeline
+from binaries import built_binary
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -24,10 +25,7 @@ def pytest_terminal_summary(terminalreporter):
 
 @pytest.fixture(scope="session")
 def sdtune_bin():
-    path = Path(os.environ.get("SDTUNE_BIN", REPO / "build" / "sdtune"))
-    if not path.exists():
-        pytest.fail(f"sdtune binary not found at {path}: build first (scripts/setup.sh) or set SDTUNE_BIN")
-    return path
+    return built_binary("sdtune")
 
 
 @pytest.fixture(scope="session")

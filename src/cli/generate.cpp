@@ -48,7 +48,7 @@ void run(Args& a) {
   const double load_seconds = progress.elapsed();
 
   bool truncated = false;
-  pipe.encode_prompt(g, &truncated);
+  const at::Tensor embeddings = pipe.encode_prompt(g, &truncated);
   if (truncated)
     std::fprintf(stderr,
                  "sdtune: warning: the prompt is longer than 77 CLIP tokens; the rest was cut off, "
@@ -57,7 +57,7 @@ void run(Args& a) {
   // per-step figure leaves out prompt encoding, VAE decoding and first-call warm-up.
   int64_t steps_run = 0;
   double first_step_end = 0, last_step_end = 0;
-  at::Tensor images = pipe.generate(g, [&](int64_t i, int64_t n) {
+  at::Tensor images = pipe.generate(g, embeddings, [&](int64_t i, int64_t n) {
     steps_run = n;
     last_step_end = progress.elapsed();
     if (i == 0) first_step_end = last_step_end;
@@ -71,15 +71,14 @@ void run(Args& a) {
   const std::string model_name =
       std::filesystem::path(a.model).lexically_normal().filename().string();
   for (int64_t i = 0; i < images.size(0); ++i) {
-    // A1111's layout: prompt, an optional "Negative prompt:" line, then the settings line.
-    std::string params = g.prompt + "\n";
-    if (!g.negative_prompt.empty()) params += "Negative prompt: " + g.negative_prompt + "\n";
-    params += a1111_settings(a.flags, pipe, width, height, model_name);
-    if (g.init_image) params += ", Denoising strength: " + std::to_string(g.strength).substr(0, 4);
-    if (g.num_images > 1)
-      params +=
-          ", Batch size: " + std::to_string(g.num_images) + ", Batch pos: " + std::to_string(i);
-    io::write_png(paths[i], images[i], {{"parameters", params}});
+    pipeline::GenerationSettings settings =
+        generation_settings(a.flags, pipe, width, height, model_name);
+    if (g.init_image) settings.denoising_strength = g.strength;
+    settings.batch_size = g.num_images;
+    settings.batch_pos = i;
+    io::write_png(
+        paths[i], images[i],
+        {{"parameters", pipeline::parameters_text(g.prompt, g.negative_prompt, settings)}});
   }
   if (!a.flags.quiet) {
     std::fprintf(

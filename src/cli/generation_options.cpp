@@ -48,18 +48,18 @@ models::LoadOptions checked_load_options(const GenerationFlags& f) {
   return load;
 }
 
-std::string a1111_settings(const GenerationFlags& f, const pipeline::StableDiffusionPipeline& pipe,
-                           int64_t width, int64_t height, const std::string& model) {
-  const auto& g = f.gen;
-  char cfg[32];
-  std::snprintf(cfg, sizeof cfg, "%g", g.guidance_scale);
-  std::string s = "Steps: " + std::to_string(g.steps) + ", Sampler: " + pipe.sampler_label() +
-                  ", CFG scale: " + cfg + ", Seed: " + std::to_string(g.seed) +
-                  ", Size: " + std::to_string(width) + "x" + std::to_string(height) +
-                  ", Model: " + model;
-  // A1111 counts clip skip from 1 (= last layer); ours counts layers skipped.
-  if (g.clip_skip > 0) s += ", Clip skip: " + std::to_string(g.clip_skip + 1);
-  return s;
+pipeline::GenerationSettings generation_settings(const GenerationFlags& f,
+                                                 const pipeline::StableDiffusionPipeline& pipe,
+                                                 int64_t width, int64_t height,
+                                                 const std::string& model) {
+  return {.steps = f.gen.steps,
+          .sampler = pipe.sampler_label(),
+          .cfg_scale = f.gen.guidance_scale,
+          .seed = f.gen.seed,
+          .width = width,
+          .height = height,
+          .model = model,
+          .clip_skip = f.gen.clip_skip};
 }
 
 }  // namespace sdtune::cli

@@ -6,6 +6,7 @@
 #include <CLI/CLI.hpp>
 
 #include "sdtune/models/component_loader.h"
+#include "sdtune/pipeline/generation_parameters.h"
 #include "sdtune/pipeline/stable_diffusion_pipeline.h"
 
 namespace sdtune::cli {
@@ -24,10 +25,11 @@ void add_generation_options(CLI::App* cmd, GenerationFlags& flags);
 // Device and dtype from the flags; an Error for fp16 on the CPU and for sizes not a multiple of 8.
 models::LoadOptions checked_load_options(const GenerationFlags& flags);
 
-// The settings line of A1111's "parameters" text:
-// "Steps: 30, Sampler: PLMS, CFG scale: 7.5, Seed: 1, Size: 512x512, Model: NAME".
-std::string a1111_settings(const GenerationFlags& flags,
-                           const pipeline::StableDiffusionPipeline& pipe, int64_t width,
-                           int64_t height, const std::string& model);
+// The settings of A1111's "parameters" text for images made with these flags by `pipe`:
+// steps, sampler, CFG scale, seed, size, model and clip skip.
+pipeline::GenerationSettings generation_settings(const GenerationFlags& flags,
+                                                 const pipeline::StableDiffusionPipeline& pipe,
+                                                 int64_t width, int64_t height,
+                                                 const std::string& model);
 
 }  // namespace sdtune::cli

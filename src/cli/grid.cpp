@@ -51,7 +51,8 @@ void run(Args& a) {
         cells.push_back(image);
         progress.update(static_cast<int64_t>(cells.size()), rows * cols);
         if (settings.empty())
-          settings = a1111_settings(a.flags, pipe, image.size(1), image.size(0), name);
+          settings = pipeline::settings_line(
+              generation_settings(a.flags, pipe, image.size(1), image.size(0), name));
       }
     }
   }

@@ -1,7 +1,6 @@
 // sdtune train: full fine-tuning on a captioned dataset. Flags are named as in diffusers'
 // train_text_to_image.py (in kebab-case; the script's own spelling is accepted where it differs)
 // and every flag is also a key of the TOML file given with --config.
-#include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -10,43 +9,33 @@
 #include "cli/progress.h"
 #include "cli/stop_signal.h"
 #include "cli/toml_config.h"
+#include "cli/training_flags.h"
 #include "sdtune/error.h"
 #include "sdtune/train/trainer.h"
 
 namespace sdtune::cli {
 namespace {
 
-std::string format_duration(double seconds) {
-  if (!(seconds >= 0) || seconds > 1e8) return "?";
-  const long s = static_cast<long>(seconds + 0.5);
-  char buf[32];
-  if (s >= 3600)
-    std::snprintf(buf, sizeof buf, "%ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60);
-  else
-    std::snprintf(buf, sizeof buf, "%02ld:%02ld", s / 60, s % 60);
-  return buf;
-}
-
-struct Flags {
+struct Flags : TrainingFlags {
   bool dreambooth = false;  // `sdtune dreambooth`: instance data and prompt, prior preservation
   train::TrainOptions o;
-  std::string out, data, model, config, cache_dir, class_data;
+  std::string cache_dir, class_data;
   std::optional<double> text_encoder_lr, snr_gamma, lora_alpha;
   std::optional<int64_t> lora_rank;
-  bool quiet = false;
 };
 
 void add_options(CLI::App* cmd, Flags& f) {
   auto& o = f.o;
-  // As with argparse, a flag given twice takes its last value.
-  cmd->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
-  cmd->add_option("--config", f.config,
-                  "TOML file of options (keys are the flag names); flags given win over it");
-  cmd->add_option("--model,--pretrained-model-name-or-path", f.model,
-                  "Base pipeline folder (required)");
+  if (f.dreambooth)
+    add_training_options(cmd, f, o, "--instance-data,--instance-data-dir",
+                         "Folder of the concept's images (required)",
+                         "Output folder: final model, checkpoints, logs (required)");
+  else
+    add_training_options(cmd, f, o, "--data,--train-data-dir",
+                         "Image folder (metadata.jsonl or .txt captions), .parquet file or folder "
+                         "(required)",
+                         "Output folder: final model, checkpoints, logs (required)");
   if (f.dreambooth) {
-    cmd->add_option("--instance-data,--instance-data-dir", f.data,
-                    "Folder of the concept's images (required)");
     auto& db = o.dreambooth;
     cmd->add_option("--instance-prompt", db.instance_prompt,
                     "Prompt with the rare identifier, e.g. \"a photo of sks dog\" (required)");
@@ -63,22 +52,7 @@ void add_options(CLI::App* cmd, Flags& f) {
                     "Denoising steps per generated class image")
         ->capture_default_str();
     cmd->add_option("--class-guidance-scale", db.class_guidance_scale)->capture_default_str();
-  } else {
-    cmd->add_option("--data,--train-data-dir", f.data,
-                    "Image folder (metadata.jsonl or .txt captions), .parquet file or folder "
-                    "(required)");
   }
-  cmd->add_option("--out,--output-dir", f.out,
-                  "Output folder: final model, checkpoints, logs (required)");
-  cmd->add_option("--variant", o.variant, "Base weights variant (fp16)");
-  cmd->add_option("--device", o.device, "cpu, cuda or cuda:N")->capture_default_str();
-
-  cmd->add_option("--image-column", o.image_column)->capture_default_str();
-  cmd->add_option("--caption-column", o.caption_column)->capture_default_str();
-  cmd->add_option("--resolution", o.resolution)->capture_default_str();
-  cmd->add_flag("--center-crop", o.center_crop, "Center crop (default: random crop)");
-  cmd->add_flag("--random-flip", o.random_flip, "Random horizontal flip");
-  cmd->add_option("--batch-size,--train-batch-size", o.batch_size)->capture_default_str();
   cmd->add_flag("--enable-bucket", o.enable_bucket,
                 "Aspect-ratio buckets (kohya): no square crop, one bucket per batch");
   cmd->add_option("--min-bucket-reso", o.min_bucket_reso)->capture_default_str();
@@ -94,24 +68,18 @@ void add_options(CLI::App* cmd, Flags& f) {
                   "Where caches live, shared by runs (default $SDTUNE_CACHE_DIR, "
                   "$XDG_CACHE_HOME/sdtune or ~/.cache/sdtune)");
 
-  cmd->add_option("--max-steps,--max-train-steps", o.max_steps,
-                  "Optimizer steps (0: --num-train-epochs passes over the data)")
-      ->capture_default_str();
+  add_optimizer_options(cmd, o, "Optimizer steps (0: --num-train-epochs passes over the data)");
   cmd->add_option("--num-train-epochs", o.num_train_epochs)->capture_default_str();
   cmd->add_option("--gradient-accumulation-steps", o.gradient_accumulation_steps)
       ->capture_default_str();
-  cmd->add_option("--learning-rate", o.learning_rate)->capture_default_str();
   cmd->add_flag("--scale-lr", o.scale_lr, "lr × accumulation × batch size");
   cmd->add_option("--lr-scheduler", o.lr_scheduler,
                   "constant, constant_with_warmup, linear, cosine, cosine_with_restarts, "
                   "polynomial")
       ->capture_default_str();
-  cmd->add_option("--lr-warmup-steps", o.lr_warmup_steps)->capture_default_str();
   cmd->add_option("--adam-beta1", o.adam_beta1)->capture_default_str();
   cmd->add_option("--adam-beta2", o.adam_beta2)->capture_default_str();
-  cmd->add_option("--adam-weight-decay", o.adam_weight_decay)->capture_default_str();
   cmd->add_option("--adam-epsilon", o.adam_epsilon)->capture_default_str();
-  cmd->add_option("--max-grad-norm", o.max_grad_norm, "0 disables clipping")->capture_default_str();
 
   cmd->add_flag("--train-text-encoder", o.train_text_encoder);
   cmd->add_option("--text-encoder-lr", f.text_encoder_lr, "(default: --learning-rate)");
@@ -172,22 +140,12 @@ void add_options(CLI::App* cmd, Flags& f) {
                   "Text-encoder layers that get adapters with --train-text-encoder")
       ->delimiter(',')
       ->capture_default_str();
-  cmd->add_option("--seed", o.seed)->capture_default_str();
-  cmd->add_option("--log-every", o.log_every, "Log metrics every N steps")->capture_default_str();
-  cmd->add_flag("--quiet", f.quiet, "No progress output");
+  add_run_options(cmd, f, o);
 }
 
 void run(CLI::App* cmd, Flags& f) {
   auto& o = f.o;
-  if (!f.config.empty()) apply_toml_config(cmd, f.config);
-  for (const auto& [flag, value] : {std::pair<const char*, const std::string*>{"--model", &f.model},
-                                    {f.dreambooth ? "--instance-data" : "--data", &f.data},
-                                    {"--out", &f.out}})
-    if (value->empty())
-      throw Error(std::string(flag) + " is required (on the command line or in --config)");
-  o.model = f.model;
-  o.data = f.data;
-  o.out = f.out;
+  finish_training_flags(cmd, f, o, f.dreambooth ? "--instance-data" : "--data");
   o.cache_dir = f.cache_dir;
   o.dreambooth.enabled = f.dreambooth;
   o.dreambooth.class_data = f.class_data;
@@ -201,43 +159,23 @@ void run(CLI::App* cmd, Flags& f) {
   train::TrainHooks hooks;
   StopOnSignal stop;  // Ctrl-C: save a checkpoint, exit cleanly
   hooks.stop_requested = stop.flag();
-  Progress progress("train", f.quiet);
-  const bool tty = ::isatty(STDERR_FILENO) != 0;
-  double smoothed = 0;  // exponential moving average of s/step for the rate and ETA
-  hooks.message = [&](const std::string& m) {
-    if (!f.quiet) std::fprintf(stderr, "\r\033[Ksdtune: %s\n", m.c_str());
-  };
-  if (!tty)
-    hooks.message = [&](const std::string& m) {
-      if (!f.quiet) std::fprintf(stderr, "sdtune: %s\n", m.c_str());
-    };
+  Progress progress("train", f.quiet, /*log_lines=*/true);
+  hooks.message = [&](const std::string& m) { progress.message(m); };
   hooks.on_step = [&](const train::StepMetrics& m) {
-    smoothed = smoothed == 0 ? m.seconds : 0.9 * smoothed + 0.1 * m.seconds;
-    if (f.quiet) return;
-    char line[256];
-    std::snprintf(line, sizeof line, "step %lld/%lld  loss %.4f  lr %.3g  %.2f it/s  ETA %s%s",
-                  static_cast<long long>(m.step), static_cast<long long>(m.max_steps), m.loss, m.lr,
-                  smoothed > 0 ? 1.0 / smoothed : 0.0,
-                  format_duration(smoothed * (m.max_steps - m.step)).c_str(),
+    char status[160];
+    std::snprintf(status, sizeof status, "loss %.4f  lr %.3g%s", m.loss, m.lr,
                   m.skipped ? "  (step skipped: non-finite)" : "");
-    if (tty) {
-      const int width = 30;
-      const int filled = static_cast<int>(width * m.step / std::max<int64_t>(m.max_steps, 1));
-      std::fprintf(stderr, "\r\033[K[%s%s] %s", std::string(filled, '#').c_str(),
-                   std::string(width - filled, '.').c_str(), line);
-    } else if (m.step % std::max<int64_t>(1, m.max_steps / 20) == 0 || m.step == m.max_steps) {
-      std::fprintf(stderr, "sdtune: %s\n", line);
-    }
+    progress.update(m.step, m.max_steps, status);
   };
 
   train::TrainSummary s;
   try {
     s = train::train(o, hooks);
   } catch (...) {
-    if (tty && !f.quiet) std::fprintf(stderr, "\n");
+    progress.finish();
     throw;
   }
-  if (tty && !f.quiet) std::fprintf(stderr, "\n");
+  progress.finish();
 
   // The run summary, on stdout.
   std::printf("examples: %lld used, %zu skipped\n", static_cast<long long>(s.examples),

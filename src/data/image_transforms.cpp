@@ -6,6 +6,7 @@
 
 #include "sdtune/error.h"
 #include "sdtune/io/image.h"
+#include "sdtune/io/pixels.h"
 
 namespace sdtune::data {
 
@@ -21,10 +22,6 @@ at::Tensor resize_shorter_side(const at::Tensor& rgb, int64_t size) {
 int64_t center_crop_offset(int64_t length, int64_t crop) {
   // std::nearbyint rounds half to even in the default rounding mode, like Python's round().
   return static_cast<int64_t>(std::nearbyint(static_cast<double>(length - crop) / 2.0));
-}
-
-at::Tensor to_model_input(const at::Tensor& rgb) {
-  return rgb.permute({2, 0, 1}).to(at::kFloat).div(127.5).sub(1.0).contiguous();
 }
 
 std::vector<BucketResolution> make_bucket_resolutions(int64_t max_width, int64_t max_height,
@@ -84,8 +81,8 @@ namespace {
 // a random one.
 at::Tensor crop(const at::Tensor& rgb, const TransformOptions& options, at::Generator* gen) {
   if (!options.buckets.empty())
-    return resize_to_bucket(rgb, options.buckets[bucket_index(rgb.size(1), rgb.size(0),
-                                                              options.buckets)]);
+    return resize_to_bucket(
+        rgb, options.buckets[bucket_index(rgb.size(1), rgb.size(0), options.buckets)]);
   const int64_t r = options.resolution;
   if (r <= 0) throw Error("resolution must be positive, got " + std::to_string(r));
   at::Tensor img = resize_shorter_side(rgb, r);
@@ -108,11 +105,11 @@ at::Tensor transform_image(const at::Tensor& rgb, const TransformOptions& option
                            at::Generator& gen) {
   at::Tensor img = crop(rgb, options, &gen);
   if (draw_flip(options, gen)) img = img.flip({1});
-  return to_model_input(img);
+  return io::pixels_to_tensor(img);
 }
 
 at::Tensor transform_image_unflipped(const at::Tensor& rgb, const TransformOptions& options) {
-  return to_model_input(crop(rgb, options, nullptr));
+  return io::pixels_to_tensor(crop(rgb, options, nullptr));
 }
 
 bool draw_flip(const TransformOptions& options, at::Generator& gen) {

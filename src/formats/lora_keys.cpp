@@ -38,10 +38,10 @@ std::optional<LoraKey> parse_lora_key(const std::string& key) {
     if (!key.starts_with(prefix)) continue;
     for (const auto& s : kDiffusers) {
       if (!key.ends_with(s.text)) continue;
-      return LoraKey{LoraFormat::Diffusers, prefix == "unet." ? "unet" : "text_encoder",
-                     key.substr(prefix.size(),
-                                key.size() - prefix.size() - std::string(s.text).size()),
-                     s.part};
+      return LoraKey{
+          LoraFormat::Diffusers, prefix == "unet." ? "unet" : "text_encoder",
+          key.substr(prefix.size(), key.size() - prefix.size() - std::string(s.text).size()),
+          s.part};
     }
   }
   return std::nullopt;

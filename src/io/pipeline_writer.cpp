@@ -1,6 +1,5 @@
 #include "sdtune/io/pipeline_writer.h"
 
-
 #include <fstream>
 #include <map>
 

@@ -1,8 +1,8 @@
 #include "sdtune/models/unet_2d_blocks.h"
 
 #include "sdtune/error.h"
-#include "sdtune/models/lora_branch.h"
 #include "sdtune/models/gradient_checkpoint.h"
+#include "sdtune/models/lora_branch.h"
 
 namespace sdtune::models {
 namespace nn = torch::nn;

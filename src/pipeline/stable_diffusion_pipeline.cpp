@@ -4,6 +4,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include "sdtune/error.h"
+#include "sdtune/io/pixels.h"
 
 namespace sdtune::pipeline {
 
@@ -44,6 +45,7 @@ std::string StableDiffusionPipeline::sampler_label() const {
 }
 
 at::Tensor StableDiffusionPipeline::encode_prompt(const GenerateOptions& o, bool* truncated) {
+  c10::InferenceMode inference;
   const int64_t layers = text_encoder_->config.num_hidden_layers;
   if (o.clip_skip < 0 || o.clip_skip >= layers)
     throw Error("clip skip " + std::to_string(o.clip_skip) + " out of range [0, " +
@@ -66,6 +68,12 @@ at::Tensor StableDiffusionPipeline::encode_prompt(const GenerateOptions& o, bool
 
 at::Tensor StableDiffusionPipeline::generate(const GenerateOptions& o,
                                              const StepCallback& on_step) {
+  return generate(o, encode_prompt(o), on_step);
+}
+
+at::Tensor StableDiffusionPipeline::generate(const GenerateOptions& o,
+                                             const at::Tensor& prompt_embeddings,
+                                             const StepCallback& on_step) {
   c10::InferenceMode inference;
   const int64_t f = vae_scale_factor();
   if (o.steps < 1) throw Error("steps must be at least 1, got " + std::to_string(o.steps));
@@ -83,7 +91,7 @@ at::Tensor StableDiffusionPipeline::generate(const GenerateOptions& o,
     throw Error("width and height must be multiples of 8, got " + std::to_string(width) + "x" +
                 std::to_string(height));
 
-  at::Tensor embeddings = encode_prompt(o);
+  const at::Tensor& embeddings = prompt_embeddings;
   const bool guidance = o.guidance_scale > 1.0;
   // One CPU generator makes every draw, in diffusers' order, so a seed means the same image there.
   at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(o.seed);
@@ -108,8 +116,8 @@ at::Tensor StableDiffusionPipeline::generate(const GenerateOptions& o,
     sched.set_begin_index(t_start);
     if (timesteps.numel() == 0)
       throw Error("strength " + std::to_string(o.strength) + " leaves no denoising step");
-    at::Tensor image = o.init_image->slice(0, 0, height).slice(1, 0, width);
-    image = image.permute({2, 0, 1}).unsqueeze(0).to(at::kFloat).div(255.0).mul(2.0).sub(1.0);
+    const at::Tensor image =
+        io::pixels_to_tensor(o.init_image->slice(0, 0, height).slice(1, 0, width)).unsqueeze(0);
     at::Tensor init = vae_->encode(image.to(load_.device, load_.dtype)).sample(generator);
     init = (init * vae_->config.scaling_factor).repeat({o.num_images, 1, 1, 1});
     at::Tensor noise = at::randn(init.sizes(), generator, cpu).to(load_.device);
@@ -131,10 +139,7 @@ at::Tensor StableDiffusionPipeline::generate(const GenerateOptions& o,
     if (on_step) on_step(i, n);
   }
 
-  at::Tensor image = vae_->decode(latents / vae_->config.scaling_factor);
-  // [-1,1] -> [0,1] -> round(255·x), as diffusers' image processor.
-  image = (image / 2 + 0.5).clamp(0, 1).to(at::kCPU).permute({0, 2, 3, 1}).to(at::kFloat);
-  return (image * 255).round().to(at::kByte).contiguous();
+  return io::tensor_to_pixels(vae_->decode(latents / vae_->config.scaling_factor));
 }
 
 }  // namespace sdtune::pipeline

@@ -7,6 +7,7 @@
 #include "sdtune/error.h"
 #include "sdtune/io/atomic_write.h"
 #include "sdtune/io/image.h"
+#include "sdtune/pipeline/generation_parameters.h"
 #include "sdtune/pipeline/stable_diffusion_pipeline.h"
 
 namespace sdtune::train {
@@ -46,8 +47,8 @@ ClassImageReport ensure_class_images(const io::ModelFolder& base, const models::
       if (!out) throw Error("cannot write", tmp.string());
     });
     io::write_png(image, rgb,
-                  {{"parameters", options.prompt + "\nSteps: " + std::to_string(g.steps) +
-                                      ", Seed: " + std::to_string(g.seed)}});
+                  {{"parameters", pipeline::parameters_text(options.prompt, "",
+                                                            {.steps = g.steps, .seed = g.seed})}});
     ++done;
     ++report.generated;
     if (progress) progress(done, missing);

@@ -76,10 +76,12 @@ std::vector<Part> parts(const TrainState& s, const fs::path& dir) {
                          (dir / "unet").string());
        }},
       {"optimizer", true, [&s] { return s.optimizer->state_dict(); },
-       same_options("optimizer", [&s](const io::StateDict& d) { s.optimizer->load_state_dict(d); })},
+       same_options("optimizer",
+                    [&s](const io::StateDict& d) { s.optimizer->load_state_dict(d); })},
       {"ema", s.ema != nullptr, [&s] { return s.ema->state_dict(); },
        [&s, same_options](const io::StateDict* d) {
-         if (s.ema) same_options("ema", [&s](const io::StateDict& e) { s.ema->load_state_dict(e); })(d);
+         if (s.ema)
+           same_options("ema", [&s](const io::StateDict& e) { s.ema->load_state_dict(e); })(d);
        }},
       {"scaler", true, [&s] { return s.scaler->state_dict(); },
        same_options("scaler", [&s](const io::StateDict& d) { s.scaler->load_state_dict(d); })},
@@ -109,8 +111,7 @@ std::map<std::string, io::StateDict> TrainState::save() const {
   return out;
 }
 
-nlohmann::json TrainState::trainer_state(int64_t max_steps, int64_t epoch,
-                                         int64_t examples) const {
+nlohmann::json TrainState::trainer_state(int64_t max_steps, int64_t epoch, int64_t examples) const {
   return {{"step", counters.step},
           {"lr_step", counters.lr_step},
           {"nonfinite_run", counters.nonfinite_run},

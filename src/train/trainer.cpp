@@ -58,9 +58,8 @@ void ensure_class_images(const TrainOptions& o, TrainSummary& summary, const Tra
   ClassImageOptions c{db.class_prompt,         db.num_class_images, db.class_inference_steps,
                       db.class_guidance_scale, o.resolution,        o.seed};
   const ClassImageReport r = ensure_class_images(
-      io::ModelFolder::open(o.model),
-      {c10::Device(o.device), amp.value_or(at::kFloat), o.variant}, db.class_data, c,
-      [&](int64_t done, int64_t total) {
+      io::ModelFolder::open(o.model), {c10::Device(o.device), amp.value_or(at::kFloat), o.variant},
+      db.class_data, c, [&](int64_t done, int64_t total) {
         hooks.say("generated class image " + std::to_string(done) + "/" + std::to_string(total));
       });
   summary.class_images_found = r.found;
@@ -69,8 +68,8 @@ void ensure_class_images(const TrainOptions& o, TrainSummary& summary, const Tra
 
 // Writes OUT/checkpoint-STEP (a pipeline folder, or a LoRA run's adapter file, plus
 // training_state/) and prunes old ones. Returns its folder.
-fs::path save_checkpoint(const TrainingModels& m, const TrainState& state, const nlohmann::json& trainer,
-                         const TrainHooks& hooks) {
+fs::path save_checkpoint(const TrainingModels& m, const TrainState& state,
+                         const nlohmann::json& trainer, const TrainHooks& hooks) {
   CheckpointContents c;
   if (m.lora_on) {
     // The adapters alone, as diffusers' LoRA scripts checkpoint them: loadable with
@@ -156,15 +155,16 @@ Optimization::Optimization(const TrainOptions& o, const TrainingModels& m, int64
       base_lrs{scaled_lr(o), o.text_encoder_lr.value_or(scaled_lr(o))},
       max_grad_norm(o.max_grad_norm),
       optimizer(param_groups(o, m, scaled_lr(o)), {o.adam_beta1, o.adam_beta2, o.adam_epsilon}),
-      lr_schedule(o.lr_scheduler, {.warmup_steps = o.lr_warmup_steps,
-                                   .total_steps = max_steps,
-                                   .base_lr = scaled_lr(o)}),
+      lr_schedule(
+          o.lr_scheduler,
+          {.warmup_steps = o.lr_warmup_steps, .total_steps = max_steps, .base_lr = scaled_lr(o)}),
       scaler({.enabled = o.mixed_precision == "fp16"}, m.device) {
-  if (o.train_text_encoder) trainable.insert(trainable.end(), m.te_params.begin(), m.te_params.end());
+  if (o.train_text_encoder)
+    trainable.insert(trainable.end(), m.te_params.begin(), m.te_params.end());
   if (o.use_ema)
-    ema.emplace(unet_params, EmaOptions{.decay = o.ema_decay,
-                                        .use_ema_warmup = o.ema_warmup,
-                                        .offload = o.offload_ema});
+    ema.emplace(
+        unet_params,
+        EmaOptions{.decay = o.ema_decay, .use_ema_warmup = o.ema_warmup, .offload = o.offload_ema});
 }
 
 void Optimization::step(bool loss_finite, StepMetrics& s, TrainCounters& c) {
@@ -188,10 +188,9 @@ void Optimization::step(bool loss_finite, StepMetrics& s, TrainCounters& c) {
 
 void log_step(MetricsLog& metrics, const StepMetrics& m, const TrainOptions& o,
               const Optimization& opt, const TrainCounters& c) {
-  nlohmann::json record = {{"step", m.step},           {"epoch", m.epoch},
-                           {"loss", m.loss},           {"lr", m.lr},
-                           {"grad_norm", m.grad_norm}, {"skipped", m.skipped},
-                           {"step_seconds", m.seconds}};
+  nlohmann::json record = {
+      {"step", m.step},           {"epoch", m.epoch},     {"loss", m.loss},           {"lr", m.lr},
+      {"grad_norm", m.grad_norm}, {"skipped", m.skipped}, {"step_seconds", m.seconds}};
   if (opt.scaler.enabled()) record["loss_scale"] = m.loss_scale;
   if (o.dreambooth.enabled && o.dreambooth.with_prior_preservation) {
     record["loss_instance"] = m.loss_instance;
@@ -219,10 +218,25 @@ void save_result(const TrainingModels& m, const Ema* ema, TrainSummary& summary)
 std::string nonfinite_message(int64_t run, int64_t step, const fs::path& last_checkpoint) {
   return "the loss was not finite for " + std::to_string(run) +
          " optimizer steps in a row (up to step " + std::to_string(step) + "); stopping. " +
-         (last_checkpoint.empty() ? std::string("No checkpoint was saved yet.")
-                                  : "The last good checkpoint is " + last_checkpoint.string() +
-                                        ".") +
+         (last_checkpoint.empty()
+              ? std::string("No checkpoint was saved yet.")
+              : "The last good checkpoint is " + last_checkpoint.string() + ".") +
          " Try a lower --learning-rate, bf16 instead of fp16, or check the data.";
+}
+
+// What checkpoints hold of this run (and a resume restores).
+TrainState train_state(TrainingModels& m, Optimization& opt, TrainingData& data,
+                       at::Generator data_gen, at::Generator noise_gen) {
+  return {.unet = m.unet,
+          .text_encoder = m.text_encoder,
+          .full_text_encoder = m.full_text_encoder,
+          .adapters = m.lora_on ? &m.adapters : nullptr,
+          .optimizer = &opt.optimizer,
+          .ema = opt.ema ? &*opt.ema : nullptr,
+          .scaler = &opt.scaler,
+          .sampler = &data.sampler(),
+          .data_gen = data_gen,
+          .noise_gen = noise_gen};
 }
 
 // --resume-from-checkpoint: the folder given, or with "latest" the newest checkpoint in OUT;
@@ -261,8 +275,9 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
 
   // ---- Models, data, the step ----------------------------------------------------------------
   TrainingModels m(o);
-  TrainingData data(o, m.base, {m.tokenizer, m.vae, m.text_encoder, m.device, m.weight_dtype, m.amp},
-                    kRank, kWorldSize, summary, [&](const std::string& s) { hooks.say(s); });
+  TrainingData data(o, m.base,
+                    {m.tokenizer, m.vae, m.text_encoder, m.device, m.weight_dtype, m.amp}, kRank,
+                    kWorldSize, summary, [&](const std::string& s) { hooks.say(s); });
   const StepOptions step_opts = step_options(o, m);
   const int64_t accumulation = o.gradient_accumulation_steps;
   const int64_t steps_per_epoch =
@@ -279,11 +294,7 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
   at::Generator noise_gen = m.device.is_cpu() ? at::detail::getDefaultCPUGenerator()
                                               : at::globalContext().defaultGenerator(m.device);
   noise_gen.set_current_seed(o.seed + 1);
-  TrainState state{m.unet,           m.text_encoder,
-                   m.full_text_encoder, m.lora_on ? &m.adapters : nullptr,
-                   &opt.optimizer,     opt.ema ? &*opt.ema : nullptr,
-                   &opt.scaler,        &data.sampler(),
-                   data_gen,           noise_gen};
+  TrainState state = train_state(m, opt, data, data_gen, noise_gen);
   TrainCounters& c = state.counters;
   fs::path last_checkpoint;
   if (const fs::path dir = resume_dir(o, hooks); !dir.empty()) {
@@ -304,8 +315,7 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
       // kohya's stop_text_encoder_training: frozen from here on. Its parameters get no
       // gradients, so AdamW, clipping and the loss scaler leave them alone.
       text_encoder_trains = false;
-      for (const auto& p : m.te_params) p.set_requires_grad(false);
-      m.text_encoder->eval();
+      m.freeze_text_encoder();
     }
     StepLoss sum;  // over the micro-batches
     bool loss_finite = true;

@@ -111,8 +111,8 @@ void TrainingData::cache_latents(const io::ModelFolder& base,
   };
   say("caching latents in " + (cache_dir / "latents").string());
   for (const auto* list : {&instances, &classes}) {
-    for (auto& c : cache.prepare(*list, enc_.vae, preprocess, o_.random_flip, examples_,
-                                 summary.skipped))
+    for (auto& c :
+         cache.prepare(*list, enc_.vae, preprocess, o_.random_flip, examples_, summary.skipped))
       cached_latents_.push_back(std::move(c));
     if (list == &instances) summary.instance_examples = static_cast<int64_t>(examples_.size());
   }

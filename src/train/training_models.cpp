@@ -59,6 +59,11 @@ TrainingModels::TrainingModels(const TrainOptions& o)
     te_params = lora_on ? adapter_tensors(adapters["text_encoder"]) : text_encoder->parameters();
 }
 
+void TrainingModels::freeze_text_encoder() {
+  for (const auto& p : te_params) p.set_requires_grad(false);
+  text_encoder->eval();
+}
+
 StepOptions step_options(const TrainOptions& o, const TrainingModels& m) {
   const bool prior = o.dreambooth.enabled && o.dreambooth.with_prior_preservation;
   return {.schedule = schedulers::make_noise_schedule(m.scheduler),

@@ -14,6 +14,7 @@
 #include "sdtune/io/image.h"
 #include "sdtune/io/model_folder.h"
 #include "sdtune/io/pipeline_writer.h"
+#include "sdtune/io/pixels.h"
 #include "sdtune/io/state_dict.h"
 #include "sdtune/models/component_loader.h"
 #include "sdtune/train/adamw.h"
@@ -38,14 +39,6 @@ void check_options(const VaeTrainOptions& o) {
   if (!(o.kl_weight >= 0)) throw Error("--kl-weight must be >= 0");
   if (o.scaling_images < 1) throw Error("--scaling-images must be at least 1");
   if (o.log_every < 1) throw Error("--log-every must be at least 1");
-}
-
-// [3,H,W] in [-1, 1] -> uint8 [H,W,3], as diffusers' image processor rounds.
-at::Tensor to_rgb(const at::Tensor& image) {
-  return ((image.to(at::kCPU, at::kFloat) / 2 + 0.5).clamp(0, 1).permute({1, 2, 0}) * 255)
-      .round()
-      .to(at::kByte)
-      .contiguous();
 }
 
 // KL(N(μ, σ²) ‖ N(0, 1)) per element, averaged.
@@ -168,8 +161,8 @@ VaeTrainSummary train_vae(const VaeTrainOptions& o, const TrainHooks& hooks) {
       latents.push_back(q.sample(noise_gen).cpu());
       if (first == 0)
         for (int64_t i = 0; i < std::min<int64_t>(8, x.size(0)); ++i) {
-          shown.push_back(to_rgb(x[i]));
-          rebuilt.push_back(to_rgb(vae->decode(q.mean.narrow(0, i, 1))[0]));
+          shown.push_back(io::tensor_to_pixels(x[i]));
+          rebuilt.push_back(io::tensor_to_pixels(vae->decode(q.mean.narrow(0, i, 1))[0]));
         }
     }
     const double std = at::cat(latents).to(at::kDouble).std().item<double>();

@@ -3,21 +3,12 @@
 #include <cstdio>
 
 #include "sdtune/io/image.h"
-#include "sdtune/pipeline/stable_diffusion_pipeline.h"
 #include "sdtune/models/autocast.h"
+#include "sdtune/pipeline/generation_parameters.h"
+#include "sdtune/pipeline/stable_diffusion_pipeline.h"
 
 namespace sdtune::train {
 namespace fs = std::filesystem;
-namespace {
-
-std::string str(double v) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.6g", v);
-  return buf;
-}
-
-}  // namespace
-
 at::Tensor run_validation(const io::ModelFolder& base, const models::LoadOptions& load,
                           models::CLIPTextModel text_encoder, models::UNet2DConditionModel unet,
                           models::AutoencoderKL vae, const Validation& v,
@@ -45,11 +36,13 @@ at::Tensor run_validation(const io::ModelFolder& base, const models::LoadOptions
           step_dir / ("prompt" + std::to_string(p) + "-" + std::to_string(i) + ".png");
       std::error_code ec;
       fs::remove(file, ec);  // a resumed run regenerates the same step
+      const pipeline::GenerationSettings settings{
+          .steps = g.steps,
+          .cfg_scale = g.guidance_scale,
+          .seed = g.seed,
+          .extra = {{"Training step", std::to_string(step)}}};
       io::write_png(file, images[i],
-                    {{"parameters", g.prompt + "\nSteps: " + std::to_string(g.steps) +
-                                        ", CFG scale: " + str(g.guidance_scale) +
-                                        ", Seed: " + std::to_string(g.seed) +
-                                        ", Training step: " + std::to_string(step)}});
+                    {{"parameters", pipeline::parameters_text(g.prompt, "", settings)}});
     }
   }
   for (int64_t i = 0; i < v.images_per_prompt; ++i)

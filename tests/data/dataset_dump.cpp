@@ -9,7 +9,6 @@
 // each example is drawn K times: "image.N" then holds [K,3,R,R]), and __metadata__ entries
 // "caption.N", "file.N", "count" and "skipped" (a JSON list of {"path", "reason"}). No usable
 // image at all is an error.
-#include <iostream>
 #include <map>
 #include <string>
 #include <utility>
@@ -18,6 +17,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <nlohmann/json.hpp>
 
+#include "driver.h"
 #include "sdtune/data/caption_dataset.h"
 #include "sdtune/data/image_loader.h"
 #include "sdtune/error.h"
@@ -28,44 +28,26 @@ namespace {
 using sdtune::Error;
 namespace data = sdtune::data;
 
-int run(int argc, char** argv) {
-  std::map<std::string, std::string> args;
+struct Args {
+  std::string data, out;
+  int64_t resolution = 0;
   bool center_crop = false, random_flip = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    if (flag == "--center-crop") {
-      center_crop = true;
-    } else if (flag == "--random-flip") {
-      random_flip = true;
-    } else {
-      if (i + 1 >= argc) throw Error("missing value for " + flag);
-      args[flag] = argv[++i];
-    }
-  }
-  auto take = [&](const std::string& key, const std::string& fallback = "") {
-    auto it = args.find(key);
-    if (it == args.end()) {
-      if (fallback.empty()) throw Error("missing " + key);
-      return fallback;
-    }
-    std::string value = it->second;
-    args.erase(it);
-    return value;
-  };
-  const std::string dir = take("--data"), out_path = take("--out");
-  data::TransformOptions options;
-  options.resolution = std::stoll(take("--resolution"));
-  options.center_crop = center_crop;
-  options.random_flip = random_flip;
-  const uint64_t seed = std::stoull(take("--seed", "0"));
-  const std::string image_column = take("--image-column", "image");
-  const std::string caption_column = take("--caption-column", "text");
-  const int64_t repeat = std::stoll(take("--repeat", "1"));
-  if (!args.empty()) throw Error("unknown option " + args.begin()->first);
+  uint64_t seed = 0;
+  std::string image_column = "image", caption_column = "text";
+  int64_t repeat = 1;
+};
 
-  auto dataset = data::open_dataset(dir, image_column, caption_column);
+void run(const Args& a) {
+  data::TransformOptions options;
+  options.resolution = a.resolution;
+  options.center_crop = a.center_crop;
+  options.random_flip = a.random_flip;
+  const std::string& dir = a.data;
+  const int64_t repeat = a.repeat;
+
+  auto dataset = data::open_dataset(dir, a.image_column, a.caption_column);
   std::vector<data::Skipped> skipped = dataset.skipped();
-  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(a.seed);
   std::vector<std::pair<std::string, at::Tensor>> tensors;
   std::map<std::string, std::string> metadata;
   int64_t n = 0;
@@ -87,17 +69,27 @@ int run(int argc, char** argv) {
   for (const auto& s : skipped) list.push_back({{"path", s.path.string()}, {"reason", s.reason}});
   metadata["skipped"] = list.dump();
   metadata["count"] = std::to_string(n);
-  sdtune::io::write_tensors(out_path, tensors, metadata);
-  return 0;
+  sdtune::io::write_tensors(a.out, tensors, metadata);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const std::exception& e) {
-    std::cerr << "sdtune_dataset_dump: error: " << e.what() << "\n";
-    return 1;
-  }
+  Args a;
+  return sdtune::driver::run_driver(
+      argc, argv, "Reads a dataset as training will and writes what training would see",
+      [&](CLI::App& app) {
+        app.add_option("--data", a.data, "Image folder or parquet file")->required();
+        app.add_option("--resolution", a.resolution, "Side of the square images")->required();
+        app.add_flag("--center-crop", a.center_crop, "Center crop (else a random crop)");
+        app.add_flag("--random-flip", a.random_flip, "Horizontal flip with p = 0.5");
+        app.add_option("--seed", a.seed, "Seed of the crops and flips")->capture_default_str();
+        app.add_option("--image-column", a.image_column, "Parquet: the image column")
+            ->capture_default_str();
+        app.add_option("--caption-column", a.caption_column, "The caption column")
+            ->capture_default_str();
+        app.add_option("--repeat", a.repeat, "Draws of each example")->capture_default_str();
+        app.add_option("--out", a.out, "Output tensors (.safetensors)")->required();
+      },
+      [&] { run(a); });
 }

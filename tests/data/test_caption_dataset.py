@@ -15,6 +15,7 @@ from PIL import Image
 from safetensors import safe_open
 
 import dataset_images
+from binaries import built_binary
 
 REPO = Path(__file__).resolve().parents[2]
 R = 64
@@ -22,10 +23,7 @@ R = 64
 
 @pytest.fixture(scope="session")
 def dump_bin():
-    path = Path(os.environ.get("SDTUNE_DATASET_DUMP", REPO / "build" / "sdtune_dataset_dump"))
-    if not path.exists():
-        pytest.fail(f"sdtune_dataset_dump not found at {path}: build it or set SDTUNE_DATASET_DUMP")
-    return path
+    return built_binary("sdtune_dataset_dump")
 
 
 @pytest.fixture

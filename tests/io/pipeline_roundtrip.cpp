@@ -7,12 +7,10 @@
 // --perturb adds 0.01 · sin(i + arange(numel)) (reshaped to the parameter) to each parameter,
 // where i is the rank of its name among the module's names sorted: deterministic, different for
 // every parameter, and easy to recompute in Python without knowing sdtune's registration order.
-#include <iostream>
 #include <map>
-#include <optional>
 #include <string>
 
-#include "sdtune/error.h"
+#include "driver.h"
 #include "sdtune/io/model_folder.h"
 #include "sdtune/io/pipeline_writer.h"
 #include "sdtune/io/state_dict.h"
@@ -20,7 +18,6 @@
 
 namespace {
 
-using sdtune::Error;
 namespace io = sdtune::io;
 
 struct Args {
@@ -28,35 +25,6 @@ struct Args {
   bool perturb = false;
   std::string save_dtype = "fp32";
 };
-
-Args parse_args(int argc, char** argv) {
-  Args a;
-  std::map<std::string, std::string> values;
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    if (flag == "--perturb") {
-      a.perturb = true;
-    } else if (flag.rfind("--", 0) == 0 && i + 1 < argc) {
-      values[flag] = argv[++i];
-    } else {
-      throw Error("unexpected argument '" + flag + "'");
-    }
-  }
-  auto take = [&](const std::string& key) -> std::optional<std::string> {
-    auto it = values.find(key);
-    if (it == values.end()) return std::nullopt;
-    std::string value = it->second;
-    values.erase(it);
-    return value;
-  };
-  auto model = take("--model"), out = take("--out");
-  if (!model || !out) throw Error("--model and --out are required");
-  a.model = *model;
-  a.out = *out;
-  if (auto dtype = take("--save-dtype")) a.save_dtype = *dtype;
-  if (!values.empty()) throw Error("unknown option " + values.begin()->first);
-  return a;
-}
 
 io::NamedTensors weights_of(const torch::nn::Module& module, bool perturb) {
   io::NamedTensors state = io::state_dict_of(module);
@@ -91,11 +59,14 @@ void run(const Args& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    run(parse_args(argc, argv));
-    return 0;
-  } catch (const std::exception& e) {
-    std::cerr << "error: " << e.what() << "\n";
-    return 1;
-  }
+  Args a;
+  return sdtune::driver::run_driver(
+      argc, argv, "Loads a pipeline, optionally perturbs its weights and saves it",
+      [&](CLI::App& app) {
+        app.add_option("--model", a.model, "Pipeline folder to load")->required();
+        app.add_option("--out", a.out, "Pipeline folder to write")->required();
+        app.add_flag("--perturb", a.perturb, "Add 0.01 * sin(i + arange) to every weight");
+        app.add_option("--save-dtype", a.save_dtype, "fp32, fp16 or bf16")->capture_default_str();
+      },
+      [&] { run(a); });
 }

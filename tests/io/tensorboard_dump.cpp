@@ -11,7 +11,7 @@
 
 #include <ATen/ATen.h>
 
-#include "sdtune/error.h"
+#include "driver.h"
 #include "sdtune/io/tensorboard_writer.h"
 
 namespace {
@@ -29,9 +29,8 @@ at::Tensor pattern(int64_t height, int64_t width) {
   return rgb;
 }
 
-int run(int argc, char** argv) {
-  if (argc != 3 || std::string(argv[1]) != "--dir") throw sdtune::Error("usage: --dir DIR");
-  sdtune::io::TensorBoardWriter writer(argv[2]);
+void run(const std::string& dir) {
+  sdtune::io::TensorBoardWriter writer(dir);
   for (int64_t step = 0; step < 5; ++step) {
     writer.add_scalar("train/loss", 1.0 / static_cast<double>(step + 1), step);
     writer.add_scalar("train/lr", 1e-4 * static_cast<double>(5 - step) / 5.0, step);
@@ -40,16 +39,14 @@ int run(int argc, char** argv) {
   writer.add_image("validation/grid", pattern(8, 12), 4);
   writer.flush();
   std::cout << writer.path().string() << "\n";
-  return 0;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const std::exception& e) {
-    std::cerr << "sdtune_tensorboard_dump: error: " << e.what() << "\n";
-    return 1;
-  }
+  std::string dir;
+  return sdtune::driver::run_driver(
+      argc, argv, "Writes a small TensorBoard event file",
+      [&](CLI::App& app) { app.add_option("--dir", dir, "Log directory")->required(); },
+      [&] { run(dir); });
 }

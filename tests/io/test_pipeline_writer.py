@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
+from binaries import built_binary
 
 REPO = Path(__file__).resolve().parents[2]
 KINDS = ["tiny", "sd2"]
@@ -21,10 +22,7 @@ KINDS = ["tiny", "sd2"]
 
 @pytest.fixture(scope="module")
 def roundtrip_bin():
-    path = Path(os.environ.get("SDTUNE_PIPELINE_ROUNDTRIP", REPO / "build" / "sdtune_pipeline_roundtrip"))
-    if not path.exists():
-        pytest.fail(f"sdtune_pipeline_roundtrip not found at {path}: build first or set SDTUNE_PIPELINE_ROUNDTRIP")
-    return path
+    return built_binary("sdtune_pipeline_roundtrip")
 
 
 @pytest.fixture

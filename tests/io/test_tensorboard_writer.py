@@ -14,16 +14,14 @@ import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.compat.proto import event_pb2
+from binaries import built_binary
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def dump_bin():
-    path = Path(os.environ.get("SDTUNE_TENSORBOARD_DUMP", REPO / "build" / "sdtune_tensorboard_dump"))
-    if not path.exists():
-        pytest.fail(f"sdtune_tensorboard_dump not found at {path}: build first or set SDTUNE_TENSORBOARD_DUMP")
-    return path
+    return built_binary("sdtune_tensorboard_dump")
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,14 @@
 // StableDiffusionImg2ImgPipeline). Outputs: `latents` (final) and `timesteps` (float64, those
 // the loop visited). All random draws come from one CPU generator seeded with S.
 #include <algorithm>
-#include <cstdlib>
-#include <fstream>
-#include <iostream>
 #include <map>
 #include <optional>
-#include <sstream>
 #include <string>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <c10/core/InferenceMode.h>
 
+#include "driver.h"
 #include "sdtune/error.h"
 #include "sdtune/io/json_config.h"
 #include "sdtune/io/tensor.h"
@@ -37,39 +34,6 @@ struct Args {
   int64_t steps = 0;
   uint64_t seed = 0;
 };
-
-Args parse_args(int argc, char** argv) {
-  Args a;
-  std::map<std::string, std::string> values;
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    if (flag == "--karras") {
-      a.karras = true;
-    } else if (flag.rfind("--", 0) == 0 && i + 1 < argc) {
-      values[flag] = argv[++i];
-    } else {
-      throw Error("unexpected argument '" + flag + "'");
-    }
-  }
-  auto required = [&](const std::string& key) {
-    auto it = values.find(key);
-    if (it == values.end()) throw Error("missing " + key);
-    return it->second;
-  };
-  a.config = required("--config");
-  a.scheduler = required("--scheduler");
-  a.inputs = required("--inputs");
-  a.out = required("--out");
-  a.steps = std::stoll(required("--steps"));
-  a.seed = std::stoull(required("--seed"));
-  if (values.count("--eta")) a.eta = std::stod(values["--eta"]);
-  if (values.count("--strength")) a.strength = std::stod(values["--strength"]);
-  for (const auto& [key, value] : values)
-    if (key != "--config" && key != "--scheduler" && key != "--inputs" && key != "--out" &&
-        key != "--steps" && key != "--seed" && key != "--eta" && key != "--strength")
-      throw Error("unknown option " + key);
-  return a;
-}
 
 // The stand-in model: 0.9 · x · t/T + 0.1 · sin(3x), smooth and timestep-dependent.
 at::Tensor stand_in(const at::Tensor& x, const at::Tensor& t, int64_t num_train_timesteps) {
@@ -125,12 +89,24 @@ void run(const Args& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    c10::InferenceMode guard;
-    run(parse_args(argc, argv));
-  } catch (const std::exception& e) {
-    std::cerr << "sdtune_scheduler_loop: " << e.what() << "\n";
-    return 1;
-  }
-  return 0;
+  Args a;
+  return sdtune::driver::run_driver(
+      argc, argv, "A scheduler's whole sampling loop with a stand-in model",
+      [&](CLI::App& app) {
+        app.add_option("--config", a.config, "scheduler_config.json")->required();
+        app.add_option("--scheduler", a.scheduler, "A --scheduler name of sdtune generate")
+            ->required();
+        app.add_flag("--karras", a.karras, "Karras sigmas");
+        app.add_option("--eta", a.eta, "DDIM's eta (ddim only)");
+        app.add_option("--steps", a.steps, "Sampling steps")->required();
+        app.add_option("--seed", a.seed, "Seed of the CPU generator for every random draw")
+            ->required();
+        app.add_option("--inputs", a.inputs, "Input tensors (.safetensors)")->required();
+        app.add_option("--out", a.out, "Output tensors (.safetensors)")->required();
+        app.add_option("--strength", a.strength, "img2img: start from `init` noised this far");
+      },
+      [&] {
+        c10::InferenceMode guard;
+        run(a);
+      });
 }

@@ -23,9 +23,9 @@ from diffusers import (
 from diffusers.utils.torch_utils import randn_tensor
 from parity import check
 from safetensors.torch import load_file, save_file
+from binaries import built_binary
 
 REPO = Path(__file__).resolve().parents[2]
-BINARY = REPO / "build" / "sdtune_scheduler_loop"
 TOLERANCE = 1e-5
 SHAPE = (1, 4, 8, 8)
 
@@ -232,7 +232,7 @@ def reference(case):
 
 def run_ours(case, folder):
     folder.mkdir()
-    args = [BINARY, "--scheduler", case.name, "--steps", case.steps, "--seed", case.seed]
+    args = [built_binary("sdtune_scheduler_loop"), "--scheduler", case.name, "--steps", case.steps, "--seed", case.seed]
     if case.raw_json:
         (folder / "scheduler_config.json").write_text(json.dumps(case.raw_json))
     else:
@@ -254,8 +254,6 @@ def run_ours(case, folder):
 def ours(tmp_path_factory):
     """Runs sdtune_scheduler_loop for every case at once (the processes in parallel) and returns
     {case id: output tensors, or the error text}."""
-    if not BINARY.exists():
-        pytest.fail(f"{BINARY} not found: build it first (ninja -C build sdtune_scheduler_loop)")
     root = tmp_path_factory.mktemp("schedulers")
     commands = {case.id: run_ours(case, root / f"case{i}") for i, case in enumerate(CASES)}
 
@@ -295,12 +293,10 @@ def test_scheduler_matches_diffusers(ours, case):
     ],
 )
 def test_unsupported_configurations_are_errors(tmp_path, name, config, message):
-    if not BINARY.exists():
-        pytest.fail(f"{BINARY} not found: build it first (ninja -C build sdtune_scheduler_loop)")
     CLASSES[name](**config).save_config(tmp_path)
     save_file({"latents": torch.zeros(SHAPE)}, tmp_path / "in.safetensors")
     args = ["--config", tmp_path / "scheduler_config.json", "--scheduler", name, "--steps", 10, "--seed", 0]
     args += ["--inputs", tmp_path / "in.safetensors", "--out", tmp_path / "out.safetensors"]
-    proc = subprocess.run([str(BINARY), *map(str, args)], capture_output=True, text=True)
+    proc = subprocess.run([str(built_binary("sdtune_scheduler_loop")), *map(str, args)], capture_output=True, text=True)
     assert proc.returncode != 0
     assert message in proc.stderr, proc.stderr

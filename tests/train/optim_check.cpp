@@ -17,12 +17,12 @@
 // "ema_warmup.decay" (float64 [N]); "ema" has the defaults, "ema_warmup" use_ema_warmup with
 // update_after_step 2, min_decay 0.05, power 3/4.
 #include <iostream>
-#include <map>
 #include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "driver.h"
 #include "sdtune/error.h"
 #include "sdtune/io/tensor.h"
 #include "sdtune/train/adamw.h"
@@ -44,30 +44,26 @@ std::vector<double> parse_pair(const std::string& text) {
   return out;
 }
 
-void run(std::map<std::string, std::string> args) {
-  auto take = [&](const std::string& key, std::optional<std::string> fallback = std::nullopt) {
-    auto it = args.find(key);
-    if (it == args.end()) {
-      if (!fallback) throw Error("missing " + key);
-      return *fallback;
-    }
-    std::string value = it->second;
-    args.erase(it);
-    return value;
-  };
-  const std::string inputs = take("--inputs"), out_path = take("--out");
-  const int64_t steps = std::stoll(take("--steps"));
-  const std::vector<double> lr = parse_pair(take("--lr")), wd = parse_pair(take("--wd"));
+struct Args {
+  std::string inputs, out, schedule;
+  std::string lr, wd;  // "A,B": one value per parameter group
+  int64_t steps = 0, warmup = 0, total = 0;
+  int64_t num_cycles = 1;
+  double power = 1.0;
+  std::optional<double> grad_scale;
+  int64_t found_inf_step = -1;
+};
+
+void run(const Args& a) {
+  const std::string& inputs = a.inputs;
+  const int64_t steps = a.steps;
+  const std::vector<double> lr = parse_pair(a.lr), wd = parse_pair(a.wd);
   train::LrScheduleOptions sched_options;
-  const std::string schedule_name = take("--schedule");
-  sched_options.warmup_steps = std::stoll(take("--warmup"));
-  sched_options.total_steps = std::stoll(take("--total"));
-  sched_options.num_cycles = std::stoll(take("--num-cycles", "1"));
-  sched_options.power = std::stod(take("--power", "1.0"));
+  sched_options.warmup_steps = a.warmup;
+  sched_options.total_steps = a.total;
+  sched_options.num_cycles = a.num_cycles;
+  sched_options.power = a.power;
   sched_options.base_lr = lr[0];  // optimizer.defaults["lr"]
-  const std::string scale_text = take("--grad-scale", "");
-  const int64_t found_inf_step = std::stoll(take("--found-inf-step", "-1"));
-  if (!args.empty()) throw Error("unknown option " + args.begin()->first);
 
   const auto in = sdtune::io::read_tensors(inputs);
   auto input = [&](const std::string& name) -> const at::Tensor* {
@@ -87,7 +83,7 @@ void run(std::map<std::string, std::string> args) {
   std::vector<at::Tensor> model = params;
   model.push_back(frozen);
 
-  train::LrSchedule schedule(schedule_name, sched_options);
+  train::LrSchedule schedule(a.schedule, sched_options);
   train::AdamW opt(
       {{{params[0], params[1]}, lr[0], wd[0]}, {{params[2], params[3]}, lr[1], wd[1]}});
   train::Ema ema(model);
@@ -110,9 +106,9 @@ void run(std::map<std::string, std::string> args) {
       if (grad) params[j].mutable_grad() = grad->clone();
     }
     std::optional<at::Tensor> grad_scale, found_inf;
-    if (!scale_text.empty()) {
-      grad_scale = at::scalar_tensor(std::stod(scale_text), at::kFloat);
-      found_inf = at::scalar_tensor(k == found_inf_step ? 1.0 : 0.0, at::kFloat);
+    if (a.grad_scale) {
+      grad_scale = at::scalar_tensor(*a.grad_scale, at::kFloat);
+      found_inf = at::scalar_tensor(k == a.found_inf_step ? 1.0 : 0.0, at::kFloat);
     }
     opt.step(grad_scale, found_inf);
     opt.zero_grad();
@@ -136,7 +132,7 @@ void run(std::map<std::string, std::string> args) {
   }
   out.emplace_back("ema.decay", decays[0].clone());
   out.emplace_back("ema_warmup.decay", decays[1].clone());
-  sdtune::io::write_tensors(out_path, out);
+  sdtune::io::write_tensors(a.out, out);
   std::cout << "parameters " << opt.num_parameters() << " state_bytes " << opt.state_bytes()
             << "\n";
 }
@@ -144,17 +140,25 @@ void run(std::map<std::string, std::string> args) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    std::map<std::string, std::string> args;
-    for (int i = 1; i < argc; ++i) {
-      const std::string flag = argv[i];
-      if (flag.rfind("--", 0) != 0 || i + 1 >= argc) throw Error("unexpected argument " + flag);
-      args[flag] = argv[++i];
-    }
-    run(std::move(args));
-  } catch (const std::exception& e) {
-    std::cerr << "sdtune_optim_check: " << e.what() << "\n";
-    return 1;
-  }
-  return 0;
+  Args a;
+  return sdtune::driver::run_driver(
+      argc, argv, "AdamW, an LR schedule and EMAs over gradients read from a file",
+      [&](CLI::App& app) {
+        app.add_option("--inputs", a.inputs, "Parameters and gradients (.safetensors)")->required();
+        app.add_option("--out", a.out, "Output tensors (.safetensors)")->required();
+        app.add_option("--steps", a.steps, "Updates")->required();
+        app.add_option("--schedule", a.schedule, "LR schedule name")->required();
+        app.add_option("--warmup", a.warmup, "LR warmup steps")->required();
+        app.add_option("--total", a.total, "Training steps of the LR schedule")->required();
+        app.add_option("--lr", a.lr, "Learning rates of groups 0 and 1: A,B")->required();
+        app.add_option("--wd", a.wd, "Weight decays of groups 0 and 1: C,D")->required();
+        app.add_option("--num-cycles", a.num_cycles, "cosine_with_restarts' cycles")
+            ->capture_default_str();
+        app.add_option("--power", a.power, "polynomial's power")->capture_default_str();
+        app.add_option("--grad-scale", a.grad_scale, "Gradients are scaled by S (loss scaler)");
+        app.add_option("--found-inf-step", a.found_inf_step,
+                       "With --grad-scale: the step whose found_inf is 1")
+            ->capture_default_str();
+      },
+      [&] { run(a); });
 }

@@ -13,6 +13,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from parity import check
 from safetensors.torch import load_file, save_file
+from binaries import built_binary
 
 REPO = Path(__file__).resolve().parents[2]
 SHAPES = [(8, 4), (4,), (3, 5, 2), (7,)]  # group 0: params 0, 1; group 1: params 2, 3
@@ -27,10 +28,7 @@ EMA_WARMUP = dict(use_ema_warmup=True, update_after_step=2, min_decay=0.05, powe
 
 @pytest.fixture(scope="module")
 def driver():
-    path = Path(os.environ.get("SDTUNE_OPTIM_CHECK", REPO / "build" / "sdtune_optim_check"))
-    if not path.exists():
-        pytest.fail(f"{path} not found: build it (scripts/setup.sh) or set SDTUNE_OPTIM_CHECK")
-    return path
+    return built_binary("sdtune_optim_check")
 
 
 def make_inputs(scale=1.0):

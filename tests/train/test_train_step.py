@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from parity import check
 from safetensors.torch import load_file, save_file
+from binaries import built_binary
 
 REPO = Path(__file__).resolve().parents[2]
 TOLERANCE = 1e-4  # max|ours - ref| / max|ref| per tensor, fp32 on CPU
@@ -33,10 +34,7 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def train_step_bin():
-    path = Path(os.environ.get("SDTUNE_TRAIN_STEP", REPO / "build" / "sdtune_train_step"))
-    if not path.exists():
-        pytest.fail(f"sdtune_train_step not found at {path}: build first or set SDTUNE_TRAIN_STEP")
-    return path
+    return built_binary("sdtune_train_step")
 
 
 def make_inputs(unet_config, size, seed):

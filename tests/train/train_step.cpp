@@ -8,13 +8,13 @@
 // Inputs: `latents` (x₀), `noise` (ε), `timesteps` (int64 [B]), `encoder_hidden_states`.
 // Outputs: `loss` and `grad.<parameter name>` for every UNet parameter. The prediction type
 // defaults to the scheduler config's.
-#include <iostream>
 #include <map>
 #include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "driver.h"
 #include "sdtune/error.h"
 #include "sdtune/io/model_folder.h"
 #include "sdtune/io/tensor.h"
@@ -35,40 +35,6 @@ struct Args {
   std::optional<double> snr_gamma;
   bool gradient_checkpointing = false;
 };
-
-Args parse_args(int argc, char** argv) {
-  Args a;
-  std::map<std::string, std::string> values;
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    if (flag == "--gradient-checkpointing") {
-      a.gradient_checkpointing = true;
-    } else if (flag.rfind("--", 0) == 0 && i + 1 < argc) {
-      values[flag] = argv[++i];
-    } else {
-      throw Error("unexpected argument '" + flag + "'");
-    }
-  }
-  auto take = [&](const std::string& key) -> std::optional<std::string> {
-    auto it = values.find(key);
-    if (it == values.end()) return std::nullopt;
-    std::string value = it->second;
-    values.erase(it);
-    return value;
-  };
-  auto required = [&](const std::string& key) {
-    auto value = take(key);
-    if (!value) throw Error("missing " + key);
-    return *value;
-  };
-  a.model = required("--model");
-  a.inputs = required("--inputs");
-  a.out = required("--out");
-  a.prediction_type = take("--prediction-type");
-  if (auto gamma = take("--snr-gamma")) a.snr_gamma = std::stod(*gamma);
-  if (!values.empty()) throw Error("unknown option " + values.begin()->first);
-  return a;
-}
 
 at::Tensor input(const std::map<std::string, at::Tensor>& in, const std::string& name) {
   auto it = in.find(name);
@@ -97,13 +63,13 @@ void run(const Args& a) {
                                    .num_train_timesteps = config.num_train_timesteps,
                                    .snr_gamma = a.snr_gamma};
   const train::LossScaler no_scaling({.enabled = false}, latents.device());
-  const train::StepLoss loss =
-      train::training_step(unet, nullptr, /*text_encoder_trains=*/false,
-                           {.latents = latents, .noise = noise, .timesteps = timesteps,
-                            .context = context},
-                           options, no_scaling);
+  const train::StepLoss loss = train::training_step(
+      unet, nullptr, /*text_encoder_trains=*/false,
+      {.latents = latents, .noise = noise, .timesteps = timesteps, .context = context}, options,
+      no_scaling);
 
-  std::vector<std::pair<std::string, at::Tensor>> out{{"loss", at::scalar_tensor(loss.loss, at::kFloat)}};
+  std::vector<std::pair<std::string, at::Tensor>> out{
+      {"loss", at::scalar_tensor(loss.loss, at::kFloat)}};
   for (const auto& p : unet->named_parameters()) {
     const at::Tensor& grad = p.value().grad();
     out.emplace_back("grad." + p.key(), grad.defined() ? grad : at::zeros_like(p.value()));
@@ -114,11 +80,18 @@ void run(const Args& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    run(parse_args(argc, argv));
-    return 0;
-  } catch (const std::exception& e) {
-    std::cerr << "error: " << e.what() << "\n";
-    return 1;
-  }
+  Args a;
+  return sdtune::driver::run_driver(
+      argc, argv, "One UNet training step (loss and gradients) on given inputs",
+      [&](CLI::App& app) {
+        app.add_option("--model", a.model, "Pipeline folder")->required();
+        app.add_option("--inputs", a.inputs, "Input tensors (.safetensors)")->required();
+        app.add_option("--out", a.out, "Loss and gradients (.safetensors)")->required();
+        app.add_option("--prediction-type", a.prediction_type,
+                       "epsilon, v_prediction or sample (default: the scheduler config's)");
+        app.add_option("--snr-gamma", a.snr_gamma, "Min-SNR loss weighting's gamma");
+        app.add_flag("--gradient-checkpointing", a.gradient_checkpointing,
+                     "Recompute the UNet's block activations in backward");
+      },
+      [&] { run(a); });
 }

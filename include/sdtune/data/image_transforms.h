@@ -9,7 +9,6 @@
 
 namespace sdtune::data {
 
-
 // Resizes uint8 [H,W,3] so that its shorter side is `size`; the longer side is truncated as
 // torchvision's Resize(int) does. Small images are upscaled.
 at::Tensor resize_shorter_side(const at::Tensor& rgb, int64_t size);
@@ -65,8 +64,5 @@ at::Tensor transform_image_unflipped(const at::Tensor& rgb, const TransformOptio
 // Whether this image is mirrored: one draw from `gen` (p = 0.5) when random flips are on, none
 // otherwise. transform_image draws it after the crop; a cached latent draws it in its place.
 bool draw_flip(const TransformOptions& options, at::Generator& gen);
-
-// uint8 [H,W,3] -> float [3,H,W], x / 127.5 - 1 (ToTensor + Normalize([0.5], [0.5])).
-at::Tensor to_model_input(const at::Tensor& rgb);
 
 }  // namespace sdtune::data

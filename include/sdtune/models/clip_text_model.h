@@ -65,5 +65,4 @@ class CLIPTextModelImpl : public torch::nn::Module {
 };
 TORCH_MODULE(CLIPTextModel);
 
-
 }  // namespace sdtune::models

@@ -12,8 +12,8 @@
 
 #include "sdtune/io/model_folder.h"
 #include "sdtune/models/component_loader.h"
-#include "sdtune/text/clip_tokenizer.h"
 #include "sdtune/schedulers/scheduler.h"
+#include "sdtune/text/clip_tokenizer.h"
 
 namespace sdtune::pipeline {
 
@@ -52,6 +52,10 @@ class StableDiffusionPipeline {
 
   // Images as uint8 [N,H,W,3] on the CPU.
   at::Tensor generate(const GenerateOptions& options, const StepCallback& on_step = {});
+  // The same with the prompt embeddings already made by encode_prompt(options): a caller that
+  // needs to know whether the prompt was truncated encodes it once, not twice.
+  at::Tensor generate(const GenerateOptions& options, const at::Tensor& prompt_embeddings,
+                      const StepCallback& on_step = {});
 
   int64_t vae_scale_factor() const;
   // The models themselves (shared, not copied): e.g. to merge a LoRA into them.

@@ -19,12 +19,14 @@
 
 namespace sdtune::train {
 
-// The models of a fine-tuning run, and what of them trains. The UNet (and the text encoder when trained) are
-// fp32 master weights; with mixed precision the frozen VAE and text encoder are cast to the
-// compute dtype, as train_text_to_image.py does. With LoRA every model is frozen in the compute
-// dtype and only the adapters (fp32) train, as in diffusers' LoRA scripts.
+// The models of a fine-tuning run, and what of them trains. The UNet (and the text encoder when
+// trained) are fp32 master weights; with mixed precision the frozen VAE and text encoder are cast
+// to the compute dtype, as train_text_to_image.py does. With LoRA every model is frozen in the
+// compute dtype and only the adapters (fp32) train, as in diffusers' LoRA scripts.
 struct TrainingModels {
   explicit TrainingModels(const TrainOptions& o);
+  // The text encoder frozen from now on (--stop-text-encoder-training): no gradients, eval mode.
+  void freeze_text_encoder();
 
   const TrainOptions& o;
   const c10::Device device;

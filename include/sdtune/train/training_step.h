@@ -42,7 +42,7 @@ struct StepInputs {
 StepInputs draw_step_inputs(const Batch& batch, at::Generator& gen, const StepOptions& options);
 
 struct StepLoss {
-  double loss = 0;               // the micro-batch's loss (before any scaling)
+  double loss = 0;                 // the micro-batch's loss (before any scaling)
   double instance = 0, prior = 0;  // its two terms, with prior preservation
 };
 
