@@ -239,6 +239,21 @@ TrainState train_state(TrainingModels& m, Optimization& opt, TrainingData& data,
           .noise_gen = noise_gen};
 }
 
+// Optimizer steps per epoch: this rank's batches over the accumulation, the last step partial.
+int64_t steps_per_epoch(const TrainOptions& o, TrainingData& data) {
+  const int64_t accumulation = o.gradient_accumulation_steps;
+  return (data.sampler().batches_per_epoch() + accumulation - 1) / accumulation;
+}
+
+// During a run of non-finite losses the weights are suspect: no checkpoint then, so that pruning
+// never removes the last good one.
+bool checkpoint_allowed(const TrainCounters& c, const TrainHooks& hooks) {
+  if (c.nonfinite_run == 0) return true;
+  hooks.say("not saving a checkpoint at step " + std::to_string(c.step) +
+            ": the loss is not finite");
+  return false;
+}
+
 // --resume-from-checkpoint: the folder given, or with "latest" the newest checkpoint in OUT;
 // empty for a new run.
 fs::path resume_dir(const TrainOptions& o, const TrainHooks& hooks) {
@@ -280,9 +295,8 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
                     kWorldSize, summary, [&](const std::string& s) { hooks.say(s); });
   const StepOptions step_opts = step_options(o, m);
   const int64_t accumulation = o.gradient_accumulation_steps;
-  const int64_t steps_per_epoch =
-      (data.sampler().batches_per_epoch() + accumulation - 1) / accumulation;
-  const int64_t max_steps = o.max_steps > 0 ? o.max_steps : o.num_train_epochs * steps_per_epoch;
+  const int64_t max_steps =
+      o.max_steps > 0 ? o.max_steps : o.num_train_epochs * steps_per_epoch(o, data);
 
   Optimization opt(o, m, max_steps);
 
@@ -351,17 +365,11 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
     if (o.validation_steps > 0 && c.step % o.validation_steps == 0 && !last)
       validate(m, state.ema, metrics ? &*metrics : nullptr, c.step);
     const bool stop = hooks.stop_requested && hooks.stop_requested->load();
-    if ((o.checkpointing_steps > 0 && c.step % o.checkpointing_steps == 0) || last || stop) {
-      // During a run of non-finite losses the weights are suspect: no checkpoint then, so that
-      // pruning never removes the last good one.
-      if (c.nonfinite_run != 0)
-        hooks.say("not saving a checkpoint at step " + std::to_string(c.step) +
-                  ": the loss is not finite");
-      else if (kIsMainProcess)
+    if ((o.checkpointing_steps > 0 && c.step % o.checkpointing_steps == 0) || last || stop)
+      if (kIsMainProcess && checkpoint_allowed(c, hooks))
         last_checkpoint = save_checkpoint(
             m, state, state.trainer_state(max_steps, data.sampler().epoch(), summary.examples),
             hooks);
-    }
     if (stop && !last) {
       summary.interrupted = true;
       summary.output = last_checkpoint;
