@@ -1,7 +1,5 @@
 #include "sdtune/io/image.h"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <cstring>
 #include <mutex>
