@@ -6,6 +6,7 @@
 
 #include "cli/commands.h"
 #include "cli/generation_options.h"
+#include "cli/number_checks.h"
 #include "cli/progress.h"
 #include "sdtune/error.h"
 #include "sdtune/io/image.h"
@@ -102,11 +103,14 @@ void add_generate(CLI::App& app) {
   add_generation_options(cmd, a->flags);
   cmd->add_option("--seed", a->seed, "Random seed (default: a random one, written into the PNG)");
   cmd->add_option("--num-images", a->flags.gen.num_images, "Images for the prompt")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(checks::at_least(1));
   cmd->add_option("--init-image", a->init_image, "img2img: start from this image");
   cmd->add_option("--strength", a->flags.gen.strength,
                   "img2img: how much of the image is re-noised, in (0, 1]")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(checks::positive())
+      ->check(checks::at_most(1));
   cmd->add_option("--out", a->out, "Output PNG (with --num-images N: OUT-0.png ... OUT-{N-1}.png)")
       ->required();
   cmd->callback([a] { run(*a); });

@@ -2,6 +2,7 @@
 
 #include <cstdio>
 
+#include "cli/number_checks.h"
 #include "sdtune/error.h"
 
 namespace sdtune::cli {
@@ -10,7 +11,9 @@ void add_generation_options(CLI::App* cmd, GenerationFlags& f) {
   auto& g = f.gen;
   cmd->add_option("--negative-prompt", g.negative_prompt, "What to steer away from")
       ->capture_default_str();
-  cmd->add_option("--steps", g.steps, "Denoising steps")->capture_default_str();
+  cmd->add_option("--steps", g.steps, "Denoising steps")
+      ->capture_default_str()
+      ->check(checks::at_least(1));
   cmd->add_option("--guidance-scale", g.guidance_scale,
                   "Classifier-free guidance scale (<= 1 turns it off)")
       ->capture_default_str();
@@ -21,14 +24,19 @@ void add_generation_options(CLI::App* cmd, GenerationFlags& f) {
                   "LoRA file (diffusers or kohya format) merged into the model, FILE[:SCALE]; "
                   "repeatable")
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-  cmd->add_option("--eta", g.eta, "DDIM eta (0 = deterministic)")->capture_default_str();
+  cmd->add_option("--eta", g.eta, "DDIM eta (0 = deterministic)")
+      ->capture_default_str()
+      ->check(checks::in_range(0, 1));
   cmd->add_option("--width", g.width,
-                  "Image width, a multiple of 8 (default: the model's native size)");
+                  "Image width, a multiple of 8 (default: the model's native size)")
+      ->check(checks::at_least(8));
   cmd->add_option("--height", g.height,
-                  "Image height, a multiple of 8 (default: the model's native size)");
+                  "Image height, a multiple of 8 (default: the model's native size)")
+      ->check(checks::at_least(8));
   cmd->add_option("--clip-skip", g.clip_skip,
                   "Use the text encoder's output this many layers before the last")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(checks::non_negative());
   cmd->add_option("--device", f.device, "cpu or cuda")
       ->capture_default_str()
       ->check(CLI::IsMember({"cpu", "cuda"}));

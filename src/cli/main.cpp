@@ -3,6 +3,7 @@
 
 #include "cli/commands.h"
 #include "cli/crash_report.h"
+#include "cli/number_checks.h"
 #include "sdtune/error.h"
 
 int main(int argc, char** argv) {
@@ -20,10 +21,18 @@ int main(int argc, char** argv) {
   sdtune::cli::add_train_vae(app);
   sdtune::cli::add_init(app);
   sdtune::cli::add_lora(app);
+  sdtune::cli::checks::check_every_number(app);
   try {
     app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
+  } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    // One line and exit code 1, as every other error: the flag and what is wrong with its value.
+    std::fprintf(stderr, "sdtune: error: %s (see sdtune %s --help)\n", e.what(),
+                 app.get_subcommands().empty() ? "" : app.get_subcommands()[0]->get_name().c_str());
+    return 1;
   } catch (const sdtune::Error& e) {
     std::fprintf(stderr, "sdtune: error: %s\n", e.what());
     return 1;

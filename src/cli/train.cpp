@@ -44,20 +44,32 @@ void add_options(CLI::App* cmd, Flags& f) {
     cmd->add_option("--class-prompt", db.class_prompt, "e.g. \"a photo of a dog\"");
     cmd->add_option("--class-data,--class-data-dir", f.class_data,
                     "Folder of class images; missing ones are generated with the base model");
-    cmd->add_option("--num-class-images", db.num_class_images)->capture_default_str();
-    cmd->add_option("--prior-loss-weight", db.prior_loss_weight)->capture_default_str();
+    cmd->add_option("--num-class-images", db.num_class_images)
+        ->capture_default_str()
+        ->check(checks::at_least(1));
+    cmd->add_option("--prior-loss-weight", db.prior_loss_weight)
+        ->capture_default_str()
+        ->check(checks::non_negative());
     cmd->add_option("--repeats", db.repeats, "Times each instance image appears per epoch (kohya)")
-        ->capture_default_str();
+        ->capture_default_str()
+        ->check(checks::at_least(1));
     cmd->add_option("--class-inference-steps", db.class_inference_steps,
                     "Denoising steps per generated class image")
-        ->capture_default_str();
+        ->capture_default_str()
+        ->check(checks::at_least(1));
     cmd->add_option("--class-guidance-scale", db.class_guidance_scale)->capture_default_str();
   }
   cmd->add_flag("--enable-bucket", o.enable_bucket,
                 "Aspect-ratio buckets (kohya): no square crop, one bucket per batch");
-  cmd->add_option("--min-bucket-reso", o.min_bucket_reso)->capture_default_str();
-  cmd->add_option("--max-bucket-reso", o.max_bucket_reso)->capture_default_str();
-  cmd->add_option("--bucket-reso-steps", o.bucket_reso_steps)->capture_default_str();
+  cmd->add_option("--min-bucket-reso", o.min_bucket_reso)
+      ->capture_default_str()
+      ->check(checks::at_least(8));
+  cmd->add_option("--max-bucket-reso", o.max_bucket_reso)
+      ->capture_default_str()
+      ->check(checks::at_least(8));
+  cmd->add_option("--bucket-reso-steps", o.bucket_reso_steps)
+      ->capture_default_str()
+      ->check(checks::at_least(8));
 
   cmd->add_flag("--cache-latents", o.cache_latents,
                 "Encode each image with the VAE once and keep its latent distribution on disk "
@@ -69,28 +81,38 @@ void add_options(CLI::App* cmd, Flags& f) {
                   "$XDG_CACHE_HOME/sdtune or ~/.cache/sdtune)");
 
   add_optimizer_options(cmd, o, "Optimizer steps (0: --num-train-epochs passes over the data)");
-  cmd->add_option("--num-train-epochs", o.num_train_epochs)->capture_default_str();
+  cmd->add_option("--num-train-epochs", o.num_train_epochs)
+      ->capture_default_str()
+      ->check(checks::at_least(1));
   cmd->add_option("--gradient-accumulation-steps", o.gradient_accumulation_steps)
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(checks::at_least(1));
   cmd->add_flag("--scale-lr", o.scale_lr, "lr × accumulation × batch size");
   cmd->add_option("--lr-scheduler", o.lr_scheduler,
                   "constant, constant_with_warmup, linear, cosine, cosine_with_restarts, "
                   "polynomial")
       ->capture_default_str();
-  cmd->add_option("--adam-beta1", o.adam_beta1)->capture_default_str();
-  cmd->add_option("--adam-beta2", o.adam_beta2)->capture_default_str();
-  cmd->add_option("--adam-epsilon", o.adam_epsilon)->capture_default_str();
+  cmd->add_option("--adam-beta1", o.adam_beta1)->capture_default_str()->check(checks::below_one());
+  cmd->add_option("--adam-beta2", o.adam_beta2)->capture_default_str()->check(checks::below_one());
+  cmd->add_option("--adam-epsilon", o.adam_epsilon)
+      ->capture_default_str()
+      ->check(checks::non_negative());
 
   cmd->add_flag("--train-text-encoder", o.train_text_encoder);
-  cmd->add_option("--text-encoder-lr", f.text_encoder_lr, "(default: --learning-rate)");
+  cmd->add_option("--text-encoder-lr", f.text_encoder_lr, "(default: --learning-rate)")
+      ->check(checks::positive());
   cmd->add_option("--stop-text-encoder-training", o.stop_text_encoder_training,
                   "Freeze the text encoder from this step on (0: train it to the end)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(checks::non_negative());
 
   cmd->add_option("--prediction-type", o.prediction_type,
                   "epsilon or v_prediction (default: the scheduler config's)");
-  cmd->add_option("--snr-gamma", f.snr_gamma, "Min-SNR-γ loss weighting (5.0 is usual)");
-  cmd->add_option("--noise-offset", o.noise_offset)->capture_default_str();
+  cmd->add_option("--snr-gamma", f.snr_gamma, "Min-SNR-γ loss weighting (5.0 is usual)")
+      ->check(checks::positive());
+  cmd->add_option("--noise-offset", o.noise_offset)
+      ->capture_default_str()
+      ->check(checks::non_negative());
 
   cmd->add_option("--mixed-precision", o.mixed_precision, "no, fp16 or bf16")
       ->capture_default_str();
@@ -99,37 +121,48 @@ void add_options(CLI::App* cmd, Flags& f) {
                 "Deterministic GPU kernels (cuBLAS, cuDNN, attention backward): a resumed run "
                 "equals the straight one bit for bit on CUDA too; slower");
   cmd->add_flag("--use-ema", o.use_ema, "Keep an EMA of the UNet weights (saved as the model)");
-  cmd->add_option("--ema-decay", o.ema_decay)->capture_default_str();
+  cmd->add_option("--ema-decay", o.ema_decay)->capture_default_str()->check(checks::in_range(0, 1));
   cmd->add_flag("--ema-warmup", o.ema_warmup, "EMA decay warmup (1 - (1 + step)^(-2/3))");
   cmd->add_flag("--offload-ema", o.offload_ema, "Keep the EMA weights in CPU memory");
 
   cmd->add_option("--checkpointing-steps", o.checkpointing_steps,
                   "Save OUT/checkpoint-STEP every N steps (0: only at the end)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(checks::non_negative());
   cmd->add_option("--checkpoints-total-limit", o.checkpoints_total_limit,
                   "Keep the last K checkpoints (0: all)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(checks::non_negative());
   cmd->add_option("--resume-from-checkpoint", o.resume_from_checkpoint, "latest or a folder");
 
   cmd->add_option("--validation-prompt", o.validation_prompts, "Prompt to sample (repeatable)")
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   cmd->add_option("--validation-steps", o.validation_steps,
                   "Sample the validation prompts every N steps (and at the end)")
-      ->capture_default_str();
-  cmd->add_option("--num-validation-images", o.num_validation_images)->capture_default_str();
+      ->capture_default_str()
+      ->check(checks::non_negative());
+  cmd->add_option("--num-validation-images", o.num_validation_images)
+      ->capture_default_str()
+      ->check(checks::at_least(1));
   cmd->add_option("--validation-inference-steps", o.validation_inference_steps)
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(checks::at_least(1));
   cmd->add_option("--validation-guidance-scale", o.validation_guidance_scale)
       ->capture_default_str();
 
   cmd->add_option("--max-nonfinite-steps", o.max_nonfinite_steps,
                   "Stop after this many steps in a row with a NaN/inf loss")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(checks::at_least(1));
   cmd->add_option("--lora-rank,--rank", f.lora_rank,
-                  "Train LoRA adapters of this rank instead of the whole model (e.g. 4-128)");
+                  "Train LoRA adapters of this rank instead of the whole model (e.g. 4-128)")
+      ->check(checks::at_least(1));
   cmd->add_option("--lora-alpha", f.lora_alpha,
-                  "LoRA alpha: updates scale by alpha/rank (default: rank)");
-  cmd->add_option("--lora-dropout", o.lora.dropout)->capture_default_str();
+                  "LoRA alpha: updates scale by alpha/rank (default: rank)")
+      ->check(checks::positive());
+  cmd->add_option("--lora-dropout", o.lora.dropout)
+      ->capture_default_str()
+      ->check(checks::below_one());
   cmd->add_option("--lora-layers", o.lora.unet_layers,
                   "UNet layers that get adapters (module-path suffixes, comma-separated; also "
                   "proj_in, proj_out, ff.net.0.proj, ff.net.2, and LoCon's conv1, conv2, "
@@ -178,8 +211,7 @@ void run(CLI::App* cmd, Flags& f) {
   progress.finish();
 
   // The run summary, on stdout.
-  std::printf("examples: %lld used, %zu skipped\n", static_cast<long long>(s.examples),
-              s.skipped.size());
+  print_examples(s.examples, s.skipped);
   if (f.dreambooth)
     std::printf("instance examples: %lld, class examples: %lld\n",
                 static_cast<long long>(s.instance_examples),
@@ -188,8 +220,6 @@ void run(CLI::App* cmd, Flags& f) {
     std::printf("class images: %lld found, %lld generated\n",
                 static_cast<long long>(s.class_images_found),
                 static_cast<long long>(s.class_images_generated));
-  for (const auto& sk : s.skipped)
-    std::printf("  skipped %s: %s\n", sk.path.string().c_str(), sk.reason.c_str());
   for (const auto& [bucket, n] : s.buckets)
     std::printf("  bucket %s: %lld examples\n", bucket.c_str(), static_cast<long long>(n));
   if (o.cache_latents)

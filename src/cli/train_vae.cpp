@@ -35,10 +35,7 @@ void run(CLI::App* cmd, VaeFlags& f) {
     throw;
   }
   progress.finish();
-  std::printf("examples: %lld used, %zu skipped\n", static_cast<long long>(s.examples),
-              s.skipped.size());
-  for (const auto& sk : s.skipped)
-    std::printf("  skipped %s: %s\n", sk.path.string().c_str(), sk.reason.c_str());
+  print_examples(s.examples, s.skipped);
   std::printf("steps: %lld\n", static_cast<long long>(s.steps));
   std::printf("reconstruction mse: first %.6f, last %.6f\n", s.first_reconstruction,
               s.last_reconstruction);
@@ -59,10 +56,12 @@ void add_train_vae(CLI::App& app) {
                        "Output pipeline folder, logs/ inside (required)");
   add_optimizer_options(cmd, o, "Optimizer steps");
   cmd->add_option("--kl-weight", o.kl_weight, "Weight of the KL term (per latent element)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(checks::non_negative());
   cmd->add_option("--scaling-images", o.scaling_images,
                   "Images whose latents set the config's scaling_factor")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(checks::at_least(1));
   add_run_options(cmd, *f, o);
   cmd->callback([cmd, f] { run(cmd, *f); });
 }

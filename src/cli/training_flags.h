@@ -3,8 +3,12 @@
 // in one place under the names diffusers' scripts give them. Every flag is also a key of the
 // TOML file given with --config.
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
+
+#include "cli/number_checks.h"
+#include "sdtune/data/caption_dataset.h"
 
 namespace sdtune::cli {
 
@@ -15,8 +19,8 @@ struct TrainingFlags {
 
 // Registers --config, --model, DATA (`data_flags`, e.g. "--data,--train-data-dir"), --out,
 // --variant, --device, --image-column, --caption-column, --resolution, --center-crop,
-// --random-flip and --batch-size on `cmd`. As with argparse, a flag given twice takes its last
-// value.
+// --random-flip, --allow-outside-data, --max-image-pixels and --batch-size on `cmd`. As with
+// argparse, a flag given twice takes its last value.
 template <typename Options>
 void add_training_options(CLI::App* cmd, TrainingFlags& f, Options& o,
                           const std::string& data_flags, const std::string& data_help,
@@ -32,10 +36,21 @@ void add_training_options(CLI::App* cmd, TrainingFlags& f, Options& o,
   cmd->add_option("--device", o.device, "cpu, cuda or cuda:N")->capture_default_str();
   cmd->add_option("--image-column", o.image_column)->capture_default_str();
   cmd->add_option("--caption-column", o.caption_column)->capture_default_str();
-  cmd->add_option("--resolution", o.resolution)->capture_default_str();
+  cmd->add_option("--resolution", o.resolution)->capture_default_str()->check(checks::at_least(8));
   cmd->add_flag("--center-crop", o.center_crop, "Center crop (default: random crop)");
   cmd->add_flag("--random-flip", o.random_flip, "Random horizontal flip");
-  cmd->add_option("--batch-size,--train-batch-size", o.batch_size)->capture_default_str();
+  cmd->add_flag("--allow-outside-data", o.allow_outside_data,
+                "Read dataset entries (metadata rows, symlinks, caption files) whose real path "
+                "lies outside the dataset folder; refused by default, as a downloaded dataset "
+                "could name any file of yours");
+  cmd->add_option("--max-image-pixels", o.max_image_pixels,
+                  "Skip images declaring more pixels than this, before decoding them "
+                  "(decompression bombs; PIL's limit by default)")
+      ->capture_default_str()
+      ->check(checks::at_least(1));
+  cmd->add_option("--batch-size,--train-batch-size", o.batch_size)
+      ->capture_default_str()
+      ->check(checks::at_least(1));
 }
 
 // Registers the optimizer options both trainers have: --max-steps, --learning-rate,
@@ -43,20 +58,35 @@ void add_training_options(CLI::App* cmd, TrainingFlags& f, Options& o,
 template <typename Options>
 void add_optimizer_options(CLI::App* cmd, Options& o, const std::string& max_steps_help) {
   cmd->add_option("--max-steps,--max-train-steps", o.max_steps, max_steps_help)
-      ->capture_default_str();
-  cmd->add_option("--learning-rate", o.learning_rate)->capture_default_str();
-  cmd->add_option("--lr-warmup-steps", o.lr_warmup_steps)->capture_default_str();
-  cmd->add_option("--adam-weight-decay", o.adam_weight_decay)->capture_default_str();
-  cmd->add_option("--max-grad-norm", o.max_grad_norm, "0 disables clipping")->capture_default_str();
+      ->capture_default_str()
+      ->check(checks::non_negative());
+  cmd->add_option("--learning-rate", o.learning_rate)
+      ->capture_default_str()
+      ->check(checks::positive());
+  cmd->add_option("--lr-warmup-steps", o.lr_warmup_steps)
+      ->capture_default_str()
+      ->check(checks::non_negative());
+  cmd->add_option("--adam-weight-decay", o.adam_weight_decay)
+      ->capture_default_str()
+      ->check(checks::non_negative());
+  cmd->add_option("--max-grad-norm", o.max_grad_norm, "0 disables clipping")
+      ->capture_default_str()
+      ->check(checks::non_negative());
 }
 
 // Registers --seed, --log-every and --quiet.
 template <typename Options>
 void add_run_options(CLI::App* cmd, TrainingFlags& f, Options& o) {
   cmd->add_option("--seed", o.seed)->capture_default_str();
-  cmd->add_option("--log-every", o.log_every, "Log metrics every N steps")->capture_default_str();
+  cmd->add_option("--log-every", o.log_every, "Log metrics every N steps")
+      ->capture_default_str()
+      ->check(checks::at_least(1));
   cmd->add_flag("--quiet", f.quiet, "No progress output");
 }
+
+// The run summary's lines on the data, on stdout: "examples: N used, M skipped (K outside the
+// dataset folder)", then each skipped file and why.
+void print_examples(int64_t used, const std::vector<data::Skipped>& skipped);
 
 // The --config file applied to `cmd` (flags given win over it); nothing when `config` is empty.
 void apply_toml_config_file(CLI::App* cmd, const std::string& config);

@@ -63,19 +63,29 @@ bool is_image_file(const fs::path& path) {
   return kExtensions.count(lower(path.extension().string())) > 0;
 }
 
-void skip(std::vector<Skipped>& skipped, const fs::path& path, const std::string& reason) {
+void skip(std::vector<Skipped>& skipped, const fs::path& path, const std::string& reason,
+          bool outside_dataset) {
   std::cerr << "sdtune: warning: skipping " << path.string() << ": " << reason << "\n";
-  skipped.push_back({path, reason});
+  skipped.push_back({path, reason, outside_dataset});
 }
 
 CaptionDataset CaptionDataset::from_folder(const fs::path& dir, const std::string& image_column,
-                                           const std::string& caption_column) {
+                                           const std::string& caption_column,
+                                           Confinement confinement) {
   if (!fs::is_directory(dir)) throw Error("dataset folder not found", dir.string());
   CaptionDataset out;
+  const DatasetRoot root(dir, confinement);
+  const auto outside = [&](const fs::path& entry, const std::string& what = "") {
+    const std::string why = root.refusal(entry);
+    if (!why.empty()) skip(out.skipped_, entry, what + why, /*outside_dataset=*/true);
+    return !why.empty();
+  };
   const std::vector<fs::path> images = find_images(dir);
   const fs::path metadata = dir / "metadata.jsonl";
 
   if (fs::is_regular_file(metadata)) {
+    if (const std::string why = root.refusal(metadata); !why.empty())
+      throw Error("the dataset's metadata.jsonl is " + why, metadata.string());
     std::ifstream in(metadata);
     if (!in) throw Error("cannot read", metadata.string());
     std::set<fs::path> listed;
@@ -96,6 +106,7 @@ CaptionDataset CaptionDataset::from_folder(const fs::path& dir, const std::strin
         throw Error("row has no \"file_name\"", metadata.string(), where);
       const fs::path image = (dir / name->get<std::string>()).lexically_normal();
       const std::string caption = caption_of(row, caption_column, where, metadata);
+      if (outside(image, "listed in metadata.jsonl " + where + " but ")) continue;
       if (!fs::is_regular_file(image)) {
         skip(out.skipped_, image, "listed in metadata.jsonl " + where + " but not found");
         continue;
@@ -107,7 +118,7 @@ CaptionDataset CaptionDataset::from_folder(const fs::path& dir, const std::strin
       out.examples_.push_back({image, caption, "metadata.jsonl:" + std::to_string(number)});
     }
     for (const auto& image : images) {
-      if (!listed.count(image.lexically_normal()))
+      if (!listed.count(image.lexically_normal()) && root.refusal(image).empty())
         skip(out.skipped_, image, "not listed in metadata.jsonl");
     }
     std::sort(out.examples_.begin(), out.examples_.end(),
@@ -116,6 +127,8 @@ CaptionDataset CaptionDataset::from_folder(const fs::path& dir, const std::strin
     for (const auto& image : images) {
       fs::path sidecar = image;
       sidecar.replace_extension(".txt");
+      if (outside(image)) continue;
+      if (fs::exists(sidecar) && outside(sidecar, "its caption file is ")) continue;
       if (fs::is_regular_file(sidecar))
         out.examples_.push_back({image, read_text(sidecar), sidecar.filename().string()});
       else
@@ -153,7 +166,7 @@ CaptionDataset CaptionDataset::from_parquet(const std::vector<fs::path>& files,
 }
 
 CaptionDataset open_dataset(const fs::path& path, const std::string& image_column,
-                            const std::string& caption_column) {
+                            const std::string& caption_column, Confinement confinement) {
   if (!fs::exists(path)) throw Error("dataset not found", path.string());
   if (!fs::is_directory(path)) {
     if (lower(path.extension().string()) == ".parquet")
@@ -168,9 +181,20 @@ CaptionDataset open_dataset(const fs::path& path, const std::string& image_colum
     has_images = has_images || is_image_file(entry.path());
   }
   if (parquet.empty() || has_images)
-    return CaptionDataset::from_folder(path, image_column, caption_column);
+    return CaptionDataset::from_folder(path, image_column, caption_column, confinement);
   std::sort(parquet.begin(), parquet.end());
-  return CaptionDataset::from_parquet(parquet, image_column, caption_column);
+  const DatasetRoot root(path, confinement);
+  std::vector<Skipped> outside;
+  std::erase_if(parquet, [&](const fs::path& file) {
+    const std::string why = root.refusal(file);
+    if (!why.empty()) skip(outside, file, why, /*outside_dataset=*/true);
+    return !why.empty();
+  });
+  if (parquet.empty())
+    throw Error("no usable parquet file: every one lies outside the dataset folder", path.string());
+  CaptionDataset out = CaptionDataset::from_parquet(parquet, image_column, caption_column);
+  out.skipped_.insert(out.skipped_.begin(), outside.begin(), outside.end());
+  return out;
 }
 
 }  // namespace sdtune::data

@@ -89,6 +89,19 @@ at::Tensor to_rgb8(vips::VImage img, const std::string& name) {
   return to_tensor(img.cast(VIPS_FORMAT_UCHAR));
 }
 
+// Refuses an image whose header declares more than `max_pixels`: libvips opens files lazily, so
+// nothing has been decoded yet.
+vips::VImage within_limit(vips::VImage img, int64_t max_pixels, const std::string& name) {
+  const int64_t pixels = static_cast<int64_t>(img.width()) * img.height();
+  if (pixels > max_pixels)
+    throw Error("image is " + std::to_string(img.width()) + "x" + std::to_string(img.height()) +
+                    " (" + std::to_string(pixels) + " pixels), over the limit of " +
+                    std::to_string(max_pixels) +
+                    " (--max-image-pixels): a decompression bomb? not decoded",
+                name);
+  return img;
+}
+
 vips::VImage from_tensor(const at::Tensor& rgb) {
   TORCH_CHECK(rgb.dim() == 3 && rgb.size(2) == 3 && rgb.scalar_type() == at::kByte,
               "expected uint8 [H,W,3]");
@@ -119,21 +132,26 @@ vips::VImage pad_to(const vips::VImage& img, int width, int height) {
 
 }  // namespace
 
-at::Tensor read_image_rgb(const std::filesystem::path& path) {
+at::Tensor read_image_rgb(const std::filesystem::path& path, int64_t max_pixels) {
   init_vips();
   if (!std::filesystem::is_regular_file(path)) throw Error("image file not found", path.string());
   try {
-    return to_rgb8(vips::VImage::new_from_file(path.c_str(), decode_options()), path.string());
+    return to_rgb8(within_limit(vips::VImage::new_from_file(path.c_str(), decode_options()),
+                                max_pixels, path.string()),
+                   path.string());
   } catch (const vips::VError& e) {
     throw Error("cannot read image: " + vips_message(e), path.string());
   }
 }
 
-at::Tensor read_image_rgb(const void* data, size_t size, const std::string& name) {
+at::Tensor read_image_rgb(const void* data, size_t size, const std::string& name,
+                          int64_t max_pixels) {
   init_vips();
   try {
     // new_from_buffer does not copy `data`: to_rgb8 finishes with it before returning.
-    return to_rgb8(vips::VImage::new_from_buffer(data, size, "", decode_options()), name);
+    return to_rgb8(within_limit(vips::VImage::new_from_buffer(data, size, "", decode_options()),
+                                max_pixels, name),
+                   name);
   } catch (const vips::VError& e) {
     throw Error("cannot read image: " + vips_message(e), name);
   }

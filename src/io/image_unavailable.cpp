@@ -14,11 +14,11 @@ namespace {
 
 }  // namespace
 
-at::Tensor read_image_rgb(const std::filesystem::path& path) {
+at::Tensor read_image_rgb(const std::filesystem::path& path, int64_t) {
   unavailable(path.string());
 }
 
-at::Tensor read_image_rgb(const void*, size_t, const std::string& name) {
+at::Tensor read_image_rgb(const void*, size_t, const std::string& name, int64_t) {
   unavailable(name);
 }
 

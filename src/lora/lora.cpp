@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <cstdlib>
 #include <set>
 
@@ -230,7 +231,11 @@ std::pair<fs::path, double> parse_lora_argument(const std::string& arg) {
     const std::string number = arg.substr(colon + 1);
     char* end = nullptr;
     const double scale = std::strtod(number.c_str(), &end);
-    if (end && *end == '\0') return {arg.substr(0, colon), scale};
+    if (end && *end == '\0') {
+      if (!std::isfinite(scale))
+        throw Error("the LoRA scale must be a finite number, got '" + number + "'", arg);
+      return {arg.substr(0, colon), scale};
+    }
   }
   return {arg, 1.0};
 }

@@ -49,6 +49,7 @@ std::string LatentCache::scope_of(const io::ModelFolder& base, const std::string
 std::vector<CachedLatents> LatentCache::prepare(const std::vector<data::Example>& examples,
                                                 models::AutoencoderKL vae,
                                                 const Preprocess& preprocess, bool with_flipped,
+                                                int64_t max_image_pixels,
                                                 std::vector<data::Example>& usable,
                                                 std::vector<data::Skipped>& skipped) {
   at::NoGradGuard no_grad;
@@ -79,7 +80,7 @@ std::vector<CachedLatents> LatentCache::prepare(const std::vector<data::Example>
     }
     at::Tensor rgb;
     try {
-      rgb = io::read_image_rgb(bytes->data(), bytes->size(), ex.image.string());
+      rgb = io::read_image_rgb(bytes->data(), bytes->size(), ex.image.string(), max_image_pixels);
     } catch (const Error& e) {
       data::skip(skipped, ex.image, e.message());
       continue;

@@ -16,7 +16,10 @@ TrainingData::TrainingData(const TrainOptions& o, const io::ModelFolder& base,
                            const std::function<void(const std::string&)>& say)
     : o_(o), enc_(enc), prior_(o.dreambooth.enabled && o.dreambooth.with_prior_preservation) {
   const auto& db = o.dreambooth;
-  const data::CaptionDataset dataset = data::open_dataset(o.data, o.image_column, o.caption_column);
+  const data::Confinement confinement =
+      o.allow_outside_data ? data::Confinement::Anywhere : data::Confinement::DatasetFolder;
+  const data::CaptionDataset dataset =
+      data::open_dataset(o.data, o.image_column, o.caption_column, confinement);
   summary.skipped = dataset.skipped();
   // DreamBooth: the instance images all carry the instance prompt; the class images (after them
   // in `examples_`) the class prompt.
@@ -24,12 +27,13 @@ TrainingData::TrainingData(const TrainOptions& o, const io::ModelFolder& base,
   if (db.enabled)
     for (auto& ex : instance_candidates) ex.caption = db.instance_prompt;
   if (prior_) {
-    const data::CaptionDataset classes = data::CaptionDataset::from_folder(db.class_data);
+    const data::CaptionDataset classes =
+        data::CaptionDataset::from_folder(db.class_data, "image", "text", confinement);
     for (const auto& s : classes.skipped()) summary.skipped.push_back(s);
     class_candidates = classes.examples();
     for (auto& ex : class_candidates) ex.caption = db.class_prompt;
   }
-  transform_ = {o.resolution, o.center_crop, o.random_flip, {}};
+  transform_ = {o.resolution, o.center_crop, o.random_flip, {}, o.max_image_pixels};
   if (o.enable_bucket)
     transform_.buckets = data::make_bucket_resolutions(
         o.resolution, o.resolution, o.min_bucket_reso, o.max_bucket_reso, o.bucket_reso_steps);
@@ -40,9 +44,10 @@ TrainingData::TrainingData(const TrainOptions& o, const io::ModelFolder& base,
   if (o.cache_latents) {
     cache_latents(base, instance_candidates, class_candidates, summary, say);
   } else {
-    data::usable_examples(instance_candidates, examples_, sizes_, summary.skipped);
+    data::usable_examples(instance_candidates, examples_, sizes_, summary.skipped,
+                          o.max_image_pixels);
     summary.instance_examples = static_cast<int64_t>(examples_.size());
-    data::usable_examples(class_candidates, examples_, sizes_, summary.skipped);
+    data::usable_examples(class_candidates, examples_, sizes_, summary.skipped, o.max_image_pixels);
   }
   n_instance_ = summary.instance_examples;
   n_class_ = static_cast<int64_t>(examples_.size()) - n_instance_;
@@ -111,8 +116,8 @@ void TrainingData::cache_latents(const io::ModelFolder& base,
   };
   say("caching latents in " + (cache_dir / "latents").string());
   for (const auto* list : {&instances, &classes}) {
-    for (auto& c :
-         cache.prepare(*list, enc_.vae, preprocess, o_.random_flip, examples_, summary.skipped))
+    for (auto& c : cache.prepare(*list, enc_.vae, preprocess, o_.random_flip, o_.max_image_pixels,
+                                 examples_, summary.skipped))
       cached_latents_.push_back(std::move(c));
     if (list == &instances) summary.instance_examples = static_cast<int64_t>(examples_.size());
   }

@@ -61,16 +61,19 @@ VaeTrainSummary train_vae(const VaeTrainOptions& o, const TrainHooks& hooks) {
   vae->train();
 
   // ---- Data ------------------------------------------------------------------------------------
-  const data::CaptionDataset dataset = data::open_dataset(o.data, o.image_column, o.caption_column);
+  const data::CaptionDataset dataset = data::open_dataset(
+      o.data, o.image_column, o.caption_column,
+      o.allow_outside_data ? data::Confinement::Anywhere : data::Confinement::DatasetFolder);
   summary.skipped = dataset.skipped();
   std::vector<data::Example> examples;
   std::vector<data::BucketResolution> sizes;
-  data::usable_examples(dataset.examples(), examples, sizes, summary.skipped);
+  data::usable_examples(dataset.examples(), examples, sizes, summary.skipped, o.max_image_pixels);
   if (examples.empty())
     throw Error("no usable training image (" + std::to_string(summary.skipped.size()) + " skipped)",
                 o.data.string());
   summary.examples = static_cast<int64_t>(examples.size());
-  const data::TransformOptions transform{o.resolution, o.center_crop, o.random_flip};
+  const data::TransformOptions transform{
+      o.resolution, o.center_crop, o.random_flip, {}, o.max_image_pixels};
   // Data sharding point (one process for now): every batch of the epoch's permutation.
   data::BatchSampler sampler(std::vector<int64_t>(examples.size(), 0), o.batch_size, o.seed);
   at::Generator data_gen = at::make_generator<at::CPUGeneratorImpl>(o.seed);
@@ -80,7 +83,8 @@ VaeTrainSummary train_vae(const VaeTrainOptions& o, const TrainHooks& hooks) {
   const auto load_batch = [&](const std::vector<int64_t>& items, bool augment) {
     std::vector<at::Tensor> pixels;
     const data::TransformOptions t =
-        augment ? transform : data::TransformOptions{o.resolution, true, false};
+        augment ? transform
+                : data::TransformOptions{o.resolution, true, false, {}, o.max_image_pixels};
     for (int64_t i : items) {
       auto image = data::load_training_image(examples[i], t, data_gen, summary.skipped);
       if (!image) throw Error("training image became unreadable", examples[i].image.string());

@@ -278,7 +278,7 @@ def test_bad_options_are_one_line_errors(tiny, run_sdtune, tmp_path):
         (["--resolution", 30], "--resolution must be a multiple of 8"),
         (["--lr-scheduler", "cosine_annealing"], "cosine_annealing"),
         (["--prediction-type", "x0"], "unknown prediction_type 'x0' (expected epsilon, v_prediction or sample)"),
-        (["--batch-size", 0], "--batch-size must be at least 1"),
+        (["--batch-size", 0], "--batch-size: must be at least 1, got 0"),
     ]:
         proc = run_sdtune(*base_args(tiny, data, tmp_path / "out", "--max-steps", 1, *extra), check=False)
         assert proc.returncode == 1 and message in proc.stderr, (extra, proc.stderr)

@@ -35,6 +35,8 @@ struct Args {
   uint64_t seed = 0;
   std::string image_column = "image", caption_column = "text";
   int64_t repeat = 1;
+  bool allow_outside_data = false;
+  int64_t max_image_pixels = sdtune::io::kMaxImagePixels;
 };
 
 void run(const Args& a) {
@@ -42,10 +44,13 @@ void run(const Args& a) {
   options.resolution = a.resolution;
   options.center_crop = a.center_crop;
   options.random_flip = a.random_flip;
+  options.max_image_pixels = a.max_image_pixels;
   const std::string& dir = a.data;
   const int64_t repeat = a.repeat;
 
-  auto dataset = data::open_dataset(dir, a.image_column, a.caption_column);
+  auto dataset = data::open_dataset(
+      dir, a.image_column, a.caption_column,
+      a.allow_outside_data ? data::Confinement::Anywhere : data::Confinement::DatasetFolder);
   std::vector<data::Skipped> skipped = dataset.skipped();
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(a.seed);
   std::vector<std::pair<std::string, at::Tensor>> tensors;
@@ -66,7 +71,9 @@ void run(const Args& a) {
   }
   if (n == 0) throw Error("no usable image (" + std::to_string(skipped.size()) + " skipped)", dir);
   nlohmann::json list = nlohmann::json::array();
-  for (const auto& s : skipped) list.push_back({{"path", s.path.string()}, {"reason", s.reason}});
+  for (const auto& s : skipped)
+    list.push_back(
+        {{"path", s.path.string()}, {"reason", s.reason}, {"outside", s.outside_dataset}});
   metadata["skipped"] = list.dump();
   metadata["count"] = std::to_string(n);
   sdtune::io::write_tensors(a.out, tensors, metadata);
@@ -89,6 +96,8 @@ int main(int argc, char** argv) {
         app.add_option("--caption-column", a.caption_column, "The caption column")
             ->capture_default_str();
         app.add_option("--repeat", a.repeat, "Draws of each example")->capture_default_str();
+        app.add_flag("--allow-outside-data", a.allow_outside_data, "Read entries outside DIR");
+        app.add_option("--max-image-pixels", a.max_image_pixels, "Larger images are skipped");
         app.add_option("--out", a.out, "Output tensors (.safetensors)")->required();
       },
       [&] { run(a); });

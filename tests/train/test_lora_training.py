@@ -219,10 +219,10 @@ def test_bad_lora_options(pipeline, run_sdtune, tmp_path):
     with_rank = lambda rank: [str(rank) if a == RANK and base[i - 1] == "--lora-rank" else a
                               for i, a in enumerate(base)]
     cases = [
-        (with_rank(0), "--lora-rank must be at least 1, got 0"),
-        (with_rank(-2), "--lora-rank must be at least 1, got -2"),
+        (with_rank(0), "--lora-rank: must be at least 1, got 0"),
+        (with_rank(-2), "--lora-rank: must be at least 1, got -2"),
         ([*base, "--use-ema"], "--use-ema is for full fine-tuning"),
-        ([*base, "--lora-dropout", 1.0], "--lora-dropout must be in [0, 1)"),
+        ([*base, "--lora-dropout", 1.0], "--lora-dropout: must be in [0, 1), got 1.0"),
         ([*base, "--lora-layers", "to_qq,conv9"], "no layer of the model matches the LoRA targets (to_qq, conv9)"),
     ]
     for args, message in cases:

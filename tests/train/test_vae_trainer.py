@@ -90,7 +90,7 @@ def test_bad_vae_options(pipeline, run_sdtune, tmp_path, world):
     folder, _ = world
     (tmp_path / "empty").mkdir()
     for args, message in [
-        (vae_args(model, folder, tmp_path / "o1", "--kl-weight", -1), "--kl-weight must be >= 0"),
+        (vae_args(model, folder, tmp_path / "o1", "--kl-weight", -1), "--kl-weight: must be >= 0, got -1"),
         (vae_args(model, folder, tmp_path / "o2", "--resolution", 60), "--resolution must be a positive multiple of 8"),
         (vae_args(model, tmp_path / "empty", tmp_path / "o3"), str(tmp_path / "empty")),
     ]:

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "sdtune/data/dataset_root.h"
+
 namespace sdtune::data {
 
 struct Example {
@@ -24,6 +26,7 @@ struct Example {
 struct Skipped {
   std::filesystem::path path;
   std::string reason;
+  bool outside_dataset = false;  // refused by the DatasetRoot, counted apart in the summary
 };
 
 // .jpg .jpeg .png .webp .bmp .tif .tiff, any letter case.
@@ -41,10 +44,13 @@ class CaptionDataset {
   //  - NAME.txt next to NAME.jpg (any image extension); a missing sidecar is an empty caption.
   //  - otherwise every caption is empty.
   // Images are searched recursively and sorted by path, so that a seed reproduces a run. No usable
-  // image at all is an Error.
+  // image at all is an Error. Under Confinement::DatasetFolder, an image, row or caption file
+  // whose real path lies outside DIR (see DatasetRoot) is skipped with a warning, and a
+  // metadata.jsonl that does is an Error.
   static CaptionDataset from_folder(const std::filesystem::path& dir,
                                     const std::string& image_column = "image",
-                                    const std::string& caption_column = "text");
+                                    const std::string& caption_column = "text",
+                                    Confinement confinement = Confinement::DatasetFolder);
 
   // Rows of Hugging Face parquet files (datasets' data/train-00000-of-00001.parquet), file by file
   // in the order given, each file's rows in order (all row groups). `image_column` is the Image
@@ -62,19 +68,23 @@ class CaptionDataset {
   const Example& operator[](size_t i) const { return examples_[i]; }
 
  private:
+  friend CaptionDataset open_dataset(const std::filesystem::path&, const std::string&,
+                                     const std::string&, Confinement);
   std::vector<Example> examples_;
   std::vector<Skipped> skipped_;
 };
 
 // What the user points training at: a .parquet file, or a folder holding *.parquet files
 // (anywhere below it, read in path order) and no image files -> from_parquet; any other folder ->
-// from_folder. A missing path is an Error naming it.
+// from_folder. A missing path is an Error naming it. A parquet file below the folder that leads
+// outside it is skipped like an image.
 CaptionDataset open_dataset(const std::filesystem::path& path,
                             const std::string& image_column = "image",
-                            const std::string& caption_column = "text");
+                            const std::string& caption_column = "text",
+                            Confinement confinement = Confinement::DatasetFolder);
 
 // Prints "sdtune: warning: skipping FILE: REASON" on stderr and records it.
 void skip(std::vector<Skipped>& skipped, const std::filesystem::path& path,
-          const std::string& reason);
+          const std::string& reason, bool outside_dataset = false);
 
 }  // namespace sdtune::data

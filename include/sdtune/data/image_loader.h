@@ -11,19 +11,22 @@
 namespace sdtune::data {
 
 // The example's image as transform_image makes it (float [3,R,R] in [-1, 1]), or nullopt when the
-// file is corrupt, truncated or unreadable: then a one-line warning naming it goes to stderr and
-// it is added to `skipped`. Images smaller than the resolution are upscaled.
+// file is corrupt, truncated, unreadable or over options.max_image_pixels: then a one-line warning
+// naming it goes to stderr and it is added to `skipped`. Images smaller than the resolution are
+// upscaled.
 std::optional<at::Tensor> load_training_image(const Example& example,
                                               const TransformOptions& options, at::Generator& gen,
                                               std::vector<Skipped>& skipped);
 
-// The example's image as decoded, uint8 [H,W,3]; an Error naming it when unreadable.
-at::Tensor read_example(const Example& example);
+// The example's image as decoded, uint8 [H,W,3]; an Error naming it when unreadable or over
+// `max_pixels` (see io::read_image_rgb).
+at::Tensor read_example(const Example& example, int64_t max_pixels);
 
 // The usable examples among `candidates` and their sizes: each image is decoded once up front, so
 // that a corrupt or truncated file is reported (and left out, in `skipped`) before training starts
 // rather than in the middle of a batch.
 void usable_examples(const std::vector<Example>& candidates, std::vector<Example>& usable,
-                     std::vector<BucketResolution>& sizes, std::vector<Skipped>& skipped);
+                     std::vector<BucketResolution>& sizes, std::vector<Skipped>& skipped,
+                     int64_t max_pixels);
 
 }  // namespace sdtune::data

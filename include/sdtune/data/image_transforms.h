@@ -7,6 +7,8 @@
 
 #include <ATen/ATen.h>
 
+#include "sdtune/io/image.h"
+
 namespace sdtune::data {
 
 // Resizes uint8 [H,W,3] so that its shorter side is `size`; the longer side is truncated as
@@ -50,6 +52,7 @@ struct TransformOptions {
   // Aspect-ratio buckets (kohya): when given, each image is resized to cover its bucket and
   // center-cropped to it instead of the square crop.
   std::vector<BucketResolution> buckets;
+  int64_t max_image_pixels = io::kMaxImagePixels;  // larger images are skipped, not decoded
 };
 
 // uint8 [H,W,3] RGB -> float [3,R,R] in [-1, 1] (or the bucket's [3,h,w]). Random crops and flips

@@ -10,14 +10,21 @@
 
 namespace sdtune::io {
 
+// The most pixels an image may have before it is decoded: PIL's limit, twice its
+// MAX_IMAGE_PIXELS (1024³ / 4 / 3), above which PIL raises DecompressionBombError. A 2.6 MB PNG
+// can declare 30000 × 30000 pixels, 2.7 GB of RGB.
+constexpr int64_t kMaxImagePixels = 2 * (1024LL * 1024 * 1024 / 4 / 3);
+
 // uint8 [H,W,3] RGB. EXIF orientation is applied; grayscale, CMYK, palette and 16-bit images are
 // converted to 8-bit sRGB; alpha is flattened onto white. An Error naming the file when it is
-// missing, truncated or not an image.
-at::Tensor read_image_rgb(const std::filesystem::path& path);
+// missing, truncated or not an image, or when its header declares more than `max_pixels` pixels
+// (checked before anything is decoded).
+at::Tensor read_image_rgb(const std::filesystem::path& path, int64_t max_pixels = kMaxImagePixels);
 
 // The same from an image file held in memory (`size` bytes at `data`, e.g. a parquet row); errors
 // name `name`.
-at::Tensor read_image_rgb(const void* data, size_t size, const std::string& name);
+at::Tensor read_image_rgb(const void* data, size_t size, const std::string& name,
+                          int64_t max_pixels = kMaxImagePixels);
 
 // Resizes uint8 [H,W,3] to width × height with a Lanczos-3 filter.
 at::Tensor resize_image(const at::Tensor& rgb, int64_t width, int64_t height);

@@ -41,7 +41,8 @@ class LatentCache {
   // and recorded in `skipped`; `usable` receives the examples that have an entry, in order.
   std::vector<CachedLatents> prepare(const std::vector<data::Example>& examples,
                                      models::AutoencoderKL vae, const Preprocess& preprocess,
-                                     bool with_flipped, std::vector<data::Example>& usable,
+                                     bool with_flipped, int64_t max_image_pixels,
+                                     std::vector<data::Example>& usable,
                                      std::vector<data::Skipped>& skipped);
 
   int64_t hits() const { return hits_; }

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "sdtune/io/image.h"
+
 namespace sdtune::train {
 
 struct TrainOptions {
@@ -21,6 +23,10 @@ struct TrainOptions {
   // Data.
   std::string image_column = "image";
   std::string caption_column = "text";
+  // Untrusted data: entries whose real path lies outside the dataset (or class-image) folder are
+  // skipped unless allowed; images declaring more pixels than the limit are skipped undecoded.
+  bool allow_outside_data = false;
+  int64_t max_image_pixels = io::kMaxImagePixels;
   int64_t resolution = 512;
   bool center_crop = false;
   bool random_flip = false;

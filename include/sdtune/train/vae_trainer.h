@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "sdtune/data/caption_dataset.h"
+#include "sdtune/io/image.h"
 #include "sdtune/train/trainer.h"
 
 namespace sdtune::train {
@@ -23,6 +24,8 @@ struct VaeTrainOptions {
   std::string variant;
   std::string device = "cpu";
   std::string image_column = "image", caption_column = "text";
+  bool allow_outside_data = false;                 // as TrainOptions'
+  int64_t max_image_pixels = io::kMaxImagePixels;  // as TrainOptions'
   int64_t resolution = 64;
   bool center_crop = false;  // else a random crop
   bool random_flip = false;
