@@ -1,3 +1,4 @@
+#include <csignal>
 #include <cstdio>
 #include <exception>
 
@@ -8,6 +9,9 @@
 
 int main(int argc, char** argv) {
   sdtune::cli::install_crash_report();
+  // Past a file-size limit (ulimit -f) a write then fails with EFBIG, reported and cleaned up as a
+  // full disk is, instead of SIGXFSZ killing the process in the middle of a save.
+  std::signal(SIGXFSZ, SIG_IGN);
   CLI::App app{"sdtune: fine-tune Stable Diffusion and generate images with it"};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "Show help for every command");

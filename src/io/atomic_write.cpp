@@ -5,6 +5,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <regex>
 #include <string>
 #include <system_error>
 
@@ -121,6 +122,38 @@ void publish_folder(const fs::path& dir, const std::function<void(const fs::path
     remove_tree(old, ec);
     if (ec) throw Error("saved, but cannot remove the previous folder: " + ec.message(), old);
   }
+}
+
+void retire_folder(const fs::path& dir) {
+  const fs::path old = sibling(dir, ".old-" + std::to_string(::getpid()));
+  std::error_code ec;
+  remove_tree(old, ec);
+  fs::rename(dir, old, ec);
+  if (ec) throw Error("cannot move the folder aside to remove it: " + ec.message(), dir.string());
+  if (!dir.parent_path().empty()) sync_path(dir.parent_path());
+  remove_tree(old, ec);
+  if (ec) throw Error("cannot remove: " + ec.message(), old.string());
+}
+
+bool is_temporary_name(const std::string& name) {
+  static const std::regex temporary(R"(.*\.(tmp\.|tmp-|old-)[0-9]+)");
+  return std::regex_match(name, temporary);
+}
+
+std::vector<fs::path> remove_stale_temporaries(const fs::path& root) {
+  std::vector<fs::path> found;
+  std::error_code ec;
+  for (auto it = fs::recursive_directory_iterator(root, ec); !ec && it != fs::end(it);
+       it.increment(ec)) {
+    if (!is_temporary_name(it->path().filename().string())) continue;
+    found.push_back(it->path());
+    it.disable_recursion_pending();  // the whole temporary goes
+  }
+  for (const auto& path : found) {
+    remove_tree(path, ec);
+    if (ec) throw Error("cannot remove what an interrupted run left: " + ec.message(), path);
+  }
+  return found;
 }
 
 }  // namespace sdtune::io

@@ -1,7 +1,6 @@
 #include "sdtune/io/image.h"
 
 #include <algorithm>
-#include <cstring>
 #include <mutex>
 
 #include <vips/vips8>
@@ -53,14 +52,18 @@ std::string vips_message(const vips::VError& e) {
   return out.empty() ? "not a readable image" : out;
 }
 
+// The tensor takes over libvips' buffer rather than copying it: one copy of the pixels at the peak.
 at::Tensor to_tensor(vips::VImage img) {
   const int64_t w = img.width(), h = img.height();
   size_t size = 0;
   void* mem = img.write_to_memory(&size);
-  at::Tensor out = at::empty({h, w, 3}, at::kByte);
-  std::memcpy(out.data_ptr(), mem, size);
-  g_free(mem);
-  return out;
+  if (size != static_cast<size_t>(w * h * 3)) {
+    g_free(mem);
+    throw Error("libvips wrote " + std::to_string(size) + " bytes for a " + std::to_string(w) +
+                "x" + std::to_string(h) + " RGB image");
+  }
+  return at::from_blob(
+      mem, {h, w, 3}, [](void* p) { g_free(p); }, at::TensorOptions(at::kByte));
 }
 
 // fail_on=error: a truncated or corrupt file is an error, not a half-grey image.

@@ -1,7 +1,13 @@
 #include "sdtune/io/pipeline_writer.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 #include <fstream>
 #include <map>
+#include <vector>
 
 #include "sdtune/error.h"
 #include "sdtune/io/atomic_write.h"
@@ -18,9 +24,39 @@ const char* weight_file_name(const std::string& component) {
 
 // Copies a file's bytes. Symbolic links are followed: a Hugging Face cache snapshot is made of
 // links into its blob store, and the saved folder must stand on its own.
+// A read/write loop, not fs::copy_file, whose sendfile path reports a short copy as EIO:
+// a full disk or a file-size limit must be named as such ("No space left on device").
 void copy_regular_file(const fs::path& from, const fs::path& to) {
   if (!fs::is_regular_file(from)) throw Error("file not found", from);
-  fs::copy_file(from, to, fs::copy_options::overwrite_existing);
+  const int in = ::open(from.c_str(), O_RDONLY | O_CLOEXEC);
+  if (in < 0) throw Error(std::string("cannot open: ") + std::strerror(errno), from);
+  const int out = ::open(to.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (out < 0) {
+    const int err = errno;
+    ::close(in);
+    throw Error(std::string("cannot create: ") + std::strerror(err), to);
+  }
+  std::vector<char> buffer(1 << 22);
+  int read_error = 0, write_error = 0;
+  while (read_error == 0 && write_error == 0) {
+    const ssize_t n = ::read(in, buffer.data(), buffer.size());
+    if (n == 0) break;
+    if (n < 0) {
+      if (errno != EINTR) read_error = errno;
+      continue;
+    }
+    for (ssize_t done = 0; done < n && write_error == 0;) {
+      const ssize_t w = ::write(out, buffer.data() + done, static_cast<size_t>(n - done));
+      if (w >= 0)
+        done += w;
+      else if (errno != EINTR)
+        write_error = errno;
+    }
+  }
+  ::close(in);
+  if (::close(out) != 0 && write_error == 0) write_error = errno;
+  if (read_error != 0) throw Error(std::string("cannot read: ") + std::strerror(read_error), from);
+  if (write_error != 0) throw Error(std::string("cannot write: ") + std::strerror(write_error), to);
 }
 
 void copy_tree(const fs::path& from, const fs::path& to) {

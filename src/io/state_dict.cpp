@@ -1,12 +1,17 @@
 #include "sdtune/io/state_dict.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdint>
 #include <set>
 #include <sstream>
 
 #include <torch/nn/module.h>
 
 #include "sdtune/error.h"
+#include "sdtune/io/safetensors.h"
 #include "sdtune/io/tensor.h"
 
 namespace sdtune::io {
@@ -18,6 +23,16 @@ std::string name_list(const std::vector<std::string>& names, size_t shown = 8) {
   for (size_t i = 0; i < names.size() && i < shown; ++i) out += (i ? ", " : "") + names[i];
   if (names.size() > shown) out += " and " + std::to_string(names.size() - shown) + " more";
   return out;
+}
+
+// Drops the pages under [data, data + size) of a private read-only file mapping from this
+// process's memory. Nothing is lost: touched again, they are read from the file. Pages shared
+// with a neighbouring tensor stay.
+void release_pages(const void* data, size_t size) {
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto start = reinterpret_cast<uintptr_t>(data);
+  const uintptr_t begin = (start + page - 1) / page * page, end = (start + size) / page * page;
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
 }  // namespace
@@ -67,7 +82,8 @@ StateDict read_state_dict(const std::vector<std::filesystem::path>& files) {
 }
 
 void load_into(torch::nn::Module& module, const StateDict& state, const std::string& source,
-               const std::vector<std::string>& ignored) {
+               const std::vector<std::string>& ignored,
+               const std::function<void(const at::Tensor& copied)>& copied) {
   auto targets = state_dict_of(module);
   std::set<std::string> ignore(ignored.begin(), ignored.end());
   std::set<std::string> used;
@@ -92,8 +108,37 @@ void load_into(torch::nn::Module& module, const StateDict& state, const std::str
   at::NoGradGuard no_grad;
   for (auto& [name, target] : targets) {
     auto it = state.find(name);
-    if (it != state.end()) target.copy_(it->second);
+    if (it == state.end()) continue;
+    target.copy_(it->second);
+    if (copied) copied(it->second);
   }
+}
+
+void load_files_into(torch::nn::Module& module, const std::vector<std::filesystem::path>& files,
+                     const std::string& source, const std::vector<std::string>& ignored,
+                     StateDict (*convert_keys)(StateDict)) {
+  std::vector<SafetensorsFile> mapped;  // keeps the mappings the views below point into
+  StateDict views;
+  std::map<std::string, std::string> origin;
+  for (const auto& file : files) {
+    mapped.push_back(SafetensorsFile::open(file));
+    for (const auto& view : mapped.back().tensors()) {
+      if (origin.count(view.name))
+        throw Error("tensor appears in two files (also in " + origin[view.name] + ")",
+                    file.string(), view.name);
+      origin[view.name] = file.string();
+      try {
+        // A view of the mapped bytes: read (and converted) only by the copy into the parameter.
+        views.emplace(view.name, at::from_blob(const_cast<std::byte*>(view.data), view.shape,
+                                               at::TensorOptions(to_scalar_type(view.dtype))));
+      } catch (const Error& e) {
+        throw e.with_key(view.name).with_file(file.string());
+      }
+    }
+  }
+  if (convert_keys) views = convert_keys(std::move(views));
+  load_into(module, views, source, ignored,
+            [](const at::Tensor& copied) { release_pages(copied.data_ptr(), copied.nbytes()); });
 }
 
 std::vector<std::pair<std::string, at::Tensor>> state_dict_of(const torch::nn::Module& module) {

@@ -13,10 +13,8 @@ template <typename Module>
 Module load_component(const io::ModelFolder& folder, const std::string& name, Module module,
                       const LoadOptions& options, const std::vector<std::string>& ignored = {},
                       io::StateDict (*convert_keys)(io::StateDict) = nullptr) {
-  auto files = io::find_weight_files(folder.component_dir(name), options.variant);
-  io::StateDict state = io::read_state_dict(files);
-  if (convert_keys) state = convert_keys(std::move(state));
-  io::load_into(*module, state, (folder.root() / name).string(), ignored);
+  io::load_files_into(*module, io::find_weight_files(folder.component_dir(name), options.variant),
+                      (folder.root() / name).string(), ignored, convert_keys);
   module->to(options.device, options.dtype);
   module->eval();
   return module;

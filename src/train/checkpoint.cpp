@@ -116,7 +116,7 @@ std::vector<fs::path> prune_checkpoints(const fs::path& out, int64_t keep) {
   if (keep <= 0) return removed;
   auto all = list_checkpoints(out);
   for (size_t i = 0; i + keep < all.size(); ++i) {
-    io::remove_tree(all[i].second);
+    io::retire_folder(all[i].second);
     removed.push_back(all[i].second);
   }
   return removed;
@@ -124,7 +124,8 @@ std::vector<fs::path> prune_checkpoints(const fs::path& out, int64_t keep) {
 
 void save_final_model(const io::ModelFolder& base, const fs::path& out,
                       const io::SavedWeights& weights) {
-  const fs::path staging = hidden_sibling(out / "final-model", ".partial-");
+  // Temporary names (io::is_temporary_name), so that a killed run's are removed by the next one.
+  const fs::path staging = hidden_sibling(out / "final-model", ".tmp-");
   const fs::path graveyard = hidden_sibling(out / "final-model", ".old-");
   std::error_code ec;
   fs::create_directories(out);

@@ -67,13 +67,14 @@ std::vector<Part> parts(const TrainState& s, const fs::path& dir) {
          lora::load_adapters_state_dict(*s.adapters, *d, file("lora"));
        }},
       {"unet", s.ema != nullptr, [&s] { return to_state_dict(module_weights(*s.unet.ptr())); },
-       [&s, file, dir](const io::StateDict* d) {
+       [&s, file, dir, lacks](const io::StateDict* d) {
          if (d)
            io::load_into(*s.unet.ptr(), *d, file("unet"));
+         else if (s.ema)  // the pipeline's unet/ holds the EMA weights, not the trained ones
+           throw lacks("unet");
          else if (!s.adapters)
-           io::load_into(*s.unet.ptr(),
-                         io::read_state_dict({dir / "unet/diffusion_pytorch_model.safetensors"}),
-                         (dir / "unet").string());
+           io::load_files_into(*s.unet.ptr(), {dir / "unet/diffusion_pytorch_model.safetensors"},
+                               (dir / "unet").string());
        }},
       {"optimizer", true, [&s] { return s.optimizer->state_dict(); },
        same_options("optimizer",
@@ -131,8 +132,8 @@ void TrainState::restore(const fs::path& dir) {
                 dir.string());
   // A text encoder trained in full is in the pipeline folder (fp32).
   if (full_text_encoder)
-    io::load_into(*text_encoder, io::read_state_dict({dir / "text_encoder/model.safetensors"}),
-                  (dir / "text_encoder").string(), formats::clip_text_ignored_keys());
+    io::load_files_into(*text_encoder, {dir / "text_encoder/model.safetensors"},
+                        (dir / "text_encoder").string(), formats::clip_text_ignored_keys());
   for (const Part& p : parts(*this, dir)) {
     auto it = ckpt.state.find(p.name);
     p.load(it == ckpt.state.end() ? nullptr : &it->second);

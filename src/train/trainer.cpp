@@ -27,6 +27,7 @@
 #include "sdtune/train/loss_scaler.h"
 #include "sdtune/train/lr_schedule.h"
 #include "sdtune/train/metrics_log.h"
+#include "sdtune/train/output_lock.h"
 #include "sdtune/train/train_state.h"
 #include "sdtune/train/training_data.h"
 #include "sdtune/train/training_models.h"
@@ -283,6 +284,9 @@ void TrainHooks::say(const std::string& m) const {
 TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
   const auto started = std::chrono::steady_clock::now();
   check_options(o);
+  const OutputLock lock(o.out);  // one run per OUT; what killed runs left half-written there goes
+  for (const auto& left : lock.removed())
+    hooks.say("removed " + left.string() + ", left by an interrupted run");
   if (o.deterministic) use_deterministic_algorithms();  // before the first CUDA operation
   TrainSummary summary;
   if (o.dreambooth.enabled && o.dreambooth.with_prior_preservation)

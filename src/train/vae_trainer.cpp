@@ -22,6 +22,7 @@
 #include "sdtune/train/grad_norm.h"
 #include "sdtune/train/lr_schedule.h"
 #include "sdtune/train/metrics_log.h"
+#include "sdtune/train/output_lock.h"
 
 namespace sdtune::train {
 namespace fs = std::filesystem;
@@ -52,6 +53,9 @@ VaeTrainSummary train_vae(const VaeTrainOptions& o, const TrainHooks& hooks) {
   const auto started = std::chrono::steady_clock::now();
   auto say = [&](const std::string& m) { hooks.say(m); };
   check_options(o);
+  const OutputLock lock(o.out);  // as train()
+  for (const auto& left : lock.removed())
+    say("removed " + left.string() + ", left by an interrupted run");
   VaeTrainSummary summary;
 
   // ---- Model: the VAE in float32, training mode ----------------------------------------------

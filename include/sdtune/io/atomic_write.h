@@ -6,6 +6,7 @@
 // writes: weights, images, captions, pipeline folders and checkpoints.
 #include <filesystem>
 #include <functional>
+#include <vector>
 
 namespace sdtune::io {
 
@@ -35,5 +36,18 @@ void write_file_atomically(const std::filesystem::path& path,
 // any failure the temporary folder is removed; the Error names the path at fault.
 void publish_folder(const std::filesystem::path& dir,
                     const std::function<void(const std::filesystem::path& tmp)>& fill);
+
+// Removes the folder `dir` so that a crash midway never leaves a part of it under its own name:
+// it is renamed to DIR.old-PID (and that rename flushed) before anything inside is deleted.
+void retire_folder(const std::filesystem::path& dir);
+
+// Whether `name` is one of the temporaries above (NAME.tmp.PID, NAME.tmp-PID, NAME.old-PID):
+// what a process killed while writing leaves behind.
+bool is_temporary_name(const std::string& name);
+
+// Removes every temporary under `root` (at any depth) and returns them. Only for a folder no
+// other process writes to, such as a training run's output folder while its lock is held: a
+// temporary found there belongs to a process that died.
+std::vector<std::filesystem::path> remove_stale_temporaries(const std::filesystem::path& root);
 
 }  // namespace sdtune::io

@@ -52,8 +52,9 @@ LoadedCheckpoint read_checkpoint(const std::filesystem::path& dir);
 std::vector<std::pair<int64_t, std::filesystem::path>> list_checkpoints(
     const std::filesystem::path& out);
 
-// Removes the oldest checkpoints so that at most `keep` remain (keep <= 0: none removed). Returns
-// the removed folders.
+// Removes the oldest checkpoints so that at most `keep` remain (keep <= 0: none removed), each
+// renamed aside before it is deleted (io::retire_folder): a crash midway never leaves a
+// half-deleted folder that looks like a checkpoint. Returns the removed folders.
 std::vector<std::filesystem::path> prune_checkpoints(const std::filesystem::path& out,
                                                      int64_t keep);
 
