@@ -32,11 +32,14 @@ python3 -m pytest -q "$@"
 # SDTUNE_SECOND_ISA=avx2|avx512|default chooses it, =none skips this pass.
 # Left out of this pass, to keep CI well under an hour: scheduler and pipeline parity (our loop
 # and diffusers' run on the same kernels in the same process, within tolerances far above a
-# kernel's rounding), and test_learning / test_dreambooth_learning, which judge what training
-# learns over hundreds of steps, not rounding. All of them run once, above; the whole suite runs
-# under another instruction set with scripts/with_isa.sh avx2|avx512|default scripts/test.sh.
+# kernel's rounding), test_learning / test_dreambooth_learning, which judge what training learns
+# over hundreds of steps, not rounding, and the kill trials and the output lock, which test files
+# and processes (bitwise resume is test_train.py's, which runs again). All of them run once,
+# above; the whole suite runs under another instruction set with
+# scripts/with_isa.sh avx2|avx512|default scripts/test.sh.
 NUMERICS_TESTS=(tests/models tests/train tests/lora tests/cli/test_train.py
-                --ignore=tests/train/test_learning.py --ignore=tests/train/test_dreambooth_learning.py)
+                --ignore=tests/train/test_learning.py --ignore=tests/train/test_dreambooth_learning.py
+                --ignore=tests/train/test_kill_resume.py --ignore=tests/train/test_output_lock.py)
 second=${SDTUNE_SECOND_ISA:-auto}
 if [ "$second" = auto ]; then
   second=avx2
