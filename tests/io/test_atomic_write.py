@@ -1,11 +1,14 @@
-"""Saves that fail (src/io/atomic_write.cpp): a checkpoint that hits the file-size limit (what a full
-disk does too: the write fails with an errno) is a one-line error, the previous checkpoint and final
-model stay byte for byte, and no temporary is left; the next run removes what a killed one left."""
+"""Saves that fail (src/io/atomic_write.cpp): a checkpoint that hits the file-size limit or a full
+disk is a one-line error naming the errno, the previous checkpoint and final model stay byte for
+byte, and no temporary is left; the next run removes what a killed one left."""
 
 import hashlib
 import re
 import resource
+import shutil
 import subprocess
+
+import pytest
 
 from train_runs import random_images
 
@@ -66,3 +69,33 @@ def test_the_next_run_removes_what_a_killed_run_left(sdtune_bin, pipeline, tmp_p
         assert f"removed {path}, left by an interrupted run" in proc.stderr
         assert not path.exists()
     assert temporaries(out) == [] and (out / "checkpoint-2").is_dir()
+
+
+def test_a_full_disk_keeps_what_was_saved(sdtune_bin, pipeline, tmp_path, one_line_error):
+    # A real ENOSPC: the run's folder on a tmpfs with room for half a checkpoint more. Mounting
+    # needs privileges that not every machine gives; the file-size limit above fails the same way.
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    random_images(tmp_path / "data", 2, seed=0)
+    model = pipeline("tiny")[0]
+    first = subprocess.run(train_args(sdtune_bin, model, tmp_path / "data", tmp_path / "out", "--max-steps", 2,
+                                      "--quiet"), capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    used = sum(p.stat().st_size for p in (tmp_path / "out").rglob("*") if p.is_file())
+    checkpoint = sum(p.stat().st_size for p in (tmp_path / "out" / "checkpoint-2").rglob("*") if p.is_file())
+    size_kib = (used + checkpoint // 2) // 1024 + 256
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(disk)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        out = disk / "out"
+        shutil.copytree(tmp_path / "out", out, symlinks=True)
+        before = digests(out)
+        proc = subprocess.run(train_args(sdtune_bin, model, tmp_path / "data", out, "--max-steps", 4,
+                                         "--resume-from-checkpoint", "latest", "--quiet"),
+                              capture_output=True, text=True)
+        one_line_error(proc, "No space left on device")
+        assert digests(out) == before
+        assert temporaries(out) == [] and not (out / "checkpoint-4").exists()
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
