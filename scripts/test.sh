@@ -5,7 +5,8 @@
 #   2. C++ unit tests (GoogleTest) of the Release build;
 #   3. pytest: parity against diffusers/transformers, tokenizer parity, CLI behaviour;
 #   4. the numerics-sensitive tests again under a second CPU instruction set (below);
-#   5. under AddressSanitizer + UBSan: the unit tests and the bad-input tests again.
+#   5. the fuzz targets' smoke pass (scripts/fuzz_smoke.sh);
+#   6. under AddressSanitizer + UBSan: the unit tests and the bad-input tests again.
 # To run it all as another CPU would: scripts/with_isa.sh avx2|avx512|default scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +15,7 @@ scripts/setup.sh
 export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 
 echo "== clang-format"
-files=$(git ls-files 'src/*.cpp' 'src/*.h' 'include/*.h' 'tests/*.cpp' 'bench/*.cpp')
+files=$(git ls-files 'src/*.cpp' 'src/*.h' 'include/*.h' 'tests/*.cpp' 'bench/*.cpp' 'fuzz/*.cpp' 'fuzz/*.h')
 clang-format --dry-run -Werror $files
 
 echo "== C++ unit tests"
@@ -49,6 +50,11 @@ if [ "$second" != none ]; then
   echo "== pytest: the numerics-sensitive tests again, with $second kernels"
   scripts/with_isa.sh "$second" python3 -m pytest -q -p no:cacheprovider "${NUMERICS_TESTS[@]}" "$@"
 fi
+
+# The parsers of untrusted files under libFuzzer, ASan and UBSan: every committed corpus input
+# (regressions included) again, then a short seeded run (bench/fuzz.sh is the long one).
+echo "== fuzz smoke"
+scripts/fuzz_smoke.sh
 
 # AddressSanitizer + UBSan build (Debug): the unit tests, then the command line fed every kind of
 # malformed input (files, configs, weights, tensors) -- where bad input meets memory.

@@ -1,6 +1,8 @@
 #include "cli/toml_config.h"
 
 #include <algorithm>
+#include <charconv>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <sstream>
@@ -22,18 +24,46 @@ bool scalar_text(const toml::node& node, std::string& out) {
   } else if (node.is_integer()) {
     out = std::to_string(*node.value<int64_t>());
   } else if (node.is_floating_point()) {
-    std::ostringstream s;
-    s.precision(17);
-    s << *node.value<double>();
-    out = s.str();
+    const double d = *node.value<double>();
+    if (d == std::trunc(d) && std::fabs(d) < 1e17) {
+      out = std::to_string(static_cast<int64_t>(d));  // 1e4 as 10000, which integer options read
+    } else {
+      // The shortest text that reads back as the same double: 0.9, not 0.90000000000000002, so
+      // that effective_config writes the value as the file gave it.
+      char buf[32];
+      out.assign(buf, std::to_chars(buf, buf + sizeof buf, d, std::chars_format::general).ptr);
+    }
   } else {
     return false;
   }
   return true;
 }
 
+// Whether TOML reads `v` (a number to strtod, holding no quote, '#' or newline) as a number.
+bool is_toml_number(const std::string& v) {
+  try {
+    const toml::table table = toml::parse("v = " + v);
+    return table["v"].is_integer() || table["v"].is_floating_point();
+  } catch (const toml::parse_error&) {
+    return false;
+  }
+}
+
 bool is_flag(const CLI::Option* opt) {
   return opt->get_expected_min() == 0;
+}
+
+// The values of an option that was not given. CLI11 renders a list's default as "[a,b,c]" ("{}"
+// when empty): it is split back into its items, or the file would give one item holding the
+// brackets. (The rendering is ambiguous for items with commas; sdtune's list defaults have none.)
+std::vector<std::string> default_values(const CLI::Option* opt) {
+  const std::string& text = opt->get_default_str();
+  if (text.empty()) return {};
+  if (opt->get_items_expected_max() <= 1) return {text};
+  if (text == "{}") return {};
+  if (text.size() >= 2 && text.front() == '[' && text.back() == ']')
+    return CLI::detail::split(text.substr(1, text.size() - 2), ',');
+  return {text};
 }
 
 }  // namespace
@@ -103,13 +133,15 @@ std::string effective_config(const CLI::App* cmd, const std::set<std::string>& s
     }
     return out + "\"";
   };
-  // Numbers and booleans bare, everything else as a string.
+  // Numbers and booleans bare, everything else as a string. A number is bare only when TOML reads
+  // it back as one: strtod and CLI11 take "1.", ".5", "01" and 2^64, which TOML refuses.
   auto literal = [&](const std::string& v) {
     char* end = nullptr;
     if (!v.empty()) {
       std::strtod(v.c_str(), &end);
       const bool special = v.find_first_of("xXnNiI") != std::string::npos;  // hex, nan, inf
-      if (*end == '\0' && !special && v.find_first_not_of("0123456789+-.eE") == std::string::npos)
+      if (*end == '\0' && !special && v.find_first_not_of("0123456789+-.eE") == std::string::npos &&
+          is_toml_number(v))
         return v;
     }
     if (v == "true" || v == "false") return v;
@@ -125,7 +157,7 @@ std::string effective_config(const CLI::App* cmd, const std::set<std::string>& s
       continue;
     }
     std::vector<std::string> values = opt->results();
-    if (values.empty() && !opt->get_default_str().empty()) values = {opt->get_default_str()};
+    if (values.empty()) values = default_values(opt);
     if (values.empty()) continue;
     if (opt->get_items_expected_max() > 1) {
       s << name << " = [";

@@ -1,5 +1,6 @@
 #include "sdtune/formats/lora_keys.h"
 
+#include <cstring>
 #include <iterator>
 
 #include "sdtune/error.h"
@@ -22,6 +23,12 @@ const Suffix kDiffusers[] = {{".lora_A.weight", "down"},
                              {".lora.up.weight", "up"},
                              {".alpha", "alpha"}};
 
+// Whether a key that starts with `prefix` and ends with `suffix` holds a layer name between them:
+// in "unet.lora_A.weight" the two overlap, and "unet..alpha" names no layer.
+bool names_a_layer(const std::string& key, const std::string& prefix, const char* suffix) {
+  return key.size() > prefix.size() + std::strlen(suffix);
+}
+
 }  // namespace
 
 std::optional<LoraKey> parse_lora_key(const std::string& key) {
@@ -29,6 +36,7 @@ std::optional<LoraKey> parse_lora_key(const std::string& key) {
     if (!key.starts_with(prefix)) continue;
     for (const auto& s : kKohya) {
       if (!key.ends_with(s.text)) continue;
+      if (!names_a_layer(key, prefix, s.text)) return std::nullopt;
       return LoraKey{LoraFormat::Kohya, prefix == "lora_unet_" ? "unet" : "text_encoder",
                      key.substr(0, key.size() - std::string(s.text).size()),  // keeps lora_unet_
                      s.part};
@@ -38,6 +46,7 @@ std::optional<LoraKey> parse_lora_key(const std::string& key) {
     if (!key.starts_with(prefix)) continue;
     for (const auto& s : kDiffusers) {
       if (!key.ends_with(s.text)) continue;
+      if (!names_a_layer(key, prefix, s.text)) return std::nullopt;
       return LoraKey{
           LoraFormat::Diffusers, prefix == "unet." ? "unet" : "text_encoder",
           key.substr(prefix.size(), key.size() - prefix.size() - std::string(s.text).size()),

@@ -1,7 +1,9 @@
 #include "sdtune/io/json_config.h"
 
+#include <cmath>
 #include <fstream>
 #include <limits>
+#include <optional>
 #include <sstream>
 
 #include "sdtune/error.h"
@@ -55,7 +57,32 @@ void restore_non_finite(nlohmann::json& j) {
   }
 }
 
+// The int64_t that a JSON number holds exactly, if any. nlohmann keeps a literal above INT64_MAX as
+// uint64, which get<int64_t>() would wrap to a negative value. A float is taken when asked and when
+// it is an integer in range: converting NaN or a double outside int64_t's range is undefined.
+std::optional<int64_t> exact_int64(const nlohmann::json& v, bool allow_float) {
+  if (v.is_number_unsigned()) {
+    const auto u = v.get<uint64_t>();
+    if (u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) return std::nullopt;
+    return static_cast<int64_t>(u);
+  }
+  if (v.is_number_integer()) return v.get<int64_t>();
+  if (allow_float && v.is_number_float()) {
+    const double d = v.get<double>();
+    if (d >= -0x1p63 && d < 0x1p63 && d == std::trunc(d)) return static_cast<int64_t>(d);
+  }
+  return std::nullopt;
+}
+
 }  // namespace
+
+nlohmann::json::parser_callback_t json_depth_limit(std::string source) {
+  return [source = std::move(source)](int depth, nlohmann::json::parse_event_t, nlohmann::json&) {
+    if (depth > kMaxJsonDepth)
+      throw Error("JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels", source);
+    return true;
+  };
+}
 
 JsonConfig JsonConfig::load(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
@@ -63,7 +90,8 @@ JsonConfig JsonConfig::load(const std::filesystem::path& path) {
   std::stringstream buffer;
   buffer << in.rdbuf();
   nlohmann::json json =
-      nlohmann::json::parse(quote_non_finite(buffer.str()), nullptr, /*allow_exceptions=*/false);
+      nlohmann::json::parse(quote_non_finite(buffer.str()), json_depth_limit(path.string()),
+                            /*allow_exceptions=*/false);
   if (json.is_discarded()) throw Error("not valid JSON", path.string());
   restore_non_finite(json);
   if (!json.is_object()) throw Error("top level is not a JSON object", path.string());
@@ -89,12 +117,8 @@ void JsonConfig::type_error(std::string_view key, std::string_view expected) con
 }
 
 int64_t JsonConfig::get_int(std::string_view key) const {
-  const auto& v = at(key);
-  if (v.is_number_integer()) return v.get<int64_t>();
   // 8.0 is accepted as 8: some configs are written by tools that emit floats.
-  if (v.is_number_float() &&
-      v.get<double>() == static_cast<double>(static_cast<int64_t>(v.get<double>())))
-    return static_cast<int64_t>(v.get<double>());
+  if (auto value = exact_int64(at(key), /*allow_float=*/true)) return *value;
   type_error(key, "an integer");
 }
 
@@ -137,8 +161,9 @@ std::vector<int64_t> JsonConfig::get_int_list(std::string_view key) const {
   if (!v.is_array()) type_error(key, "a list of integers");
   std::vector<int64_t> out;
   for (const auto& e : v) {
-    if (!e.is_number_integer()) type_error(key, "a list of integers");
-    out.push_back(e.get<int64_t>());
+    auto value = exact_int64(e, /*allow_float=*/false);
+    if (!value) type_error(key, "a list of integers");
+    out.push_back(*value);
   }
   return out;
 }
@@ -156,7 +181,7 @@ std::vector<std::string> JsonConfig::get_string_list(std::string_view key) const
 
 std::vector<int64_t> JsonConfig::get_int_or_list(std::string_view key, std::size_t n) const {
   const auto& v = at(key);
-  if (v.is_number_integer()) return std::vector<int64_t>(n, v.get<int64_t>());
+  if (v.is_number_integer()) return std::vector<int64_t>(n, get_int(key));
   std::vector<int64_t> list = get_int_list(key);
   if (list.size() != n)
     throw Error("expected " + std::to_string(n) + " values (one per block), got " +

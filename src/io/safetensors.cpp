@@ -20,6 +20,7 @@
 
 #include "sdtune/error.h"
 #include "sdtune/io/atomic_write.h"
+#include "sdtune/io/json_config.h"
 
 namespace sdtune::io {
 namespace {
@@ -260,7 +261,8 @@ SafetensorsFile SafetensorsFile::open(const std::filesystem::path& path) {
                 file);
   nlohmann::json header;
   try {
-    header = nlohmann::json::parse(header_begin, header_begin + header_size);
+    header =
+        nlohmann::json::parse(header_begin, header_begin + header_size, json_depth_limit(file));
   } catch (const nlohmann::json::exception& e) {
     throw Error("invalid JSON in header: " + json_error_text(e), file);
   }

@@ -14,6 +14,7 @@
 #include <queue>
 
 #include "sdtune/error.h"
+#include "sdtune/io/json_config.h"
 #include "sdtune/io/model_folder.h"
 
 namespace sdtune::text {
@@ -153,7 +154,7 @@ json read_json(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error("cannot open file", path.string());
   try {
-    return json::parse(in);
+    return json::parse(in, io::json_depth_limit(path.string()));
   } catch (const json::exception& e) {
     throw Error(std::string("invalid JSON: ") + e.what(), path.string());
   }

@@ -12,6 +12,15 @@
 
 namespace sdtune::io {
 
+// The deepest nesting sdtune reads in any JSON (configs, tokenizer files, safetensors headers):
+// serde_json's limit, which the safetensors reference reads headers with, far above any real file.
+// Deeper, a hostile file would overflow the stack in nlohmann's recursive dump() (error messages)
+// and in the readers' own recursive walks.
+constexpr int kMaxJsonDepth = 128;
+// A callback for nlohmann::json::parse that throws sdtune::Error naming `source` when the nesting
+// exceeds kMaxJsonDepth; it keeps every value, so the result is what parse() alone would give.
+nlohmann::json::parser_callback_t json_depth_limit(std::string source);
+
 class JsonConfig {
  public:
   // Reads and parses `path`; the top level must be a JSON object.

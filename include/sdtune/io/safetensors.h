@@ -64,9 +64,9 @@ class SafetensorsFile {
  public:
   // Maps and validates the file. Throws sdtune::Error naming the file (and the tensor key where
   // one is at fault) on: missing/unreadable file, header length > 100 MB or past the end of file,
-  // invalid JSON, unknown dtype, offsets outside the buffer, overlapping or non-contiguous
-  // ranges, shape × dtype size != byte length, data that does not end exactly at end of file,
-  // `__metadata__` that is not a string-to-string map.
+  // invalid JSON (or nested deeper than kMaxJsonDepth), unknown dtype, offsets outside the buffer,
+  // overlapping or non-contiguous ranges, shape × dtype size != byte length, data that does not end
+  // exactly at end of file, `__metadata__` that is not a string-to-string map.
   static SafetensorsFile open(const std::filesystem::path& path);
 
   const std::filesystem::path& path() const { return path_; }
