@@ -16,6 +16,9 @@ CLIPTextConfig CLIPTextConfig::from_json(const io::JsonConfig& j) {
   c.layer_norm_eps = j.get_double("layer_norm_eps", c.layer_norm_eps);
   c.hidden_act = parse_activation(j.get_string("hidden_act", "quick_gelu"));
   c.eos_token_id = j.get_int("eos_token_id", c.eos_token_id);
+  for (const auto& [key, value] : {std::pair<const char*, int64_t>{"hidden_size", c.hidden_size},
+                                   {"num_attention_heads", c.num_attention_heads}})
+    if (value < 1) throw Error("must be positive, got " + std::to_string(value), j.source(), key);
   if (c.hidden_size % c.num_attention_heads != 0)
     throw Error("hidden_size " + std::to_string(c.hidden_size) +
                     " not divisible by num_attention_heads " +

@@ -20,6 +20,11 @@ UNet2DConditionConfig UNet2DConditionConfig::from_json(const io::JsonConfig& j) 
   c.sample_size = j.get_int("sample_size", 64);
   c.block_out_channels = j.get_int_list("block_out_channels");
   const size_t n = c.block_out_channels.size();
+  if (n == 0) throw Error("a UNet needs at least one block", j.source(), "block_out_channels");
+  for (const int64_t channels : c.block_out_channels)
+    if (channels < 1)
+      throw Error("channel counts must be positive, got " + std::to_string(channels), j.source(),
+                  "block_out_channels");
   c.down_block_types = j.get_string_list("down_block_types");
   c.up_block_types = j.get_string_list("up_block_types");
   if (c.down_block_types.size() != n || c.up_block_types.size() != n)

@@ -277,6 +277,27 @@ def test_missing_weights_file(run_sdtune, one_line_error, copy_pipeline, unet_in
         one_line_error(proc, str(folder / "unet"), "no safetensors weights found", "diffusion_pytorch_model")
 
 
+def test_unet_config_without_blocks(run_sdtune, one_line_error, copy_pipeline, unet_inputs, tmp_path):
+    # Once a segmentation fault: the cross_attention_dim of the first of no blocks.
+    folder = copy_pipeline()
+    config = _edit_unet_config(folder, lambda c: c.update(block_out_channels=[], down_block_types=[],
+                                                          up_block_types=[]))
+    proc = forward(run_sdtune, tmp_path, folder, "unet", unet_inputs())
+    one_line_error(proc, str(config), "'block_out_channels'", "a UNet needs at least one block")
+
+
+@pytest.mark.parametrize("heads", [0, -1])
+def test_text_encoder_config_without_heads(run_sdtune, one_line_error, copy_pipeline, tmp_path, heads):
+    # Once a floating-point exception: hidden_size % 0.
+    folder = copy_pipeline()
+    path = folder / "text_encoder" / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "num_attention_heads": heads}))
+    inputs = tmp_path / "ids.safetensors"
+    save_file({"input_ids": torch.zeros(1, 77, dtype=torch.long)}, inputs)
+    proc = forward(run_sdtune, tmp_path, folder, "text-encoder", inputs)
+    one_line_error(proc, str(path), "'num_attention_heads'", f"must be positive, got {heads}")
+
+
 def test_weights_missing_key(run_sdtune, one_line_error, copy_pipeline, unet_inputs, tmp_path):
     folder = copy_pipeline()
     _edit_weights(folder, lambda w: w.pop("conv_in.bias"))
