@@ -55,6 +55,14 @@ std::string caption_of(const nlohmann::json& row, const std::string& column,
               file.string(), where);
 }
 
+// Whether `root` refuses `entry`; if so it is recorded in `skipped` with the reason after `what`.
+bool skipped_outside(const DatasetRoot& root, const fs::path& entry, std::vector<Skipped>& skipped,
+                     const std::string& what = "") {
+  const std::string why = root.refusal(entry);
+  if (!why.empty()) skip(skipped, entry, what + why, /*outside_dataset=*/true);
+  return !why.empty();
+}
+
 }  // namespace
 
 bool is_image_file(const fs::path& path) {
@@ -76,9 +84,7 @@ CaptionDataset CaptionDataset::from_folder(const fs::path& dir, const std::strin
   CaptionDataset out;
   const DatasetRoot root(dir, confinement);
   const auto outside = [&](const fs::path& entry, const std::string& what = "") {
-    const std::string why = root.refusal(entry);
-    if (!why.empty()) skip(out.skipped_, entry, what + why, /*outside_dataset=*/true);
-    return !why.empty();
+    return skipped_outside(root, entry, out.skipped_, what);
   };
   const std::vector<fs::path> images = find_images(dir);
   const fs::path metadata = dir / "metadata.jsonl";
@@ -185,11 +191,8 @@ CaptionDataset open_dataset(const fs::path& path, const std::string& image_colum
   std::sort(parquet.begin(), parquet.end());
   const DatasetRoot root(path, confinement);
   std::vector<Skipped> outside;
-  std::erase_if(parquet, [&](const fs::path& file) {
-    const std::string why = root.refusal(file);
-    if (!why.empty()) skip(outside, file, why, /*outside_dataset=*/true);
-    return !why.empty();
-  });
+  std::erase_if(parquet,
+                [&](const fs::path& file) { return skipped_outside(root, file, outside); });
   if (parquet.empty())
     throw Error("no usable parquet file: every one lies outside the dataset folder", path.string());
   CaptionDataset out = CaptionDataset::from_parquet(parquet, image_column, caption_column);
