@@ -13,10 +13,12 @@ fuzz/build.sh || exit 1
 declare -A max_len=(
   [safetensors_header_fuzz]=8192 [json_config_fuzz]=4096 [clip_tokenizer_files_fuzz]=8192
   [clip_tokenizer_encode_fuzz]=1024 [toml_config_fuzz]=4096 [lora_keys_fuzz]=256
+  [metadata_jsonl_fuzz]=2048 [parquet_schema_fuzz]=8192
 )
 targets=("$@")
 [[ ${#targets[@]} -eq 0 ]] && targets=(safetensors_header_fuzz json_config_fuzz
-  clip_tokenizer_files_fuzz clip_tokenizer_encode_fuzz toml_config_fuzz lora_keys_fuzz)
+  clip_tokenizer_files_fuzz clip_tokenizer_encode_fuzz toml_config_fuzz lora_keys_fuzz
+  metadata_jsonl_fuzz parquet_schema_fuzz)
 
 # tmpfs when there is one: the targets write their input to a file on every run.
 scratch=$(mktemp -d -p /dev/shm 2>/dev/null || mktemp -d)

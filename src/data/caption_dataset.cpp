@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "sdtune/error.h"
+#include "sdtune/io/json_config.h"
 #include "sdtune/io/parquet.h"
 
 namespace sdtune::data {
@@ -101,8 +102,8 @@ CaptionDataset CaptionDataset::from_folder(const fs::path& dir, const std::strin
       const std::string where = "line " + std::to_string(number);
       nlohmann::json row;
       try {
-        row = nlohmann::json::parse(line);
-      } catch (const nlohmann::json::parse_error& e) {
+        row = nlohmann::json::parse(line, io::json_depth_limit(metadata.string() + " " + where));
+      } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range: 1e999
         throw Error(where + " is not valid JSON: " + e.what(), metadata.string(), where);
       }
       if (!row.is_object()) throw Error(where + " is not a JSON object", metadata.string(), where);

@@ -8,20 +8,25 @@ namespace sdtune::data {
 std::optional<at::Tensor> load_training_image(const Example& example,
                                               const TransformOptions& options, at::Generator& gen,
                                               std::vector<Skipped>& skipped) {
-  at::Tensor rgb;
+  io::FittedImage image;
   try {
-    rgb = read_example(example, options.max_image_pixels);
+    image = read_training_image(example, options);
   } catch (const Error& e) {
     skip(skipped, example.image, e.message());
     return std::nullopt;
   }
-  return transform_image(rgb, options, gen);
+  return transform_image(image, options, gen);
 }
 
-at::Tensor read_example(const Example& example, int64_t max_pixels) {
-  return example.bytes ? io::read_image_rgb(example.bytes->data(), example.bytes->size(),
-                                            example.image.string(), max_pixels)
-                       : io::read_image_rgb(example.image, max_pixels);
+io::ImageSource image_source(const Example& example) {
+  return example.bytes ? io::ImageSource::memory(example.bytes->data(), example.bytes->size(),
+                                                 example.image.string())
+                       : io::ImageSource::file(example.image);
+}
+
+io::FittedImage read_training_image(const Example& example, const TransformOptions& options) {
+  return io::read_image_fitted(image_source(example), options.max_image_pixels,
+                               [&](io::ImageSize source) { return resized_size(source, options); });
 }
 
 void usable_examples(const std::vector<Example>& candidates, std::vector<Example>& usable,
@@ -29,8 +34,8 @@ void usable_examples(const std::vector<Example>& candidates, std::vector<Example
                      int64_t max_pixels) {
   for (const auto& example : candidates) {
     try {
-      const at::Tensor rgb = read_example(example, max_pixels);
-      sizes.push_back({rgb.size(1), rgb.size(0)});
+      const io::ImageSize size = io::check_image(image_source(example), max_pixels);
+      sizes.push_back({size.width, size.height});
       usable.push_back(example);
     } catch (const Error& e) {
       skip(skipped, example.image, e.message());

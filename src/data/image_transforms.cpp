@@ -10,13 +10,43 @@
 
 namespace sdtune::data {
 
+namespace {
+
+// torchvision's Resize(int): the shorter side becomes `size`, the long side int(size * long /
+// short), i.e. truncated.
+io::ImageSize shorter_side_size(io::ImageSize s, int64_t size) {
+  return s.height <= s.width ? io::ImageSize{size * s.width / s.height, size}
+                             : io::ImageSize{size, size * s.height / s.width};
+}
+
+// The aspect-kept size that covers the bucket: scaled by height when the image is wider than it.
+io::ImageSize bucket_cover_size(io::ImageSize s, const BucketResolution& bucket) {
+  const double aspect = static_cast<double>(s.width) / static_cast<double>(s.height);
+  const double bucket_aspect =
+      static_cast<double>(bucket.width) / static_cast<double>(bucket.height);
+  const double scale = aspect > bucket_aspect ? static_cast<double>(bucket.height) / s.height
+                                              : static_cast<double>(bucket.width) / s.width;
+  return {std::max(bucket.width, static_cast<int64_t>(s.width * scale + 0.5)),
+          std::max(bucket.height, static_cast<int64_t>(s.height * scale + 0.5))};
+}
+
+// `rgb` at `size`, resized only if it is not already.
+at::Tensor sized(const at::Tensor& rgb, io::ImageSize size) {
+  return rgb.size(1) == size.width && rgb.size(0) == size.height
+             ? rgb
+             : io::resize_image(rgb, size.width, size.height);
+}
+
+// A bucket's center crop of an image already at its cover size.
+at::Tensor bucket_crop(const at::Tensor& img, const BucketResolution& bucket) {
+  const int64_t top = (img.size(0) - bucket.height) / 2, left = (img.size(1) - bucket.width) / 2;
+  return img.slice(0, top, top + bucket.height).slice(1, left, left + bucket.width).contiguous();
+}
+
+}  // namespace
+
 at::Tensor resize_shorter_side(const at::Tensor& rgb, int64_t size) {
-  const int64_t h = rgb.size(0), w = rgb.size(1);
-  if (std::min(h, w) == size) return rgb;
-  // torchvision: the long side is int(size * long / short), i.e. truncated.
-  const int64_t new_w = h <= w ? size * w / h : size;
-  const int64_t new_h = h <= w ? size : size * h / w;
-  return io::resize_image(rgb, new_w, new_h);
+  return sized(rgb, shorter_side_size({rgb.size(1), rgb.size(0)}, size));
 }
 
 int64_t center_crop_offset(int64_t length, int64_t crop) {
@@ -56,18 +86,7 @@ BucketResolution select_bucket(int64_t width, int64_t height,
 }
 
 at::Tensor resize_to_bucket(const at::Tensor& rgb, const BucketResolution& bucket) {
-  const int64_t h = rgb.size(0), w = rgb.size(1);
-  // Scale so that the image covers the bucket: by height when the image is wider than it.
-  const double aspect = static_cast<double>(w) / static_cast<double>(h);
-  const double bucket_aspect =
-      static_cast<double>(bucket.width) / static_cast<double>(bucket.height);
-  const double scale = aspect > bucket_aspect ? static_cast<double>(bucket.height) / h
-                                              : static_cast<double>(bucket.width) / w;
-  const int64_t new_w = std::max(bucket.width, static_cast<int64_t>(w * scale + 0.5));
-  const int64_t new_h = std::max(bucket.height, static_cast<int64_t>(h * scale + 0.5));
-  at::Tensor img = (new_w == w && new_h == h) ? rgb : io::resize_image(rgb, new_w, new_h);
-  const int64_t top = (new_h - bucket.height) / 2, left = (new_w - bucket.width) / 2;
-  return img.slice(0, top, top + bucket.height).slice(1, left, left + bucket.width).contiguous();
+  return bucket_crop(sized(rgb, bucket_cover_size({rgb.size(1), rgb.size(0)}, bucket)), bucket);
 }
 
 int64_t bucket_index(int64_t width, int64_t height, const std::vector<BucketResolution>& buckets) {
@@ -75,17 +94,30 @@ int64_t bucket_index(int64_t width, int64_t height, const std::vector<BucketReso
   return static_cast<int64_t>(std::find(buckets.begin(), buckets.end(), b) - buckets.begin());
 }
 
+io::ImageSize resized_size(io::ImageSize source, const TransformOptions& options) {
+  if (!options.buckets.empty())
+    return bucket_cover_size(
+        source, options.buckets[bucket_index(source.width, source.height, options.buckets)]);
+  if (options.resolution <= 0)
+    throw Error("resolution must be positive, got " + std::to_string(options.resolution));
+  return shorter_side_size(source, options.resolution);
+}
+
+io::FittedImage whole_image(const at::Tensor& rgb) {
+  return {rgb, {rgb.size(1), rgb.size(0)}};
+}
+
 namespace {
 
-// uint8 [H,W,3] -> the crop (uint8): the bucket, or Resize(R) then a center crop or, with `gen`,
-// a random one.
-at::Tensor crop(const at::Tensor& rgb, const TransformOptions& options, at::Generator* gen) {
+// The decoded image -> the crop (uint8): the bucket, or Resize(R) then a center crop or, with
+// `gen`, a random one.
+at::Tensor crop(const io::FittedImage& image, const TransformOptions& options, at::Generator* gen) {
+  const at::Tensor img = sized(image.rgb, resized_size(image.source, options));
   if (!options.buckets.empty())
-    return resize_to_bucket(
-        rgb, options.buckets[bucket_index(rgb.size(1), rgb.size(0), options.buckets)]);
+    return bucket_crop(
+        img,
+        options.buckets[bucket_index(image.source.width, image.source.height, options.buckets)]);
   const int64_t r = options.resolution;
-  if (r <= 0) throw Error("resolution must be positive, got " + std::to_string(r));
-  at::Tensor img = resize_shorter_side(rgb, r);
   const int64_t h = img.size(0), w = img.size(1);
   int64_t top = 0, left = 0;
   if (options.center_crop) {
@@ -101,15 +133,16 @@ at::Tensor crop(const at::Tensor& rgb, const TransformOptions& options, at::Gene
 
 }  // namespace
 
-at::Tensor transform_image(const at::Tensor& rgb, const TransformOptions& options,
+at::Tensor transform_image(const io::FittedImage& image, const TransformOptions& options,
                            at::Generator& gen) {
-  at::Tensor img = crop(rgb, options, &gen);
+  at::Tensor img = crop(image, options, &gen);
   if (draw_flip(options, gen)) img = img.flip({1});
   return io::pixels_to_tensor(img);
 }
 
-at::Tensor transform_image_unflipped(const at::Tensor& rgb, const TransformOptions& options) {
-  return io::pixels_to_tensor(crop(rgb, options, nullptr));
+at::Tensor transform_image_unflipped(const io::FittedImage& image,
+                                     const TransformOptions& options) {
+  return io::pixels_to_tensor(crop(image, options, nullptr));
 }
 
 bool draw_flip(const TransformOptions& options, at::Generator& gen) {

@@ -73,10 +73,10 @@ vips::VOption* decode_options() {
       ->set("fail_on", VIPS_FAIL_ON_ERROR);
 }
 
-// A decoded image as uint8 [H,W,3] sRGB: EXIF orientation applied, other colour spaces, alpha
-// (onto white) and 16-bit samples converted. `name` is the file, for errors.
-at::Tensor to_rgb8(vips::VImage img, const std::string& name) {
-  img = img.autorot();
+// A decoded image as 8-bit sRGB, 3 bands, still lazy (nothing decoded yet): other colour spaces,
+// alpha (onto white) and 16-bit samples converted, EXIF orientation not yet applied. `name` is the
+// file, for errors.
+vips::VImage srgb8(vips::VImage img, const std::string& name) {
   if (img.interpretation() != VIPS_INTERPRETATION_sRGB &&
       img.interpretation() != VIPS_INTERPRETATION_B_W) {
     img = img.colourspace(VIPS_INTERPRETATION_sRGB);
@@ -89,7 +89,43 @@ at::Tensor to_rgb8(vips::VImage img, const std::string& name) {
   if (img.bands() == 1) img = img.bandjoin(img).bandjoin(img);
   if (img.bands() != 3)
     throw Error("unsupported image: " + std::to_string(img.bands()) + " bands", name);
-  return to_tensor(img.cast(VIPS_FORMAT_UCHAR));
+  return img.cast(VIPS_FORMAT_UCHAR);
+}
+
+// The EXIF orientation (1-8; 1 is upright, 5-8 swap width and height).
+int orientation(const vips::VImage& img) {
+  if (img.get_typeof(VIPS_META_ORIENTATION) == 0) return 1;
+  const int o = img.get_int(VIPS_META_ORIENTATION);
+  return o >= 1 && o <= 8 ? o : 1;
+}
+
+// Lanczos-3 to exactly width × height.
+vips::VImage resize_to(const vips::VImage& img, int64_t width, int64_t height) {
+  const double sx = static_cast<double>(width) / img.width(),
+               sy = static_cast<double>(height) / img.height();
+  return img.resize(sx,
+                    vips::VImage::option()->set("vscale", sy)->set("kernel", VIPS_KERNEL_LANCZOS3));
+}
+
+// The file or buffer, opened lazily: only the header is read.
+vips::VImage open(const ImageSource& source) {
+  if (source.data)
+    // new_from_buffer does not copy `data`: callers finish with the image before returning.
+    return vips::VImage::new_from_buffer(source.data, source.size, "", decode_options());
+  if (!std::filesystem::is_regular_file(source.name))
+    throw Error("image file not found", source.name.string());
+  return vips::VImage::new_from_file(source.name.c_str(), decode_options());
+}
+
+// `read()` with libvips' errors made one line naming the file.
+template <typename Read>
+auto reading(const ImageSource& source, Read read) {
+  init_vips();
+  try {
+    return read(source.name.string());
+  } catch (const vips::VError& e) {
+    throw Error("cannot read image: " + vips_message(e), source.name.string());
+  }
 }
 
 // Refuses an image whose header declares more than `max_pixels`: libvips opens files lazily, so
@@ -136,38 +172,59 @@ vips::VImage pad_to(const vips::VImage& img, int width, int height) {
 }  // namespace
 
 at::Tensor read_image_rgb(const std::filesystem::path& path, int64_t max_pixels) {
-  init_vips();
-  if (!std::filesystem::is_regular_file(path)) throw Error("image file not found", path.string());
-  try {
-    return to_rgb8(within_limit(vips::VImage::new_from_file(path.c_str(), decode_options()),
-                                max_pixels, path.string()),
-                   path.string());
-  } catch (const vips::VError& e) {
-    throw Error("cannot read image: " + vips_message(e), path.string());
-  }
+  const ImageSource source = ImageSource::file(path);
+  return reading(source, [&](const std::string& name) {
+    return to_tensor(srgb8(within_limit(open(source), max_pixels, name), name).autorot());
+  });
 }
 
 at::Tensor read_image_rgb(const void* data, size_t size, const std::string& name,
                           int64_t max_pixels) {
-  init_vips();
-  try {
-    // new_from_buffer does not copy `data`: to_rgb8 finishes with it before returning.
-    return to_rgb8(within_limit(vips::VImage::new_from_buffer(data, size, "", decode_options()),
-                                max_pixels, name),
-                   name);
-  } catch (const vips::VError& e) {
-    throw Error("cannot read image: " + vips_message(e), name);
-  }
+  const ImageSource source = ImageSource::memory(data, size, name);
+  return reading(source, [&](const std::string&) {
+    return to_tensor(srgb8(within_limit(open(source), max_pixels, name), name).autorot());
+  });
+}
+
+FittedImage read_image_fitted(const ImageSource& source, int64_t max_pixels, const FitSize& fit) {
+  return reading(source, [&](const std::string& name) {
+    vips::VImage img = within_limit(open(source), max_pixels, name);
+    const int turn = orientation(img);
+    const bool swaps = turn >= 5;
+    const int64_t w = img.width(), h = img.height();
+    const ImageSize shown = swaps ? ImageSize{h, w} : ImageSize{w, h};
+    const ImageSize target = fit(shown);
+    if (target.width <= 0 || target.height <= 0)
+      throw Error("cannot fit a " + std::to_string(shown.width) + "x" +
+                      std::to_string(shown.height) + " image into " + std::to_string(target.width) +
+                      "x" + std::to_string(target.height),
+                  name);
+    // Resized as stored, then turned: the turn needs the whole image, which is now the small one.
+    const ImageSize stored = swaps ? ImageSize{target.height, target.width} : target;
+    vips::VImage pixels = srgb8(img, name);
+    if (stored != ImageSize{w, h}) {
+      // Enlarging reads the source out of order: decode it first (it is the smaller image).
+      if (stored.width * stored.height > w * h) pixels = pixels.copy_memory();
+      pixels = resize_to(pixels, stored.width, stored.height);
+    }
+    if (turn != 1) pixels = pixels.copy_memory().autorot();
+    return FittedImage{to_tensor(pixels), shown};
+  });
+}
+
+ImageSize check_image(const ImageSource& source, int64_t max_pixels) {
+  return reading(source, [&](const std::string& name) {
+    vips::VImage img = within_limit(open(source), max_pixels, name);
+    // avg() pulls every pixel through the decoder, a few lines at a time, keeping none.
+    (void)srgb8(img, name).avg();
+    const int64_t w = img.width(), h = img.height();
+    return orientation(img) >= 5 ? ImageSize{h, w} : ImageSize{w, h};
+  });
 }
 
 at::Tensor resize_image(const at::Tensor& rgb, int64_t width, int64_t height) {
   init_vips();
-  vips::VImage img = from_tensor(rgb);
-  const double sx = static_cast<double>(width) / img.width(),
-               sy = static_cast<double>(height) / img.height();
-  img = img.resize(sx,
-                   vips::VImage::option()->set("vscale", sy)->set("kernel", VIPS_KERNEL_LANCZOS3));
-  return to_tensor(img);
+  return to_tensor(resize_to(from_tensor(rgb), width, height));
 }
 
 at::Tensor labelled_grid(const std::vector<at::Tensor>& cells, int64_t rows, int64_t cols,

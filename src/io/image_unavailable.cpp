@@ -22,6 +22,14 @@ at::Tensor read_image_rgb(const void*, size_t, const std::string& name, int64_t)
   unavailable(name);
 }
 
+FittedImage read_image_fitted(const ImageSource& source, int64_t, const FitSize&) {
+  unavailable(source.name.string());
+}
+
+ImageSize check_image(const ImageSource& source, int64_t) {
+  unavailable(source.name.string());
+}
+
 at::Tensor resize_image(const at::Tensor&, int64_t, int64_t) {
   unavailable("resize");
 }

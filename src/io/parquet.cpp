@@ -4,6 +4,8 @@
 #include <arrow/io/file.h>
 #include <parquet/arrow/reader.h>
 #include <parquet/arrow/schema.h>
+#include <parquet/file_reader.h>
+#include <parquet/metadata.h>
 
 #include "sdtune/error.h"
 
@@ -140,13 +142,18 @@ void append_images(const arrow::Array& chunk, int64_t& row, std::vector<ParquetI
 
 std::vector<ParquetImageRow> read_parquet_images(const fs::path& file,
                                                  const std::string& image_column,
-                                                 const std::string& caption_column) {
+                                                 const std::string& caption_column,
+                                                 int64_t max_row_group_bytes) {
   if (!fs::is_regular_file(file)) throw Error("parquet file not found", file.string());
   std::vector<ParquetImageRow> rows;
+  // Arrow allocates what the file declares: this file's own pool (counting only its buffers),
+  // capped, turns a declared billion rows into an OutOfMemory status instead of an allocation.
+  arrow::ProxyMemoryPool counted(arrow::default_memory_pool());
+  arrow::CappedMemoryPool pool(&counted, max_row_group_bytes);
   try {
-    auto input = value_of(arrow::io::ReadableFile::Open(file.string()), file, "cannot open");
-    auto reader = value_of(parquet::arrow::OpenFile(input, arrow::default_memory_pool()), file,
-                           "not a readable parquet file");
+    auto input = value_of(arrow::io::ReadableFile::Open(file.string(), &pool), file, "cannot open");
+    auto reader =
+        value_of(parquet::arrow::OpenFile(input, &pool), file, "not a readable parquet file");
     std::shared_ptr<arrow::Schema> schema;
     check(reader->GetSchema(&schema), file, "cannot read the parquet schema");
 
@@ -167,7 +174,15 @@ std::vector<ParquetImageRow> read_parquet_images(const fs::path& file,
     int64_t row = 0;
     for (int group = 0; group < reader->num_row_groups(); ++group) {
       const std::string where = "cannot read row group " + std::to_string(group);
-      auto table = value_of(reader->ReadRowGroup(group, leaves), file, where);
+      auto read = reader->ReadRowGroup(group, leaves);
+      if (read.status().IsOutOfMemory())
+        throw Error(
+            "row group " + std::to_string(group) + " declares " +
+                std::to_string(reader->parquet_reader()->metadata()->RowGroup(group)->num_rows()) +
+                " rows, more than " + std::to_string(max_row_group_bytes >> 20) +
+                " MiB to decode: a damaged file? (" + read.status().message() + ")",
+            file.string());
+      auto table = value_of(std::move(read), file, where);
       const auto images = table->GetColumnByName(image_column);
       const auto captions = table->GetColumnByName(caption_column);
       const size_t first = rows.size();

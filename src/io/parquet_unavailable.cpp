@@ -5,7 +5,7 @@
 namespace sdtune::io {
 
 std::vector<ParquetImageRow> read_parquet_images(const std::filesystem::path& file,
-                                                 const std::string&, const std::string&) {
+                                                 const std::string&, const std::string&, int64_t) {
   throw Error("this sdtune was built without Parquet support (pip install pyarrow and rebuild)",
               file.string());
 }

@@ -21,8 +21,11 @@ ClassImageReport ensure_class_images(const io::ModelFolder& base, const models::
   fs::create_directories(dir, ec);
   if (ec) throw Error("cannot create class image folder: " + ec.message(), dir.string());
   ClassImageReport report;
+  const data::DatasetRoot root(dir, options.confinement);
   for (const auto& entry : fs::recursive_directory_iterator(dir))
-    if (entry.is_regular_file() && data::is_image_file(entry.path())) ++report.found;
+    if (entry.is_regular_file() && data::is_image_file(entry.path()) &&
+        root.refusal(entry.path()).empty())
+      ++report.found;
   const int64_t missing = options.count - report.found;
   if (missing <= 0) return report;
 

@@ -39,7 +39,7 @@ models::DiagonalGaussian encode_one(models::AutoencoderKL& vae, const at::Tensor
 std::string LatentCache::scope_of(const io::ModelFolder& base, const std::string& variant,
                                   at::ScalarType dtype, const std::string& preprocessing) {
   return io::ContentHash()
-      .field("sdtune latent cache v1")
+      .field("sdtune latent cache v2")  // v2: EXIF-turned images are resized before the turn
       .component(base, "vae", variant)
       .field(c10::toString(dtype))
       .field(preprocessing)
@@ -48,11 +48,11 @@ std::string LatentCache::scope_of(const io::ModelFolder& base, const std::string
 
 std::vector<CachedLatents> LatentCache::prepare(const std::vector<data::Example>& examples,
                                                 models::AutoencoderKL vae,
-                                                const Preprocess& preprocess, bool with_flipped,
-                                                int64_t max_image_pixels,
+                                                const data::TransformOptions& transform,
                                                 std::vector<data::Example>& usable,
                                                 std::vector<data::Skipped>& skipped) {
   at::NoGradGuard no_grad;
+  const bool with_flipped = transform.random_flip;
   std::vector<CachedLatents> out;
   for (const data::Example& ex : examples) {
     std::shared_ptr<const std::string> bytes;
@@ -78,17 +78,20 @@ std::vector<CachedLatents> LatentCache::prepare(const std::vector<data::Example>
         continue;
       }
     }
-    at::Tensor rgb;
+    io::FittedImage image;
     try {
-      rgb = io::read_image_rgb(bytes->data(), bytes->size(), ex.image.string(), max_image_pixels);
+      image = io::read_image_fitted(
+          io::ImageSource::memory(bytes->data(), bytes->size(), ex.image.string()),
+          transform.max_image_pixels,
+          [&](io::ImageSize source) { return data::resized_size(source, transform); });
     } catch (const Error& e) {
       data::skip(skipped, ex.image, e.message());
       continue;
     }
     CachedLatents c;
-    c.width = rgb.size(1);
-    c.height = rgb.size(0);
-    const at::Tensor pixels = preprocess(rgb);
+    c.width = image.source.width;
+    c.height = image.source.height;
+    const at::Tensor pixels = data::transform_image_unflipped(image, transform);
     c.posterior = encode_one(vae, pixels);
     std::vector<std::pair<std::string, at::Tensor>> tensors{
         {"mean", c.posterior.mean},

@@ -56,8 +56,14 @@ void reduce_gradients(const std::vector<at::Tensor>& params) {}
 void ensure_class_images(const TrainOptions& o, TrainSummary& summary, const TrainHooks& hooks) {
   const auto& db = o.dreambooth;
   const std::optional<at::ScalarType> amp = autocast_dtype(o.mixed_precision);
-  ClassImageOptions c{db.class_prompt,         db.num_class_images, db.class_inference_steps,
-                      db.class_guidance_scale, o.resolution,        o.seed};
+  ClassImageOptions c{
+      db.class_prompt,
+      db.num_class_images,
+      db.class_inference_steps,
+      db.class_guidance_scale,
+      o.resolution,
+      o.seed,
+      o.allow_outside_data ? data::Confinement::Anywhere : data::Confinement::DatasetFolder};
   const ClassImageReport r = ensure_class_images(
       io::ModelFolder::open(o.model), {c10::Device(o.device), amp.value_or(at::kFloat), o.variant},
       db.class_data, c, [&](int64_t done, int64_t total) {

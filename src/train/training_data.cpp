@@ -111,13 +111,9 @@ void TrainingData::cache_latents(const io::ModelFolder& base,
   const fs::path cache_dir = o_.cache_dir.empty() ? io::default_cache_dir() : o_.cache_dir;
   LatentCache cache(cache_dir / "latents",
                     LatentCache::scope_of(base, o_.variant, enc_.weight_dtype, preprocessing));
-  const Preprocess preprocess = [&](const at::Tensor& rgb) {
-    return data::transform_image_unflipped(rgb, transform_);
-  };
   say("caching latents in " + (cache_dir / "latents").string());
   for (const auto* list : {&instances, &classes}) {
-    for (auto& c : cache.prepare(*list, enc_.vae, preprocess, o_.random_flip, o_.max_image_pixels,
-                                 examples_, summary.skipped))
+    for (auto& c : cache.prepare(*list, enc_.vae, transform_, examples_, summary.skipped))
       cached_latents_.push_back(std::move(c));
     if (list == &instances) summary.instance_examples = static_cast<int64_t>(examples_.size());
   }

@@ -135,3 +135,20 @@ def test_class_images_are_confined_too(run_sdtune, pipeline, tmp_path):
                       "--center-crop", "--max-steps", 1, "--batch-size", 1, "--quiet")
     assert "instance examples: 2, class examples: 2" in proc.stdout
     assert "1 skipped (1 outside the dataset folder)" in proc.stdout and "class-9.png" in proc.stdout
+
+
+def test_class_images_outside_are_not_counted_as_found(run_sdtune, pipeline, tmp_path):
+    """3 class images wanted, 2 in the folder and a link leading out: one is generated, so that
+    training gets the 3 it was asked for."""
+    instance, classes = tmp_path / "instance", tmp_path / "class"
+    for i in range(2):
+        image(instance / f"{i}.png", i)
+        image(classes / f"mine-{i}.png", 10 + i)
+    (classes / "mine-9.png").symlink_to(image(tmp_path / "private" / "me.png", 9))
+    proc = run_sdtune("dreambooth", "--model", pipeline("tiny")[0], "--instance-data", instance,
+                      "--instance-prompt", "a sks shape", "--with-prior-preservation", "--class-prompt", "a shape",
+                      "--class-data", classes, "--num-class-images", 3, "--class-inference-steps", 2,
+                      "--out", tmp_path / "out", "--resolution", 32, "--center-crop", "--max-steps", 1,
+                      "--batch-size", 1, "--quiet")
+    assert (classes / "class-00000.png").is_file()
+    assert "instance examples: 2, class examples: 3" in proc.stdout, proc.stdout

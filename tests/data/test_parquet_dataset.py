@@ -259,3 +259,15 @@ def test_not_parquet_and_missing_path(dump, tmp_path):
     assert proc.returncode != 0 and str(bad) in proc.stderr
     proc = dump(tmp_path / "nowhere", "--resolution", R, check=False)
     assert proc.returncode != 0 and str(tmp_path / "nowhere") in proc.stderr
+
+
+def test_a_row_group_declaring_billions_of_rows_is_refused(run_sdtune, pipeline, tmp_path, one_line_error):
+    """Found by fuzzing (fuzz/parquet_schema_fuzz.cpp): a 1000-byte file whose row group declares
+    95674103420 rows made Arrow allocate for them (256 GiB asked, over 2 GB resident before it was
+    killed). Arrow's pool is capped per file, so it is a one-line error."""
+    bomb = Path(__file__).parents[2] / "fuzz/corpus/parquet_schema_fuzz/regression-row-group-declares-95e9-rows.parquet"
+    assert bomb.stat().st_size < 2000
+    proc = run_sdtune("train", "--model", pipeline("tiny")[0], "--data", bomb, "--out", tmp_path / "out",
+                      "--resolution", 32, "--max-steps", 1, check=False)
+    one_line_error(proc, str(bomb), "row group 0 declares 95674103420 rows, more than 4096 MiB to decode")
+    assert not (tmp_path / "out").exists()

@@ -1,6 +1,7 @@
 """Untrusted image files (src/io/image.cpp): a decompression bomb is refused from its header before
 anything is decoded, so a dataset holding one trains in the memory of a clean one; truncated and
-empty files are named and skipped like it; --max-image-pixels sets the limit."""
+empty files are named and skipped like it; --max-image-pixels sets the limit; a large image within
+it is decoded straight to the training size, never whole."""
 
 import struct
 import subprocess
@@ -70,6 +71,27 @@ def test_a_bomb_in_the_dataset_is_skipped_undecoded(sdtune_bin, pipeline, tmp_pa
     for name in ["truncated.png", "empty.png"]:
         assert f"skipping {hostile / name}: cannot read image" in proc.stderr
     assert rss < rss_clean + 150, (rss, rss_clean)
+
+
+def test_a_large_image_is_decoded_at_the_training_size(sdtune_bin, pipeline, tmp_path):
+    """A 9000 × 9000 photo (81 megapixels, within the limit: 243 MB of RGB) is streamed through
+    the resize to the 32-pixel training size, so the run's memory is that of a clean dataset."""
+    side = 9000
+    clean = dataset(tmp_path / "clean")
+    large = dataset(tmp_path / "large")
+    ramp = np.linspace(0, 255, side, dtype=np.uint8)
+    Image.fromarray(np.stack([np.broadcast_to(ramp, (side, side))] * 3, axis=-1)).save(large / "large.png")
+
+    def train(data, out):
+        return peak_rss_mib([sdtune_bin, "train", "--model", pipeline("tiny")[0], "--data", data, "--out", out,
+                             "--resolution", 32, "--center-crop", "--max-steps", 4, "--batch-size", 2, "--quiet"])
+
+    proc_clean, rss_clean = train(clean, tmp_path / "out_clean")
+    proc, rss = train(large, tmp_path / "out_large")
+    print(f"\npeak RSS: clean dataset {rss_clean:.0f} MiB, with a {side}x{side} image {rss:.0f} MiB")
+    assert proc_clean.returncode == 0 and proc.returncode == 0, proc.stderr
+    assert "examples: 4 used" in proc.stdout, proc.stdout
+    assert rss < rss_clean + 100, (rss, rss_clean)
 
 
 def test_max_image_pixels_sets_the_limit(run_sdtune, pipeline, tmp_path, one_line_error):

@@ -18,13 +18,17 @@ std::optional<at::Tensor> load_training_image(const Example& example,
                                               const TransformOptions& options, at::Generator& gen,
                                               std::vector<Skipped>& skipped);
 
-// The example's image as decoded, uint8 [H,W,3]; an Error naming it when unreadable or over
-// `max_pixels` (see io::read_image_rgb).
-at::Tensor read_example(const Example& example, int64_t max_pixels);
+// Where the example's image file is: its file, or its parquet row's bytes.
+io::ImageSource image_source(const Example& example);
 
-// The usable examples among `candidates` and their sizes: each image is decoded once up front, so
-// that a corrupt or truncated file is reported (and left out, in `skipped`) before training starts
-// rather than in the middle of a batch.
+// The example's image decoded at the size the transforms resize it to (resized_size), read
+// through libvips so that memory follows that size and not the file's; an Error naming it when
+// unreadable or over options.max_image_pixels (see io::read_image_fitted).
+io::FittedImage read_training_image(const Example& example, const TransformOptions& options);
+
+// The usable examples among `candidates` and their sizes: each image is decoded once up front
+// (streamed, none kept: io::check_image), so that a corrupt or truncated file is reported (and
+// left out, in `skipped`) before training starts rather than in the middle of a batch.
 void usable_examples(const std::vector<Example>& candidates, std::vector<Example>& usable,
                      std::vector<BucketResolution>& sizes, std::vector<Skipped>& skipped,
                      int64_t max_pixels);

@@ -55,14 +55,23 @@ struct TransformOptions {
   int64_t max_image_pixels = io::kMaxImagePixels;  // larger images are skipped, not decoded
 };
 
-// uint8 [H,W,3] RGB -> float [3,R,R] in [-1, 1] (or the bucket's [3,h,w]). Random crops and flips
-// are drawn from `gen` (a CPU generator), crop offsets first, as torchvision draws them.
-at::Tensor transform_image(const at::Tensor& rgb, const TransformOptions& options,
+// The size an image of `source` size is resized to before the crop: the shorter side made the
+// resolution, or the cover of its bucket. The decoder resizes to it as it decodes
+// (read_training_image), so that a huge photo never sits in memory whole.
+io::ImageSize resized_size(io::ImageSize source, const TransformOptions& options);
+
+// The decoded image (already resized_size(), or still the source's size) -> float [3,R,R] in
+// [-1, 1] (or the bucket's [3,h,w]; the bucket is chosen by the source's size). Random crops and
+// flips are drawn from `gen` (a CPU generator), crop offsets first, as torchvision draws them.
+at::Tensor transform_image(const io::FittedImage& image, const TransformOptions& options,
                            at::Generator& gen);
 
 // The part of transform_image that draws nothing, unflipped: the bucket or the center crop. What
 // the latent cache encodes; an Error for random crops, which no cache can hold.
-at::Tensor transform_image_unflipped(const at::Tensor& rgb, const TransformOptions& options);
+at::Tensor transform_image_unflipped(const io::FittedImage& image, const TransformOptions& options);
+
+// A whole decoded uint8 [H,W,3] image as transform_image takes it.
+io::FittedImage whole_image(const at::Tensor& rgb);
 
 // Whether this image is mirrored: one draw from `gen` (p = 0.5) when random flips are on, none
 // otherwise. transform_image draws it after the crop; a cached latent draws it in its place.

@@ -2,6 +2,7 @@
 // Image files through libvips: reading any format it decodes (JPEG, PNG, WebP, TIFF, ...) into
 // 8-bit RGB, and writing PNGs with text chunks.
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -25,6 +26,44 @@ at::Tensor read_image_rgb(const std::filesystem::path& path, int64_t max_pixels 
 // name `name`.
 at::Tensor read_image_rgb(const void* data, size_t size, const std::string& name,
                           int64_t max_pixels = kMaxImagePixels);
+
+// Where an image file's bytes are: a file, or `size` bytes at `data` (e.g. a parquet row), which
+// must outlive the call; `name` names it in errors.
+struct ImageSource {
+  std::filesystem::path name;
+  const void* data = nullptr;
+  size_t size = 0;
+
+  static ImageSource file(std::filesystem::path path) { return {std::move(path)}; }
+  static ImageSource memory(const void* data, size_t size, std::string name) {
+    return {std::move(name), data, size};
+  }
+};
+
+struct ImageSize {
+  int64_t width = 0, height = 0;
+  bool operator==(const ImageSize&) const = default;
+};
+
+// The size (width, height) that an image of the given size, as displayed (EXIF orientation
+// applied), is to be resized to.
+using FitSize = std::function<ImageSize(ImageSize)>;
+
+struct FittedImage {
+  at::Tensor rgb;    // uint8 [H,W,3], already the FitSize's size
+  ImageSize source;  // the image's own size, as displayed
+};
+
+// The image resized, while it is decoded, to `fit`'s size for it (Lanczos-3, as resize_image):
+// libvips streams the file through the resize, so that memory follows the fitted size and not the
+// source's (a 100-megapixel photo for a 512-pixel model costs a few lines of it at a time). Pixels
+// equal those of resize_image(read_image_rgb(...)) for an upright image; an EXIF-rotated one is
+// rotated after the resize. Errors as read_image_rgb.
+FittedImage read_image_fitted(const ImageSource& source, int64_t max_pixels, const FitSize& fit);
+
+// The image's size as displayed, after decoding every pixel without keeping them (so a truncated
+// or corrupt file is found) in memory of a few lines. Errors as read_image_rgb.
+ImageSize check_image(const ImageSource& source, int64_t max_pixels);
 
 // Resizes uint8 [H,W,3] to width × height with a Lanczos-3 filter.
 at::Tensor resize_image(const at::Tensor& rgb, int64_t width, int64_t height);

@@ -7,6 +7,7 @@
 #include <functional>
 #include <string>
 
+#include "sdtune/data/dataset_root.h"
 #include "sdtune/io/model_folder.h"
 #include "sdtune/models/component_loader.h"
 
@@ -19,6 +20,9 @@ struct ClassImageOptions {
   double guidance_scale = 7.5;
   int64_t resolution = 512;
   uint64_t seed = 0;  // image i is drawn with seed + i, so a missing one is redrawn the same
+  // Images whose real path leads outside the folder are not counted (training skips them) unless
+  // they may be read (--allow-outside-data).
+  data::Confinement confinement = data::Confinement::DatasetFolder;
 };
 
 struct ClassImageReport {
@@ -26,9 +30,10 @@ struct ClassImageReport {
 };
 
 // Makes sure `dir` holds at least `count` images: the ones already there (any image file, e.g. a
-// user's own photos) are kept and counted; the missing ones are generated with the base model as
-// class-NNNNN.png with the prompt beside them in class-NNNNN.txt (written whole or not at all,
-// so that an interrupted run resumes where it stopped). `progress(done, total)` after each image.
+// user's own photos, that the confinement lets training read) are kept and counted; the missing
+// ones are generated with the base model as class-NNNNN.png with the prompt beside them in
+// class-NNNNN.txt (written whole or not at all, so that an interrupted run resumes where it
+// stopped). `progress(done, total)` after each image.
 ClassImageReport ensure_class_images(const io::ModelFolder& base, const models::LoadOptions& load,
                                      const std::filesystem::path& dir,
                                      const ClassImageOptions& options,

@@ -6,13 +6,13 @@
 // from it at every step, as it does without the cache.
 #include <cstdint>
 #include <filesystem>
-#include <functional>
 #include <string>
 #include <vector>
 
 #include <ATen/ATen.h>
 
 #include "sdtune/data/caption_dataset.h"
+#include "sdtune/data/image_transforms.h"
 #include "sdtune/io/model_folder.h"
 #include "sdtune/io/tensor_cache.h"
 #include "sdtune/models/autoencoder_kl.h"
@@ -25,10 +25,6 @@ struct CachedLatents {
   int64_t width = 0, height = 0;       // the source image's size (for aspect-ratio buckets)
 };
 
-// How each image becomes the VAE's input: the source image (uint8 [H,W,3]) -> float [3,h,w] in
-// [-1, 1], deterministically (a center crop or a bucket; never a random crop).
-using Preprocess = std::function<at::Tensor(const at::Tensor& rgb)>;
-
 class LatentCache {
  public:
   // Entries live in `dir`. `scope` names everything an entry depends on besides the image's
@@ -37,11 +33,13 @@ class LatentCache {
       : store_(std::move(dir)), scope_(std::move(scope)) {}
 
   // The entry of every example, read from the cache or computed with `vae` (on its device, one
-  // image at a time) and stored. An image that cannot be read or decoded is skipped with a warning
-  // and recorded in `skipped`; `usable` receives the examples that have an entry, in order.
+  // image at a time) and stored. Each image becomes the VAE's input as `transform` makes it,
+  // deterministically (a center crop or a bucket; never a random crop), with its mirror image too
+  // when it flips. An image that cannot be read or decoded is skipped with a warning and recorded
+  // in `skipped`; `usable` receives the examples that have an entry, in order.
   std::vector<CachedLatents> prepare(const std::vector<data::Example>& examples,
-                                     models::AutoencoderKL vae, const Preprocess& preprocess,
-                                     bool with_flipped, int64_t max_image_pixels,
+                                     models::AutoencoderKL vae,
+                                     const data::TransformOptions& transform,
                                      std::vector<data::Example>& usable,
                                      std::vector<data::Skipped>& skipped);
 
