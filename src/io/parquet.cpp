@@ -148,12 +148,21 @@ std::vector<ParquetImageRow> read_parquet_images(const fs::path& file,
   std::vector<ParquetImageRow> rows;
   // Arrow allocates what the file declares: this file's own pool (counting only its buffers),
   // capped, turns a declared billion rows into an OutOfMemory status instead of an allocation.
+  // Every read is synchronous (no pre-buffering, no threads), so no buffer outlives this call and
+  // its pool: an asynchronous read still in flight when a damaged file throws would free into a
+  // pool already gone (found by fuzzing).
   arrow::ProxyMemoryPool counted(arrow::default_memory_pool());
   arrow::CappedMemoryPool pool(&counted, max_row_group_bytes);
   try {
     auto input = value_of(arrow::io::ReadableFile::Open(file.string(), &pool), file, "cannot open");
-    auto reader =
-        value_of(parquet::arrow::OpenFile(input, &pool), file, "not a readable parquet file");
+    parquet::ArrowReaderProperties arrow_properties;
+    arrow_properties.set_pre_buffer(false);
+    arrow_properties.set_use_threads(false);
+    parquet::arrow::FileReaderBuilder builder;
+    check(builder.Open(input, parquet::ReaderProperties(&pool)), file,
+          "not a readable parquet file");
+    auto reader = value_of(builder.memory_pool(&pool)->properties(arrow_properties)->Build(), file,
+                           "not a readable parquet file");
     std::shared_ptr<arrow::Schema> schema;
     check(reader->GetSchema(&schema), file, "cannot read the parquet schema");
 
