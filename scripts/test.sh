@@ -23,7 +23,7 @@ build/sdtune_core_tests --gtest_brief=1
 build/sdtune_tests --gtest_brief=1
 
 echo "== pytest ($(scripts/with_isa.sh native 2>/dev/null || echo '?') kernels${ATEN_CPU_CAPABILITY:+, forced: $ATEN_CPU_CAPABILITY})"
-python3 -m pytest -q "$@"
+python3 -m pytest -q --durations=25 "$@"
 
 # Machines of our kind have Intel CPUs with AVX-512 or AMD CPUs with AVX2 only, and kernels round
 # differently on each (MKL and oneDNN block a matmul by instruction set). The tests whose claims
