@@ -10,6 +10,7 @@
 #include "cli/stop_signal.h"
 #include "cli/toml_config.h"
 #include "cli/training_flags.h"
+#include "sdtune/distributed/launch_environment.h"
 #include "sdtune/error.h"
 #include "sdtune/train/trainer.h"
 
@@ -154,6 +155,10 @@ void add_options(CLI::App* cmd, Flags& f) {
                   "Stop after this many steps in a row with a NaN/inf loss")
       ->capture_default_str()
       ->check(checks::at_least(1));
+  cmd->add_option("--ddp-timeout", o.ddp_timeout,
+                  "Data-parallel runs: seconds a rank waits for the others before it fails")
+      ->capture_default_str()
+      ->check(checks::positive());
   cmd->add_option("--lora-rank,--rank", f.lora_rank,
                   "Train LoRA adapters of this rank instead of the whole model (e.g. 4-128)")
       ->check(checks::at_least(1));
@@ -192,8 +197,12 @@ void run(CLI::App* cmd, Flags& f) {
   train::TrainHooks hooks;
   StopOnSignal stop;  // Ctrl-C: save a checkpoint, exit cleanly
   hooks.stop_requested = stop.flag();
-  Progress progress("train", f.quiet, /*log_lines=*/true);
-  hooks.message = [&](const std::string& m) { progress.message(m); };
+  // In a data-parallel run rank 0 speaks for all; the others are silent unless they fail.
+  const bool main_rank = distributed::launch_environment().rank == 0;
+  Progress progress("train", f.quiet || !main_rank, /*log_lines=*/true);
+  hooks.message = [&](const std::string& m) {
+    if (main_rank) progress.message(m);
+  };
   hooks.on_step = [&](const train::StepMetrics& m) {
     char status[160];
     std::snprintf(status, sizeof status, "loss %.4f  lr %.3g%s", m.loss, m.lr,
@@ -209,6 +218,7 @@ void run(CLI::App* cmd, Flags& f) {
     throw;
   }
   progress.finish();
+  if (!main_rank) return;
 
   // The run summary, on stdout.
   print_examples(s.examples, s.skipped);

@@ -113,11 +113,12 @@ void ProcessGroup::average(const std::vector<at::Tensor>& tensors, int64_t bucke
   }
 }
 
-double ProcessGroup::sum(double value) {
-  if (size_ == 1) return value;
-  std::vector<at::Tensor> t{at::full({1}, value, at::kDouble)};
-  collective("all-reduce of a number", *this, [&] { return impl_->gloo->allreduce(t); });
-  return t[0].item<double>();
+std::vector<double> ProcessGroup::sum(const std::vector<double>& values) {
+  if (size_ == 1 || values.empty()) return values;
+  std::vector<at::Tensor> t{at::tensor(values, at::kDouble)};
+  collective("all-reduce of losses", *this, [&] { return impl_->gloo->allreduce(t); });
+  const double* p = t[0].data_ptr<double>();
+  return {p, p + values.size()};
 }
 
 void ProcessGroup::broadcast(const std::vector<at::Tensor>& tensors, int64_t root) {

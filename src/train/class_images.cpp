@@ -2,6 +2,9 @@
 
 #include <cstdio>
 #include <fstream>
+#include <optional>
+#include <string>
+#include <vector>
 
 #include "sdtune/data/caption_dataset.h"
 #include "sdtune/error.h"
@@ -28,23 +31,35 @@ ClassImageReport ensure_class_images(const io::ModelFolder& base, const models::
       ++report.found;
   const int64_t missing = options.count - report.found;
   if (missing <= 0) return report;
+  if (options.sync) options.sync();  // every rank has counted what was there before
 
-  pipeline::StableDiffusionPipeline pipe(base, load);
-  for (int64_t i = 0, done = 0; done < missing; ++i) {
-    char stem[32];
-    std::snprintf(stem, sizeof stem, "class-%05lld", static_cast<long long>(i));
-    const fs::path image = dir / (std::string(stem) + ".png");
-    if (fs::exists(image)) continue;  // counted above
+  // The missing images' numbers, in order: image i is drawn with seed + i whoever draws it.
+  const auto stem = [](int64_t i) {
+    char s[32];
+    std::snprintf(s, sizeof s, "class-%05lld", static_cast<long long>(i));
+    return std::string(s);
+  };
+  std::vector<int64_t> todo;
+  for (int64_t i = 0; static_cast<int64_t>(todo.size()) < missing; ++i)
+    if (!fs::exists(dir / (stem(i) + ".png"))) todo.push_back(i);
+
+  std::optional<pipeline::StableDiffusionPipeline> pipe;
+  const int64_t mine = (missing - options.rank + options.world - 1) / options.world;
+  int64_t done = 0;
+  for (size_t k = options.rank; k < todo.size(); k += options.world) {
+    if (!pipe) pipe.emplace(base, load);
+    const int64_t i = todo[k];
+    const fs::path image = dir / (stem(i) + ".png");
     pipeline::GenerateOptions g;
     g.prompt = options.prompt;
     g.steps = options.steps;
     g.guidance_scale = options.guidance_scale;
     g.width = g.height = options.resolution;
     g.seed = options.seed + static_cast<uint64_t>(i);
-    const at::Tensor rgb = pipe.generate(g)[0];
+    const at::Tensor rgb = pipe->generate(g)[0];
     // The caption first: an image without its .txt would train with an empty caption if the
     // folder were used as a plain dataset.
-    io::write_file_atomically(dir / (std::string(stem) + ".txt"), [&](const fs::path& tmp) {
+    io::write_file_atomically(dir / (stem(i) + ".txt"), [&](const fs::path& tmp) {
       std::ofstream out(tmp);
       out << options.prompt << "\n";
       if (!out) throw Error("cannot write", tmp.string());
@@ -52,10 +67,10 @@ ClassImageReport ensure_class_images(const io::ModelFolder& base, const models::
     io::write_png(image, rgb,
                   {{"parameters", pipeline::parameters_text(options.prompt, "",
                                                             {.steps = g.steps, .seed = g.seed})}});
-    ++done;
-    ++report.generated;
-    if (progress) progress(done, missing);
+    if (progress) progress(++done, mine);
   }
+  if (options.sync) options.sync();  // every share written before anyone reads the folder
+  report.generated = missing;
   return report;
 }
 

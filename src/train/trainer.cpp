@@ -1,8 +1,9 @@
 // The training loop. It reads top to bottom: options, class images, models, data, optimizer,
 // resume, then the loop (micro-batches → gradient reduction → clipping → update → EMA → logs,
-// validation and checkpoints), then the final model. Three places are marked for data-parallel
-// training: data sharding (TrainingData's rank/world), the gradient reduction
-// (reduce_gradients) and the rank-0-only writes (kIsMainProcess).
+// validation and checkpoints), then the final model. Data-parallel runs (torchrun, mpirun, srun)
+// differ from one process in three places: each rank trains on its slice of every global batch
+// (the micro-batch loop), gradients are averaged over the ranks (reduce_gradients), and only
+// rank 0 writes (Ranks::main).
 #include "sdtune/train/trainer.h"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -13,6 +14,8 @@
 #include <cmath>
 #include <optional>
 
+#include "sdtune/distributed/launch_environment.h"
+#include "sdtune/distributed/process_group.h"
 #include "sdtune/error.h"
 #include "sdtune/io/model_folder.h"
 #include "sdtune/lora/adapters.h"
@@ -38,22 +41,48 @@ namespace sdtune::train {
 namespace fs = std::filesystem;
 namespace {
 
-// Single process for now. With data-parallel training only rank 0 writes checkpoints, logs,
-// validation images and the final model.
-constexpr bool kIsMainProcess = true;
-constexpr int64_t kRank = 0, kWorldSize = 1;
+// This process's place in the run: rank 0 of 1 without a launcher, else a member of a c10d
+// process group. Only rank 0 (main) writes checkpoints, logs, validation images and the model.
+struct Ranks {
+  explicit Ranks(const TrainOptions& o) : env(distributed::launch_environment()) {
+    if (env.distributed())
+      group.emplace(env, std::chrono::milliseconds(static_cast<int64_t>(o.ddp_timeout * 1000)));
+  }
+  bool main() const { return env.rank == 0; }
+  int64_t rank() const { return env.rank; }
+  int64_t world() const { return env.world_size; }
+  // `values` summed over the ranks; themselves in one process.
+  std::vector<double> sum(const std::vector<double>& values) {
+    return group ? group->sum(values) : values;
+  }
+  void barrier() {
+    if (group) group->barrier();
+  }
+
+  distributed::LaunchEnvironment env;
+  std::optional<distributed::ProcessGroup> group;
+};
 
 // The files of a LoRA run's result (and, the first, of its checkpoints).
 const char* const kLoraFile = "pytorch_lora_weights.safetensors";
 const char* const kKohyaLoraFile = "lora_kohya.safetensors";
 
-// Data-parallel gradient reduction point: an all-reduce (mean) of every trainable gradient over
-// the ranks goes here, once per optimizer step, after the last micro-batch's backward.
-void reduce_gradients(const std::vector<at::Tensor>& params) {}
+// Each trainable gradient becomes its mean over the ranks (bucketed all-reduces), once per
+// optimizer step, after the last micro-batch's backward. Every rank divided its micro-batch losses
+// by the local accumulation, so the mean is the gradient of one process's global batch. Tensors
+// without a gradient (a frozen text encoder) have none on any rank.
+void reduce_gradients(const std::vector<at::Tensor>& params, Ranks& ranks) {
+  if (!ranks.group) return;
+  std::vector<at::Tensor> grads;
+  for (const auto& p : params)
+    if (p.grad().defined()) grads.push_back(p.grad());
+  ranks.group->average(grads);
+}
 
 // DreamBooth's class images, generated before the models for training are loaded, so that the
 // two copies of the base model are never in memory together.
-void ensure_class_images(const TrainOptions& o, TrainSummary& summary, const TrainHooks& hooks) {
+void ensure_class_images(const TrainOptions& o, TrainSummary& summary, const TrainHooks& hooks,
+                         Ranks& ranks) {
   const auto& db = o.dreambooth;
   const std::optional<at::ScalarType> amp = autocast_dtype(o.mixed_precision);
   ClassImageOptions c{
@@ -63,7 +92,10 @@ void ensure_class_images(const TrainOptions& o, TrainSummary& summary, const Tra
       db.class_guidance_scale,
       o.resolution,
       o.seed,
-      o.allow_outside_data ? data::Confinement::Anywhere : data::Confinement::DatasetFolder};
+      o.allow_outside_data ? data::Confinement::Anywhere : data::Confinement::DatasetFolder,
+      ranks.rank(),
+      ranks.world(),
+      [&] { ranks.barrier(); }};
   const ClassImageReport r = ensure_class_images(
       io::ModelFolder::open(o.model), {c10::Device(o.device), amp.value_or(at::kFloat), o.variant},
       db.class_data, c, [&](int64_t done, int64_t total) {
@@ -102,7 +134,7 @@ fs::path save_checkpoint(const TrainingModels& m, const TrainState& state,
 // copy, restore).
 void validate(TrainingModels& m, Ema* ema, MetricsLog* metrics, int64_t step) {
   const TrainOptions& o = m.o;
-  if (!kIsMainProcess || o.validation_prompts.empty()) return;
+  if (o.validation_prompts.empty()) return;
   std::vector<at::Tensor> stored;
   if (ema) {
     for (const auto& p : m.unet_params) stored.push_back(p.detach().clone());
@@ -122,7 +154,7 @@ void validate(TrainingModels& m, Ema* ema, MetricsLog* metrics, int64_t step) {
 // The optimizer of a run: AdamW over the trainable tensors of the UNet (and of the text encoder,
 // as a second group with its own learning rate), the LR schedule, EMA and fp16 loss scaling.
 struct Optimization {
-  Optimization(const TrainOptions& o, const TrainingModels& m, int64_t max_steps);
+  Optimization(const TrainOptions& o, const TrainingModels& m, int64_t max_steps, int64_t world);
 
   // One optimizer step on the accumulated (and reduced) gradients: unscaling and the non-finite
   // check, clipping, the update at the schedule's learning rate (skipped when the loss or the
@@ -151,20 +183,23 @@ std::vector<ParamGroup> param_groups(const TrainOptions& o, const TrainingModels
   return groups;
 }
 
-double scaled_lr(const TrainOptions& o) {
-  const double scale = o.gradient_accumulation_steps * o.batch_size * kWorldSize;
+// --scale-lr: by the global batch, as accelerate's num_processes does in diffusers' scripts.
+double scaled_lr(const TrainOptions& o, int64_t world) {
+  const double scale = o.gradient_accumulation_steps * o.batch_size * world;
   return o.scale_lr ? o.learning_rate * scale : o.learning_rate;
 }
 
-Optimization::Optimization(const TrainOptions& o, const TrainingModels& m, int64_t max_steps)
+Optimization::Optimization(const TrainOptions& o, const TrainingModels& m, int64_t max_steps,
+                           int64_t world)
     : unet_params(m.unet_params),
       trainable(m.unet_params),
-      base_lrs{scaled_lr(o), o.text_encoder_lr.value_or(scaled_lr(o))},
+      base_lrs{scaled_lr(o, world), o.text_encoder_lr.value_or(scaled_lr(o, world))},
       max_grad_norm(o.max_grad_norm),
-      optimizer(param_groups(o, m, scaled_lr(o)), {o.adam_beta1, o.adam_beta2, o.adam_epsilon}),
-      lr_schedule(
-          o.lr_scheduler,
-          {.warmup_steps = o.lr_warmup_steps, .total_steps = max_steps, .base_lr = scaled_lr(o)}),
+      optimizer(param_groups(o, m, scaled_lr(o, world)),
+                {o.adam_beta1, o.adam_beta2, o.adam_epsilon}),
+      lr_schedule(o.lr_scheduler, {.warmup_steps = o.lr_warmup_steps,
+                                   .total_steps = max_steps,
+                                   .base_lr = scaled_lr(o, world)}),
       scaler({.enabled = o.mixed_precision == "fp16"}, m.device) {
   if (o.train_text_encoder)
     trainable.insert(trainable.end(), m.te_params.begin(), m.te_params.end());
@@ -246,9 +281,10 @@ TrainState train_state(TrainingModels& m, Optimization& opt, TrainingData& data,
           .noise_gen = noise_gen};
 }
 
-// Optimizer steps per epoch: this rank's batches over the accumulation, the last step partial.
-int64_t steps_per_epoch(const TrainOptions& o, TrainingData& data) {
-  const int64_t accumulation = o.gradient_accumulation_steps;
+// Optimizer steps per epoch: the epoch's batches over the global batch's micro-batches
+// (accumulation × ranks), the last step partial.
+int64_t steps_per_epoch(const TrainOptions& o, TrainingData& data, int64_t world) {
+  const int64_t accumulation = o.gradient_accumulation_steps * world;
   return (data.sampler().batches_per_epoch() + accumulation - 1) / accumulation;
 }
 
@@ -290,25 +326,40 @@ void TrainHooks::say(const std::string& m) const {
 TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
   const auto started = std::chrono::steady_clock::now();
   check_options(o);
-  const OutputLock lock(o.out);  // one run per OUT; what killed runs left half-written there goes
-  for (const auto& left : lock.removed())
+  Ranks ranks(o);  // joins the other ranks of a data-parallel run
+  // One run per OUT; what killed runs left half-written there goes. Rank 0 writes, so it locks.
+  std::optional<OutputLock> lock;
+  if (ranks.main()) lock.emplace(o.out);
+  for (const auto& left : lock ? lock->removed() : std::vector<fs::path>{})
     hooks.say("removed " + left.string() + ", left by an interrupted run");
+  ranks.barrier();  // nothing is read from OUT before the lock's cleaning
   if (o.deterministic) use_deterministic_algorithms();  // before the first CUDA operation
   TrainSummary summary;
+  summary.rank = ranks.rank();
+  summary.world_size = ranks.world();
   if (o.dreambooth.enabled && o.dreambooth.with_prior_preservation)
-    ensure_class_images(o, summary, hooks);
+    ensure_class_images(o, summary, hooks, ranks);
 
   // ---- Models, data, the step ----------------------------------------------------------------
   TrainingModels m(o);
+  if (ranks.group) {
+    // Every rank starts from rank 0's weights (LoRA's random initialisation included).
+    std::vector<at::Tensor> start(m.unet_params);
+    start.insert(start.end(), m.te_params.begin(), m.te_params.end());
+    for (auto& t : start) t = t.detach();
+    ranks.group->broadcast(start, 0);
+  }
+  // Every rank reads the whole epoch in the same order (rank 0 of 1 for the sampler) and takes
+  // its micro-batches from it in the loop.
   TrainingData data(o, m.base,
-                    {m.tokenizer, m.vae, m.text_encoder, m.device, m.weight_dtype, m.amp}, kRank,
-                    kWorldSize, summary, [&](const std::string& s) { hooks.say(s); });
+                    {m.tokenizer, m.vae, m.text_encoder, m.device, m.weight_dtype, m.amp}, 0, 1,
+                    summary, [&](const std::string& s) { hooks.say(s); });
   const StepOptions step_opts = step_options(o, m);
   const int64_t accumulation = o.gradient_accumulation_steps;
   const int64_t max_steps =
-      o.max_steps > 0 ? o.max_steps : o.num_train_epochs * steps_per_epoch(o, data);
+      o.max_steps > 0 ? o.max_steps : o.num_train_epochs * steps_per_epoch(o, data, ranks.world());
 
-  Optimization opt(o, m, max_steps);
+  Optimization opt(o, m, max_steps, ranks.world());
 
   // ---- Random streams, state, resume ---------------------------------------------------------
   // `data_gen` (CPU) for crops and flips, `noise_gen` (the device's default generator) for the
@@ -327,7 +378,7 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
     hooks.say("resumed from " + dir.string() + " at step " + std::to_string(c.step));
   }
   std::optional<MetricsLog> metrics;
-  if (kIsMainProcess) metrics.emplace(o.out / "logs");
+  if (ranks.main()) metrics.emplace(o.out / "logs");
 
   // ---- The loop ------------------------------------------------------------------------------
   const int64_t first_step = c.step;
@@ -341,24 +392,31 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
       text_encoder_trains = false;
       m.freeze_text_encoder();
     }
-    StepLoss sum;  // over the micro-batches
-    bool loss_finite = true;
-    for (int64_t micro = 0; micro < accumulation; ++micro) {
+    // The global batch: accumulation × ranks micro-batches, drawn by every rank in the order one
+    // process accumulating all of them draws them (examples, crops, flips, latents, noise, t), so
+    // that N ranks give that process's step. Rank r trains on micro-batches r, r + N, ...
+    StepLoss sum;  // over this rank's micro-batches
+    for (int64_t micro = 0; micro < accumulation * ranks.world(); ++micro) {
       const StepInputs in = draw_step_inputs(data.next_batch(data_gen), noise_gen, step_opts);
+      if (micro % ranks.world() != ranks.rank()) continue;
       const StepLoss l = training_step(m.unet, m.text_encoder, text_encoder_trains, in, step_opts,
                                        opt.scaler, accumulation);
-      loss_finite = loss_finite && std::isfinite(l.loss);
       sum.loss += l.loss;
       sum.instance += l.instance;
       sum.prior += l.prior;
     }
+    // Logged losses are the global batch's means; a non-finite loss on any rank skips the step
+    // on all of them.
+    const std::vector<double> total = ranks.sum({sum.loss, sum.instance, sum.prior});
+    const double micro_batches = static_cast<double>(accumulation * ranks.world());
+    const bool loss_finite = std::isfinite(total[0]);  // NaN or inf on any rank makes the sum one
     StepMetrics s{.step = c.step + 1,
                   .max_steps = max_steps,
-                  .loss = sum.loss / accumulation,
-                  .loss_instance = sum.instance / accumulation,
-                  .loss_prior = sum.prior / accumulation};
+                  .loss = total[0] / micro_batches,
+                  .loss_instance = total[1] / micro_batches,
+                  .loss_prior = total[2] / micro_batches};
 
-    reduce_gradients(opt.trainable);
+    reduce_gradients(opt.trainable, ranks);
     opt.step(loss_finite, s, c);
     if (s.skipped) ++summary.skipped_steps;
     s.epoch = data.sampler().epoch();
@@ -372,11 +430,13 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
       throw Error(nonfinite_message(c.nonfinite_run, c.step, last_checkpoint));
 
     const bool last = c.step == max_steps;
-    if (o.validation_steps > 0 && c.step % o.validation_steps == 0 && !last)
+    if (ranks.main() && o.validation_steps > 0 && c.step % o.validation_steps == 0 && !last)
       validate(m, state.ema, metrics ? &*metrics : nullptr, c.step);
-    const bool stop = hooks.stop_requested && hooks.stop_requested->load();
+    // A stop asked of any rank (torchrun passes SIGTERM to each, not at the same step) stops all.
+    const bool stop =
+        ranks.sum({hooks.stop_requested && hooks.stop_requested->load() ? 1.0 : 0.0})[0] > 0;
     if ((o.checkpointing_steps > 0 && c.step % o.checkpointing_steps == 0) || last || stop)
-      if (kIsMainProcess && checkpoint_allowed(c, hooks))
+      if (ranks.main() && checkpoint_allowed(c, hooks))
         last_checkpoint = save_checkpoint(
             m, state, state.trainer_state(max_steps, data.sampler().epoch(), summary.examples),
             hooks);
@@ -393,8 +453,10 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
 
   // ---- The final model -----------------------------------------------------------------------
   if (!summary.interrupted) {
-    validate(m, state.ema, metrics ? &*metrics : nullptr, c.step);
-    if (kIsMainProcess) save_result(m, state.ema, summary);
+    if (ranks.main()) {
+      validate(m, state.ema, metrics ? &*metrics : nullptr, c.step);
+      save_result(m, state.ema, summary);
+    }
     summary.output = o.out;
   }
   summary.seconds = seconds_since(started);

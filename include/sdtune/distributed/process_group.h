@@ -32,8 +32,10 @@ class ProcessGroup {
   // DistributedDataParallel does; the sum is divided by the world size after the reduction.
   void average(const std::vector<at::Tensor>& tensors, int64_t bucket_bytes = 25 << 20);
 
-  // `value` summed over the ranks (e.g. per-rank losses, for a global mean).
-  double sum(double value);
+  // Each value summed over the ranks (e.g. per-rank losses, for a global mean), in one
+  // all-reduce.
+  std::vector<double> sum(const std::vector<double>& values);
+  double sum(double value) { return sum(std::vector<double>{value})[0]; }
 
   // Every rank's `tensors` replaced by rank `root`'s.
   void broadcast(const std::vector<at::Tensor>& tensors, int64_t root = 0);

@@ -23,6 +23,11 @@ struct ClassImageOptions {
   // Images whose real path leads outside the folder are not counted (training skips them) unless
   // they may be read (--allow-outside-data).
   data::Confinement confinement = data::Confinement::DatasetFolder;
+  // Data-parallel runs: rank `rank` of `world` draws every world-th missing image. `sync` returns
+  // when every rank has called it: once after all have counted the folder (before any writes),
+  // once after all have written their share.
+  int64_t rank = 0, world = 1;
+  std::function<void()> sync;
 };
 
 struct ClassImageReport {

@@ -97,6 +97,10 @@ struct TrainOptions {
   // Non-finite losses: stop after this many optimizer steps in a row that had one.
   int64_t max_nonfinite_steps = 5;
 
+  // Data-parallel runs (launched by torchrun, mpirun or srun): how long a rank waits for the
+  // others, at the rendezvous and in each collective, before it gives up with an error.
+  double ddp_timeout = 300;  // seconds
+
   // DreamBooth (`sdtune dreambooth`, diffusers' train_dreambooth.py): `data` holds the instance
   // images, all captioned `instance_prompt`. With prior preservation every batch also carries as
   // many class images (class_data, captioned `class_prompt`; missing ones up to

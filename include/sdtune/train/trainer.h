@@ -43,7 +43,8 @@ struct TrainHooks {
 };
 
 struct TrainSummary {
-  int64_t steps = 0;  // optimizer steps done in total (across resumes)
+  int64_t rank = 0, world_size = 1;  // of a data-parallel run; only rank 0 writes
+  int64_t steps = 0;                 // optimizer steps done in total (across resumes)
   int64_t steps_this_run = 0;
   int64_t examples = 0;  // usable training examples
   std::vector<data::Skipped> skipped;
