@@ -13,9 +13,12 @@ differently, so the one-process reference runs with one thread too."""
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -123,3 +126,39 @@ def test_a_checkpoint_at_two_ranks_resumes_at_two_ranks(pipeline, sdtune_bin, tm
     a, b = load_file(tmp_path / "straight/unet/diffusion_pytorch_model.safetensors"), \
         load_file(tmp_path / "resumed/unet/diffusion_pytorch_model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_killed_rank_ends_the_run_and_the_checkpoint_resumes(pipeline, sdtune_bin, tmp_path):
+    """kill -9 of rank 1 mid-run: rank 0 exits 1 within the timeout with an error naming the failed
+    collective, and the last checkpoint resumes (here in one process, at accumulation 2)."""
+    tiny = pipeline("tiny")[0]
+    data = images(tmp_path / "data", 5, 0)
+    out, port, timeout_s = tmp_path / "out", free_port(), 30
+    args = ["train", "--model", tiny, "--data", data, "--out", out, "--resolution", R, "--batch-size", 1,
+            "--seed", 5, "--checkpointing-steps", 2, "--max-steps", 100000, "--quiet", "--ddp-timeout", timeout_s]
+    base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR")}
+    ranks = [subprocess.Popen([str(sdtune_bin), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env={**base, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(port),
+                                              "OMPI_COMM_WORLD_RANK": str(r), "OMPI_COMM_WORLD_SIZE": "2"})
+             for r in range(2)]
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "checkpoint-4").is_dir():
+            assert time.monotonic() < deadline and ranks[0].poll() is None, ranks[0].stderr.read()
+            time.sleep(0.2)
+        ranks[1].send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        _, err = ranks[0].communicate(timeout=timeout_s + 60)
+        assert time.monotonic() - killed < timeout_s + 30
+    finally:
+        for p in ranks:
+            p.kill()
+    assert ranks[0].returncode == 1, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("sdtune: error: rank 0 of 2:") and "failed" in last, err
+    last_step = max(int(m[1]) for p in out.iterdir() if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)))
+    proc = one_process(sdtune_bin, ["train", "--model", tiny, "--data", data, "--out", out, "--resolution", R,
+                                    "--batch-size", 1, "--gradient-accumulation-steps", 2, "--seed", 5,
+                                    "--checkpointing-steps", 2, "--max-steps", last_step + 2, "--quiet",
+                                    "--resume-from-checkpoint", "latest"])
+    assert f"steps: {last_step + 2} (this run 2" in proc.stdout, proc.stdout
