@@ -197,8 +197,12 @@ void run(CLI::App* cmd, Flags& f) {
   train::TrainHooks hooks;
   StopOnSignal stop;  // Ctrl-C: save a checkpoint, exit cleanly
   hooks.stop_requested = stop.flag();
-  // In a data-parallel run rank 0 speaks for all; the others are silent unless they fail.
-  const bool main_rank = distributed::launch_environment().rank == 0;
+  // In a data-parallel run rank 0 speaks for all; the others are silent unless they fail. Each
+  // rank takes its machine's GPU number LOCAL_RANK when told "cuda" (torchrun's convention).
+  const distributed::LaunchEnvironment launch = distributed::launch_environment();
+  const bool main_rank = launch.rank == 0;
+  if (launch.distributed() && o.device == "cuda")
+    o.device = "cuda:" + std::to_string(launch.local_rank);
   Progress progress("train", f.quiet || !main_rank, /*log_lines=*/true);
   hooks.message = [&](const std::string& m) {
     if (main_rank) progress.message(m);

@@ -349,11 +349,12 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
     for (auto& t : start) t = t.detach();
     ranks.group->broadcast(start, 0);
   }
-  // Every rank reads the whole epoch in the same order (rank 0 of 1 for the sampler) and takes
-  // its micro-batches from it in the loop.
+  // Every rank reads the whole epoch in the same order and takes its micro-batches from it in
+  // the loop; the caches are filled shard by shard.
   TrainingData data(o, m.base,
-                    {m.tokenizer, m.vae, m.text_encoder, m.device, m.weight_dtype, m.amp}, 0, 1,
-                    summary, [&](const std::string& s) { hooks.say(s); });
+                    {m.tokenizer, m.vae, m.text_encoder, m.device, m.weight_dtype, m.amp},
+                    {ranks.rank(), ranks.world(), [&] { ranks.barrier(); }}, summary,
+                    [&](const std::string& s) { hooks.say(s); });
   const StepOptions step_opts = step_options(o, m);
   const int64_t accumulation = o.gradient_accumulation_steps;
   const int64_t max_steps =

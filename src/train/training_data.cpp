@@ -11,7 +11,7 @@ namespace sdtune::train {
 namespace fs = std::filesystem;
 
 TrainingData::TrainingData(const TrainOptions& o, const io::ModelFolder& base,
-                           const DataEncoders& enc, int64_t rank, int64_t world,
+                           const DataEncoders& enc, const CacheShards& shards,
                            TrainSummary& summary,
                            const std::function<void(const std::string&)>& say)
     : o_(o), enc_(enc), prior_(o.dreambooth.enabled && o.dreambooth.with_prior_preservation) {
@@ -42,7 +42,7 @@ TrainingData::TrainingData(const TrainOptions& o, const io::ModelFolder& base,
   // now (each image decoded and encoded once); without it every image is decoded once up front,
   // so that a bad file is reported before training rather than in the middle of a batch.
   if (o.cache_latents) {
-    cache_latents(base, instance_candidates, class_candidates, summary, say);
+    cache_latents(base, instance_candidates, class_candidates, shards, summary, say);
   } else {
     data::usable_examples(instance_candidates, examples_, sizes_, summary.skipped,
                           o.max_image_pixels);
@@ -83,8 +83,13 @@ TrainingData::TrainingData(const TrainOptions& o, const io::ModelFolder& base,
         TextEmbeddingCache::scope_of(base, o.variant, enc.weight_dtype, enc.autocast));
     std::vector<std::vector<int64_t>> ids;
     for (const auto& ex : examples_) ids.push_back(enc.tokenizer.encode_padded(ex.caption));
+    if (shards.world > 1) {  // this rank's share first; then every rank reads all
+      cache.prepare(shards.mine(ids), enc.text_encoder, enc.autocast);
+      shards.sync();
+    }
+    const int64_t own = cache.computed();
     cached_text_ = cache.prepare(ids, enc.text_encoder, enc.autocast);
-    summary.text_cache_hits = cache.hits();
+    summary.text_cache_hits = cache.hits() - own;
     summary.text_cache_computed = cache.computed();
   }
 
@@ -94,12 +99,13 @@ TrainingData::TrainingData(const TrainOptions& o, const io::ModelFolder& base,
   const std::vector<int64_t> item_groups =
       prior_ ? std::vector<int64_t>(std::max(instance_items, n_class_), 0)
              : (instance_items > n_instance_ ? std::vector<int64_t>(instance_items, 0) : bucket_of);
-  sampler_.emplace(item_groups, o.batch_size, o.seed, rank, world);
+  sampler_.emplace(item_groups, o.batch_size, o.seed);
 }
 
 void TrainingData::cache_latents(const io::ModelFolder& base,
                                  const std::vector<data::Example>& instances,
-                                 const std::vector<data::Example>& classes, TrainSummary& summary,
+                                 const std::vector<data::Example>& classes,
+                                 const CacheShards& shards, TrainSummary& summary,
                                  const std::function<void(const std::string&)>& say) {
   // The scope names the deterministic preprocessing, so that other crops never share entries.
   std::string preprocessing = o_.enable_bucket ? "buckets " + std::to_string(o_.resolution) + " " +
@@ -112,13 +118,23 @@ void TrainingData::cache_latents(const io::ModelFolder& base,
   LatentCache cache(cache_dir / "latents",
                     LatentCache::scope_of(base, o_.variant, enc_.weight_dtype, preprocessing));
   say("caching latents in " + (cache_dir / "latents").string());
+  if (shards.world > 1) {
+    // This rank's share of the entries first (a bad image is reported in the pass below); then
+    // every rank reads all of them.
+    std::vector<data::Example> unused;
+    std::vector<data::Skipped> reported_below;
+    for (const auto* list : {&instances, &classes})
+      cache.prepare(shards.mine(*list), enc_.vae, transform_, unused, reported_below);
+    shards.sync();
+  }
+  const int64_t own = cache.computed();
   for (const auto* list : {&instances, &classes}) {
     for (auto& c : cache.prepare(*list, enc_.vae, transform_, examples_, summary.skipped))
       cached_latents_.push_back(std::move(c));
     if (list == &instances) summary.instance_examples = static_cast<int64_t>(examples_.size());
   }
   for (const auto& c : cached_latents_) sizes_.push_back({c.width, c.height});
-  summary.latent_cache_hits = cache.hits();
+  summary.latent_cache_hits = cache.hits() - own;  // the entries this rank did not compute
   summary.latent_cache_computed = cache.computed();
 }
 

@@ -39,14 +39,32 @@ struct DataEncoders {
   std::optional<at::ScalarType> autocast;
 };
 
+// This rank's share of the cache entries to compute, and the barrier after which every rank's
+// share is on disk. One process: rank 0 of 1, no barrier.
+struct CacheShards {
+  int64_t rank = 0, world = 1;
+  std::function<void()> sync;
+
+  // Every world-th of `all`, from the rank-th.
+  template <typename T>
+  std::vector<T> mine(const std::vector<T>& all) const {
+    std::vector<T> out;
+    for (size_t i = static_cast<size_t>(rank); i < all.size(); i += static_cast<size_t>(world))
+      out.push_back(all[i]);
+    return out;
+  }
+};
+
 class TrainingData {
  public:
   // Opens the dataset (and the class images), decodes every image once up front (or reads or
   // computes its cached latents) and fills the caches. Reports what it found in `summary`
   // (examples, skipped files, buckets, cache hits); an Error when no usable image is left.
-  // Data-parallel sharding point: `rank` of `world` processes takes its share of every epoch.
+  // Every rank of a data-parallel run reads the whole epoch (its share of each global batch is
+  // the trainer's to take); `shards` splits the caches' filling: rank r computes the missing
+  // entries of examples r, r + world, ..., and all read all after `shards.sync`.
   TrainingData(const TrainOptions& options, const io::ModelFolder& base, const DataEncoders& enc,
-               int64_t rank, int64_t world, TrainSummary& summary,
+               const CacheShards& shards, TrainSummary& summary,
                const std::function<void(const std::string&)>& say);
 
   // The next micro-batch, on the device. Crops and flips draw from `gen`.
@@ -57,8 +75,8 @@ class TrainingData {
 
  private:
   void cache_latents(const io::ModelFolder& base, const std::vector<data::Example>& instances,
-                     const std::vector<data::Example>& classes, TrainSummary& summary,
-                     const std::function<void(const std::string&)>& say);
+                     const std::vector<data::Example>& classes, const CacheShards& shards,
+                     TrainSummary& summary, const std::function<void(const std::string&)>& say);
 
   const TrainOptions& o_;
   DataEncoders enc_;
