@@ -17,6 +17,7 @@ import math
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -165,6 +166,32 @@ def run(fixture, binary, device):
     print(f"LoRA bf16 on {device}: {'ok' if ok else 'FAIL rc %d' % proc.returncode}; loss mean of steps 1-5 "
           f"{sum(m[:5]) / 5 if m else float('nan'):.4f} -> 26-30 {sum(m[-5:]) / 5 if m else float('nan'):.4f}; "
           f"{' '.join(params)}")
+
+    # Data-parallel on CUDA tensors (Gloo, both ranks on this GPU): 2 ranks at batch 4 against one
+    # process at batch 4 with accumulation 2; then the seconds per step of each.
+    if device.startswith("cuda"):
+        single, ranks = work / "ddp_single", work / "ddp_ranks"
+        cuda0 = ["--max-steps", 6, "--device", "cuda:0"]
+        rc1 = sdtune(binary, train_args(fixture, single, "no", *cuda0, "--gradient-accumulation-steps", 2),
+                     check=False).returncode
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--no-python", "--nproc-per-node", "2",
+                              "--master-port", str(port), str(binary),
+                              *map(str, train_args(fixture, ranks, "no", *cuda0))],
+                             capture_output=True, text=True, timeout=300)
+        if rc1 or ddp.returncode:
+            failures += 1
+            print(f"data-parallel on {device}: FAIL, exit codes one process {rc1}, 2 ranks {ddp.returncode}: "
+                  f"{ddp.stderr.strip().splitlines()[-3:]}")
+        else:
+            ua, ub = (load_file(x / "unet/diffusion_pytorch_model.safetensors") for x in (single, ranks))
+            rel = max(((ua[k] - ub[k]).norm() / ua[k].norm().clamp_min(1e-12)).item() for k in ua)
+            sa, sb = ([x["step_seconds"] for x in losses(x)][1:] for x in (single, ranks))
+            print(f"data-parallel on {device} (Gloo, 2 ranks on one GPU): weights vs one process with accumulation 2: "
+                  f"max relative diff {rel:.2e}; s/step one process {sum(sa) / len(sa):.4f}, "
+                  f"2 ranks {sum(sb) / len(sb):.4f}")
 
     from diffusers import StableDiffusionPipeline
 
