@@ -9,13 +9,11 @@
 
 namespace sdtune::data {
 
-BatchSampler::BatchSampler(std::vector<int64_t> groups, int64_t batch_size, uint64_t seed,
-                           int64_t rank, int64_t world)
-    : groups_(std::move(groups)), batch_size_(batch_size), seed_(seed), rank_(rank), world_(world) {
+BatchSampler::BatchSampler(std::vector<int64_t> groups, int64_t batch_size, uint64_t seed)
+    : groups_(std::move(groups)), batch_size_(batch_size), seed_(seed) {
   if (groups_.empty()) throw Error("no training examples");
   if (batch_size_ < 1)
     throw Error("batch size must be at least 1, got " + std::to_string(batch_size_));
-  if (world_ < 1 || rank_ < 0 || rank_ >= world_) throw Error("bad rank/world for the sampler");
   start_epoch();
 }
 
@@ -45,8 +43,7 @@ void BatchSampler::start_epoch() {
       shuffled.push_back(all[batch_perm.data_ptr<int64_t>()[i]]);
     all = std::move(shuffled);
   }
-  batches_.clear();
-  for (size_t b = rank_; b < all.size(); b += world_) batches_.push_back(std::move(all[b]));
+  batches_ = std::move(all);
   position_ = 0;
 }
 

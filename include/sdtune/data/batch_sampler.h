@@ -16,17 +16,15 @@ class BatchSampler {
  public:
   // `groups[i]` is example i's bucket (all 0 without bucketing). The permutation of epoch e is
   // drawn from a generator seeded with seed + e, so it does not depend on anything else drawn.
-  //
-  // Data-parallel sharding point: rank r of `world` processes takes every world-th batch of the
-  // common permutation (batches r, r + world, ...), so the ranks see disjoint data.
-  BatchSampler(std::vector<int64_t> groups, int64_t batch_size, uint64_t seed, int64_t rank = 0,
-               int64_t world = 1);
+  // In a data-parallel run every rank walks the same order (the trainer takes each rank's
+  // micro-batches from it).
+  BatchSampler(std::vector<int64_t> groups, int64_t batch_size, uint64_t seed);
 
   // The example indices of the next batch; moves to a new epoch (and permutation) after the last.
   std::vector<int64_t> next();
 
   int64_t epoch() const { return epoch_; }
-  // Batches per epoch for this rank.
+  // Batches per epoch.
   int64_t batches_per_epoch() const;
 
   // "epoch", "position" (batches taken this epoch) and "batches" (the epoch's batches, flattened,
@@ -40,9 +38,8 @@ class BatchSampler {
   std::vector<int64_t> groups_;
   int64_t batch_size_;
   uint64_t seed_;
-  int64_t rank_, world_;
   int64_t epoch_ = 0, position_ = 0;
-  std::vector<std::vector<int64_t>> batches_;  // this rank's batches of the current epoch
+  std::vector<std::vector<int64_t>> batches_;  // the current epoch's
 };
 
 }  // namespace sdtune::data
