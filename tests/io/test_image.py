@@ -47,6 +47,12 @@ def peak_rss_mib(cmd):
     return subprocess.CompletedProcess(cmd, int(code), out, err), int(rss_kib) / 1024
 
 
+def train_rss(train, data, out):
+    """peak_rss_mib of a 32-pixel center-crop training run `train` (the command up to its options)
+    on `data`."""
+    return peak_rss_mib([*train, "--data", data, "--out", out, "--resolution", 32, "--center-crop", "--quiet"])
+
+
 def test_a_bomb_in_the_dataset_is_skipped_undecoded(sdtune_bin, pipeline, tmp_path):
     side = 14000  # 196 megapixels, over PIL's limit; 588 MB of RGB once decoded
     assert side * side > PIL_LIMIT
@@ -57,12 +63,9 @@ def test_a_bomb_in_the_dataset_is_skipped_undecoded(sdtune_bin, pipeline, tmp_pa
     (hostile / "empty.png").write_bytes(b"")
     assert (hostile / "bomb.png").stat().st_size < 2 << 20
 
-    def train(data, out):
-        return peak_rss_mib([sdtune_bin, "train", "--model", pipeline("tiny")[0], "--data", data, "--out", out,
-                             "--resolution", 32, "--center-crop", "--max-steps", 1, "--batch-size", 1, "--quiet"])
-
-    proc_clean, rss_clean = train(clean, tmp_path / "out_clean")
-    proc, rss = train(hostile, tmp_path / "out_hostile")
+    train = [sdtune_bin, "train", "--model", pipeline("tiny")[0], "--max-steps", 1, "--batch-size", 1]
+    proc_clean, rss_clean = train_rss(train, clean, tmp_path / "out_clean")
+    proc, rss = train_rss(train, hostile, tmp_path / "out_hostile")
     print(f"\npeak RSS: clean dataset {rss_clean:.0f} MiB, with the bomb {rss:.0f} MiB")
     assert proc_clean.returncode == 0 and proc.returncode == 0, proc.stderr
     assert "examples: 3 used, 3 skipped" in proc.stdout
@@ -82,12 +85,9 @@ def test_a_large_image_is_decoded_at_the_training_size(sdtune_bin, pipeline, tmp
     ramp = np.linspace(0, 255, side, dtype=np.uint8)
     Image.fromarray(np.stack([np.broadcast_to(ramp, (side, side))] * 3, axis=-1)).save(large / "large.png")
 
-    def train(data, out):
-        return peak_rss_mib([sdtune_bin, "train", "--model", pipeline("tiny")[0], "--data", data, "--out", out,
-                             "--resolution", 32, "--center-crop", "--max-steps", 4, "--batch-size", 2, "--quiet"])
-
-    proc_clean, rss_clean = train(clean, tmp_path / "out_clean")
-    proc, rss = train(large, tmp_path / "out_large")
+    train = [sdtune_bin, "train", "--model", pipeline("tiny")[0], "--max-steps", 4, "--batch-size", 2]
+    proc_clean, rss_clean = train_rss(train, clean, tmp_path / "out_clean")
+    proc, rss = train_rss(train, large, tmp_path / "out_large")
     print(f"\npeak RSS: clean dataset {rss_clean:.0f} MiB, with a {side}x{side} image {rss:.0f} MiB")
     assert proc_clean.returncode == 0 and proc.returncode == 0, proc.stderr
     assert "examples: 4 used" in proc.stdout, proc.stdout
