@@ -22,16 +22,21 @@ std::string env_or(const char* name, const std::string& fallback) {
   return v != nullptr && *v != '\0' ? v : fallback;
 }
 
+// c10d's messages go on for lines (stack traces, advice): the first says what happened.
+std::string first_line(const std::exception& e) {
+  std::string message = e.what();
+  if (const auto nl = message.find('\n'); nl != std::string::npos) message.resize(nl);
+  return message;
+}
+
 // Runs a collective and waits for it; c10d's failures (a rank gone, a timeout) become one Error.
 template <typename F>
 void collective(const char* what, const ProcessGroup& group, F&& run) {
   try {
     run()->wait();
   } catch (const std::exception& e) {
-    std::string message = e.what();
-    if (const auto nl = message.find('\n'); nl != std::string::npos) message.resize(nl);
     throw Error("rank " + std::to_string(group.rank()) + " of " + std::to_string(group.size()) +
-                ": " + what + " failed (another rank died or timed out?): " + message);
+                ": " + what + " failed (another rank died or timed out?): " + first_line(e));
   }
 }
 
@@ -72,10 +77,8 @@ ProcessGroup::ProcessGroup(const LaunchEnvironment& env, std::chrono::millisecon
   } catch (const Error&) {
     throw;
   } catch (const std::exception& e) {
-    std::string message = e.what();
-    if (const auto nl = message.find('\n'); nl != std::string::npos) message.resize(nl);
     throw Error("rank " + std::to_string(env.rank) + " of " + std::to_string(env.world_size) +
-                " cannot join the run at " + where + " (" + env.launcher + "): " + message);
+                " cannot join the run at " + where + " (" + env.launcher + "): " + first_line(e));
   }
 }
 
