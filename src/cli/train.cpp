@@ -159,6 +159,9 @@ void add_options(CLI::App* cmd, Flags& f) {
                   "Data-parallel runs: seconds a rank waits for the others before it fails")
       ->capture_default_str()
       ->check(checks::positive());
+  cmd->add_option("--ddp-backend", o.ddp_backend,
+                  "Data-parallel runs: nccl|gloo (default: nccl on CUDA, gloo on CPU)")
+      ->check(CLI::IsMember({"nccl", "gloo"}));
   cmd->add_option("--lora-rank,--rank", f.lora_rank,
                   "Train LoRA adapters of this rank instead of the whole model (e.g. 4-128)")
       ->check(checks::at_least(1));

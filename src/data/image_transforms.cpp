@@ -109,26 +109,33 @@ io::FittedImage whole_image(const at::Tensor& rgb) {
 
 namespace {
 
-// The decoded image -> the crop (uint8): the bucket, or Resize(R) then a center crop or, with
-// `gen`, a random one.
+// Where the crop lies in an image of `source`'s size once resized (resized_size): a bucket's
+// center, the center, or, with `gen`, a random place (top drawn before left).
+struct CropBox {
+  int64_t top = 0, left = 0, height = 0, width = 0;
+};
+
+CropBox crop_box(io::ImageSize source, const TransformOptions& options, at::Generator* gen) {
+  const io::ImageSize resized = resized_size(source, options);
+  const int64_t h = resized.height, w = resized.width;
+  if (!options.buckets.empty()) {
+    const BucketResolution& b =
+        options.buckets[bucket_index(source.width, source.height, options.buckets)];
+    return {(h - b.height) / 2, (w - b.width) / 2, b.height, b.width};
+  }
+  const int64_t r = options.resolution;
+  if (options.center_crop) return {center_crop_offset(h, r), center_crop_offset(w, r), r, r};
+  if (!gen) throw Error("a random crop draws from a generator: it cannot be cached");
+  const int64_t top = at::randint(0, h - r + 1, {1}, *gen, at::kLong).item<int64_t>();
+  const int64_t left = at::randint(0, w - r + 1, {1}, *gen, at::kLong).item<int64_t>();
+  return {top, left, r, r};
+}
+
+// The decoded image -> the crop (uint8).
 at::Tensor crop(const io::FittedImage& image, const TransformOptions& options, at::Generator* gen) {
   const at::Tensor img = sized(image.rgb, resized_size(image.source, options));
-  if (!options.buckets.empty())
-    return bucket_crop(
-        img,
-        options.buckets[bucket_index(image.source.width, image.source.height, options.buckets)]);
-  const int64_t r = options.resolution;
-  const int64_t h = img.size(0), w = img.size(1);
-  int64_t top = 0, left = 0;
-  if (options.center_crop) {
-    top = center_crop_offset(h, r);
-    left = center_crop_offset(w, r);
-  } else {
-    if (!gen) throw Error("a random crop draws from a generator: it cannot be cached");
-    top = at::randint(0, h - r + 1, {1}, *gen, at::kLong).item<int64_t>();
-    left = at::randint(0, w - r + 1, {1}, *gen, at::kLong).item<int64_t>();
-  }
-  return img.slice(0, top, top + r).slice(1, left, left + r);
+  const CropBox c = crop_box(image.source, options, gen);
+  return img.slice(0, c.top, c.top + c.height).slice(1, c.left, c.left + c.width).contiguous();
 }
 
 }  // namespace
@@ -143,6 +150,13 @@ at::Tensor transform_image(const io::FittedImage& image, const TransformOptions&
 at::Tensor transform_image_unflipped(const io::FittedImage& image,
                                      const TransformOptions& options) {
   return io::pixels_to_tensor(crop(image, options, nullptr));
+}
+
+io::ImageSize draw_transform(io::ImageSize source, const TransformOptions& options,
+                             at::Generator& gen) {
+  const CropBox c = crop_box(source, options, &gen);
+  draw_flip(options, gen);
+  return {c.width, c.height};
 }
 
 bool draw_flip(const TransformOptions& options, at::Generator& gen) {

@@ -1,17 +1,15 @@
-// c10d's Gloo process group. Gloo's headers are not in the torch wheel: they come from Debian's
-// libgloo-dev (CMakeLists.txt), whose declarations of the few gloo types that
-// ProcessGroupGloo.hpp names match the wheel's build (sizeof(ProcessGroupGloo) is 544 bytes in
-// both: libtorch_cpu allocates 0x220 for one in ProcessGroupGloo::split).
+// The process group: the TCP store of the rendezvous and one c10d backend (backends.h), with the
+// few collectives that training needs, each turning c10d's failures into one Error that names the
+// rank.
 #include "sdtune/distributed/process_group.h"
 
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
-#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include <cstdlib>
-#include <sstream>
 #include <string>
 
+#include "backends.h"
 #include "sdtune/error.h"
 
 namespace sdtune::distributed {
@@ -29,27 +27,42 @@ std::string first_line(const std::exception& e) {
   return message;
 }
 
-// Runs a collective and waits for it; c10d's failures (a rank gone, a timeout) become one Error.
-template <typename F>
-void collective(const char* what, const ProcessGroup& group, F&& run) {
-  try {
-    run()->wait();
-  } catch (const std::exception& e) {
-    throw Error("rank " + std::to_string(group.rank()) + " of " + std::to_string(group.size()) +
-                ": " + what + " failed (another rank died or timed out?): " + first_line(e));
-  }
+std::string failed(int64_t rank, int64_t size, const std::string& what, const std::exception& e) {
+  return "rank " + std::to_string(rank) + " of " + std::to_string(size) + ": " + what +
+         " failed (another rank died or timed out?): " + first_line(e);
 }
 
 }  // namespace
 
+Backend parse_backend(const std::string& name) {
+  if (name == "gloo") return Backend::Gloo;
+  if (name == "nccl") return Backend::Nccl;
+  throw Error("unknown data-parallel backend '" + name + "' (nccl or gloo)");
+}
+
+const char* backend_name(Backend backend) {
+  return backend == Backend::Nccl ? "nccl" : "gloo";
+}
+
+bool backend_available(Backend backend) {
+  return backend == Backend::Nccl ? backends::nccl_available() : backends::gloo_available();
+}
+
 struct ProcessGroup::Impl {
   c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo;
+  c10::intrusive_ptr<c10d::Backend> backend;
+  c10::Device device = c10::kCPU;  // where the collectives' own small tensors live
 };
 
-ProcessGroup::ProcessGroup(const LaunchEnvironment& env, std::chrono::milliseconds timeout)
-    : impl_(std::make_unique<Impl>()), rank_(env.rank), size_(env.world_size) {
+ProcessGroup::ProcessGroup(const LaunchEnvironment& env, std::chrono::milliseconds timeout,
+                           Backend backend, c10::Device device)
+    : impl_(std::make_unique<Impl>()),
+      rank_(env.rank),
+      size_(env.world_size),
+      backend_(backend) {
   const std::string where = env.master_addr + ":" + std::to_string(env.master_port);
+  if (backend == Backend::Nccl && !device.is_cuda())
+    throw Error("the NCCL backend joins GPUs: train with --device cuda, or use --ddp-backend gloo");
   try {
     c10d::TCPStoreOptions so;
     so.port = static_cast<uint16_t>(env.master_port);
@@ -62,82 +75,74 @@ ProcessGroup::ProcessGroup(const LaunchEnvironment& env, std::chrono::millisecon
     // A restarted attempt must not read the keys of the one before.
     impl_->store = c10::make_intrusive<c10d::PrefixStore>(
         "/sdtune/attempt_" + env_or("TORCHELASTIC_RESTART_COUNT", "0"), tcp);
-
-    auto options = c10d::ProcessGroupGloo::Options::create_default(timeout);
-    const std::string interfaces = env_or("GLOO_SOCKET_IFNAME", "");
-    if (!interfaces.empty()) {
-      options->devices.clear();
-      std::stringstream list(interfaces);
-      for (std::string name; std::getline(list, name, ',');)
-        if (!name.empty())
-          options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(name));
-    }
-    impl_->gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(
-        impl_->store, static_cast<int>(env.rank), static_cast<int>(env.world_size), options);
-  } catch (const Error&) {
-    throw;
+    const int rank = static_cast<int>(env.rank), size = static_cast<int>(env.world_size);
+    impl_->backend = backend == Backend::Nccl
+                         ? backends::make_nccl(impl_->store, rank, size, timeout, device)
+                         : backends::make_gloo(impl_->store, rank, size, timeout);
+    impl_->device = backend == Backend::Nccl ? device : c10::Device(c10::kCPU);
+  } catch (const Error& e) {
+    throw Error("rank " + std::to_string(env.rank) + " of " + std::to_string(env.world_size) +
+                ": " + e.message());
   } catch (const std::exception& e) {
     throw Error("rank " + std::to_string(env.rank) + " of " + std::to_string(env.world_size) +
-                " cannot join the run at " + where + " (" + env.launcher + "): " + first_line(e));
+                " cannot join the run at " + where + " (" + env.launcher + ", " +
+                backend_name(backend) + "): " + first_line(e));
   }
 }
 
 ProcessGroup::~ProcessGroup() = default;
 
-void ProcessGroup::average(const std::vector<at::Tensor>& tensors, int64_t bucket_bytes) {
-  if (size_ == 1) return;
-  // Buckets of one dtype, in the order given; each is packed flat, reduced and unpacked.
-  size_t i = 0;
-  while (i < tensors.size()) {
-    std::vector<at::Tensor> bucket{tensors[i]};
-    int64_t bytes = tensors[i].numel() * tensors[i].element_size();
-    size_t j = i + 1;
-    for (; j < tensors.size() && bytes < bucket_bytes &&
-           tensors[j].scalar_type() == tensors[i].scalar_type();
-         ++j) {
-      bucket.push_back(tensors[j]);
-      bytes += tensors[j].numel() * tensors[j].element_size();
-    }
-    std::vector<at::Tensor> flat{at::cat(
-        [&] {
-          std::vector<at::Tensor> views;
-          for (const auto& t : bucket) views.push_back(t.reshape(-1));
-          return views;
-        }(),
-        0)};
-    collective("all-reduce of gradients", *this, [&] { return impl_->gloo->allreduce(flat); });
-    flat[0].div_(static_cast<double>(size_));
-    int64_t offset = 0;
-    for (const auto& t : bucket) {
-      t.copy_(flat[0].narrow(0, offset, t.numel()).view_as(t));
-      offset += t.numel();
-    }
-    i = j;
+void ProcessGroup::Pending::wait() {
+  if (wait_) std::exchange(wait_, nullptr)();
+}
+
+ProcessGroup::Pending ProcessGroup::start_sum(const at::Tensor& tensor, const std::string& what) {
+  Pending p;
+  try {
+    std::vector<at::Tensor> t{tensor};
+    c10::intrusive_ptr<c10d::Work> work = impl_->backend->allreduce(t);
+    p.wait_ = [work, what, rank = rank_, size = size_] {
+      try {
+        work->wait();
+      } catch (const std::exception& e) {
+        throw Error(failed(rank, size, what, e));
+      }
+    };
+  } catch (const std::exception& e) {
+    throw Error(failed(rank_, size_, what, e));
   }
+  return p;
 }
 
 std::vector<double> ProcessGroup::sum(const std::vector<double>& values) {
-  if (size_ == 1 || values.empty()) return values;
-  std::vector<at::Tensor> t{at::tensor(values, at::kDouble)};
-  collective("all-reduce of losses", *this, [&] { return impl_->gloo->allreduce(t); });
-  const double* p = t[0].data_ptr<double>();
+  if (values.empty()) return values;
+  const at::Tensor t = at::tensor(values, at::kDouble).to(impl_->device);
+  start_sum(t, "all-reduce of losses").wait();
+  const at::Tensor host = t.cpu();
+  const double* p = host.data_ptr<double>();
   return {p, p + values.size()};
 }
 
 void ProcessGroup::broadcast(const std::vector<at::Tensor>& tensors, int64_t root) {
-  if (size_ == 1) return;
   for (const auto& tensor : tensors) {
     std::vector<at::Tensor> t{tensor.is_contiguous() ? tensor : tensor.contiguous()};
     c10d::BroadcastOptions o;
     o.rootRank = root;
-    collective("broadcast", *this, [&] { return impl_->gloo->broadcast(t, o); });
+    try {
+      impl_->backend->broadcast(t, o)->wait();
+    } catch (const std::exception& e) {
+      throw Error(failed(rank_, size_, "broadcast", e));
+    }
     if (!t[0].is_same(tensor)) tensor.copy_(t[0]);
   }
 }
 
 void ProcessGroup::barrier() {
-  if (size_ == 1) return;
-  collective("barrier", *this, [&] { return impl_->gloo->barrier(); });
+  try {
+    impl_->backend->barrier()->wait();
+  } catch (const std::exception& e) {
+    throw Error(failed(rank_, size_, "barrier", e));
+  }
 }
 
 }  // namespace sdtune::distributed

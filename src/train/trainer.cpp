@@ -2,8 +2,8 @@
 // resume, then the loop (micro-batches → gradient reduction → clipping → update → EMA → logs,
 // validation and checkpoints), then the final model. Data-parallel runs (torchrun, mpirun, srun)
 // differ from one process in three places: each rank trains on its slice of every global batch
-// (the micro-batch loop), gradients are averaged over the ranks (reduce_gradients), and only
-// rank 0 writes (Ranks::main).
+// (the micro-batch loop), gradients are averaged over the ranks during the last micro-batch's
+// backward pass (Ranks::reducer), and only rank 0 writes (Ranks::main).
 #include "sdtune/train/trainer.h"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -14,6 +14,7 @@
 #include <cmath>
 #include <optional>
 
+#include "sdtune/distributed/gradient_reducer.h"
 #include "sdtune/distributed/launch_environment.h"
 #include "sdtune/distributed/process_group.h"
 #include "sdtune/error.h"
@@ -45,8 +46,14 @@ namespace {
 // process group. Only rank 0 (main) writes checkpoints, logs, validation images and the model.
 struct Ranks {
   explicit Ranks(const TrainOptions& o) : env(distributed::launch_environment()) {
-    if (env.distributed())
-      group.emplace(env, std::chrono::milliseconds(static_cast<int64_t>(o.ddp_timeout * 1000)));
+    if (!env.distributed()) return;
+    const c10::Device device(o.device);
+    const distributed::Backend backend =
+        !o.ddp_backend.empty() ? distributed::parse_backend(o.ddp_backend)
+        : device.is_cuda()     ? distributed::Backend::Nccl
+                               : distributed::Backend::Gloo;
+    group.emplace(env, std::chrono::milliseconds(static_cast<int64_t>(o.ddp_timeout * 1000)),
+                  backend, device);
   }
   bool main() const { return env.rank == 0; }
   int64_t rank() const { return env.rank; }
@@ -58,26 +65,23 @@ struct Ranks {
   void barrier() {
     if (group) group->barrier();
   }
+  // The next backward pass ends the global batch: its gradients go to the other ranks as they
+  // are finished (buckets of the trainable tensors), and finish_gradients() averages them.
+  void arm_gradients() {
+    if (reducer) reducer->arm();
+  }
+  void finish_gradients() {
+    if (reducer) reducer->finish();
+  }
 
   distributed::LaunchEnvironment env;
   std::optional<distributed::ProcessGroup> group;
+  std::optional<distributed::GradientReducer> reducer;  // made once the trainable tensors are
 };
 
 // The files of a LoRA run's result (and, the first, of its checkpoints).
 const char* const kLoraFile = "pytorch_lora_weights.safetensors";
 const char* const kKohyaLoraFile = "lora_kohya.safetensors";
-
-// Each trainable gradient becomes its mean over the ranks (bucketed all-reduces), once per
-// optimizer step, after the last micro-batch's backward. Every rank divided its micro-batch losses
-// by the local accumulation, so the mean is the gradient of one process's global batch. Tensors
-// without a gradient (a frozen text encoder) have none on any rank.
-void reduce_gradients(const std::vector<at::Tensor>& params, Ranks& ranks) {
-  if (!ranks.group) return;
-  std::vector<at::Tensor> grads;
-  for (const auto& p : params)
-    if (p.grad().defined()) grads.push_back(p.grad());
-  ranks.group->average(grads);
-}
 
 // DreamBooth's class images, generated before the models for training are loaded, so that the
 // two copies of the base model are never in memory together.
@@ -361,6 +365,9 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
       o.max_steps > 0 ? o.max_steps : o.num_train_epochs * steps_per_epoch(o, data, ranks.world());
 
   Optimization opt(o, m, max_steps, ranks.world());
+  // Every rank divides its micro-batch losses by the local accumulation, so the gradients' mean
+  // over the ranks is the gradient of one process's global batch.
+  if (ranks.group) ranks.reducer.emplace(*ranks.group, opt.trainable);
 
   // ---- Random streams, state, resume ---------------------------------------------------------
   // `data_gen` (CPU) for crops and flips, `noise_gen` (the device's default generator) for the
@@ -396,10 +403,14 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
     // The global batch: accumulation × ranks micro-batches, drawn by every rank in the order one
     // process accumulating all of them draws them (examples, crops, flips, latents, noise, t), so
     // that N ranks give that process's step. Rank r trains on micro-batches r, r + N, ...
+    // Other ranks' micro-batches are not read or encoded: only their random draws are made.
     StepLoss sum;  // over this rank's micro-batches
     for (int64_t micro = 0; micro < accumulation * ranks.world(); ++micro) {
-      const StepInputs in = draw_step_inputs(data.next_batch(data_gen), noise_gen, step_opts);
-      if (micro % ranks.world() != ranks.rank()) continue;
+      const bool mine = micro % ranks.world() == ranks.rank();
+      const Batch batch = mine ? data.next_batch(data_gen) : data.skip_batch(data_gen);
+      const StepInputs in = draw_step_inputs(batch, noise_gen, step_opts);
+      if (!mine) continue;
+      if (micro / ranks.world() == accumulation - 1) ranks.arm_gradients();  // this rank's last
       const StepLoss l = training_step(m.unet, m.text_encoder, text_encoder_trains, in, step_opts,
                                        opt.scaler, accumulation);
       sum.loss += l.loss;
@@ -417,7 +428,7 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
                   .loss_instance = total[1] / micro_batches,
                   .loss_prior = total[2] / micro_batches};
 
-    reduce_gradients(opt.trainable, ranks);
+    ranks.finish_gradients();
     opt.step(loss_finite, s, c);
     if (s.skipped) ++summary.skipped_steps;
     s.epoch = data.sampler().epoch();

@@ -138,7 +138,7 @@ void TrainingData::cache_latents(const io::ModelFolder& base,
   summary.latent_cache_computed = cache.computed();
 }
 
-Batch TrainingData::next_batch(at::Generator& gen) {
+std::vector<int64_t> TrainingData::next_indices() {
   const std::vector<int64_t> items = sampler_->next();
   // The examples of the items: with prior preservation the instances first, then their class
   // images (diffusers' collate_fn), so that the loss can split the batch in halves.
@@ -147,8 +147,12 @@ Batch TrainingData::next_batch(at::Generator& gen) {
   for (int64_t i : items) indices.push_back(i % n_instance_);
   if (prior_)
     for (int64_t i : items) indices.push_back(n_instance_ + i % n_class_);
+  return indices;
+}
+
+Batch TrainingData::next_batch(at::Generator& gen) {
   std::vector<at::Tensor> pixels, means, logvars, ids, contexts;
-  for (int64_t i : indices) {
+  for (int64_t i : next_indices()) {
     const data::Example& ex = examples_[i];
     if (o_.cache_latents) {
       // The flip is drawn as for an uncached image, so that both runs see the same data.
@@ -174,11 +178,41 @@ Batch TrainingData::next_batch(at::Generator& gen) {
   } else {
     at::NoGradGuard no_grad;
     b.posterior = enc_.vae->encode(at::stack(pixels).to(enc_.device, enc_.weight_dtype));
+    // skip_batch assumes this dtype for the posteriors it does not compute.
+    if (b.posterior.mean.scalar_type() != enc_.weight_dtype)
+      throw Error("internal: the VAE's posterior is not in the VAE's dtype");
   }
   if (o_.cache_text_encoder_outputs)
     b.context = at::stack(contexts).to(enc_.device);
   else
     b.input_ids = at::stack(ids).to(enc_.device);
+  return b;
+}
+
+Batch TrainingData::skip_batch(at::Generator& gen) {
+  std::vector<int64_t> shape;  // of one example's latent (a batch never mixes sizes)
+  at::ScalarType dtype = enc_.weight_dtype;
+  const std::vector<int64_t> indices = next_indices();
+  for (int64_t i : indices) {
+    if (o_.cache_latents) {
+      data::draw_flip(transform_, gen);
+      const at::Tensor& mean = cached_latents_[i].posterior.mean;
+      shape = mean.sizes().vec();
+      dtype = mean.scalar_type();
+    } else {
+      const io::ImageSize size =
+          data::draw_transform({sizes_[i].width, sizes_[i].height}, transform_, gen);
+      // The VAE halves the size at each down block but the last.
+      const auto& vae = enc_.vae->config.vae;
+      const int64_t factor = int64_t{1} << (vae.block_out_channels.size() - 1);
+      shape = {vae.latent_channels, size.height / factor, size.width / factor};
+    }
+  }
+  shape.insert(shape.begin(), static_cast<int64_t>(indices.size()));
+  const at::Tensor zeros =
+      at::zeros({1}, at::TensorOptions().dtype(dtype).device(enc_.device)).expand(shape);
+  Batch b;
+  b.posterior = {zeros, zeros};
   return b;
 }
 

@@ -2,6 +2,8 @@
 // variables; distributed::launch_environment) and runs each collective of
 // distributed::ProcessGroup on rank-dependent tensors, writing what it got to OUT_DIR/rank-N.json
 // for tests/distributed/test_process_group.py to check against the expected means and sums.
+// Gradients go through distributed::GradientReducer: leaf tensors whose backward pass gives them
+// rank-dependent gradients (one of them gets none), averaged as the backward pass finishes them.
 //
 //   sdtune_collectives_check --out-dir DIR [--timeout-ms T] [--bucket-bytes B] [--die-rank R]
 //
@@ -17,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "driver.h"
+#include "sdtune/distributed/gradient_reducer.h"
 #include "sdtune/distributed/launch_environment.h"
 #include "sdtune/distributed/process_group.h"
 #include "sdtune/error.h"
@@ -49,12 +52,31 @@ int main(int argc, char** argv) {
         dist::ProcessGroup group(env, std::chrono::milliseconds(timeout_ms));
         if (group.rank() == die_rank) ::_exit(3);
         const double r = static_cast<double>(group.rank());
-        // Two float32 tensors, a float64 one and a bfloat16 one: buckets split at dtypes.
-        std::vector<at::Tensor> grads{at::arange(12, at::kFloat).reshape({3, 4}) * (r + 1),
-                                      at::full({5}, 10 * (r + 1), at::kFloat),
-                                      at::full({2}, r, at::kDouble),
-                                      at::full({4}, r + 1, at::kBFloat16)};
-        group.average(grads, bucket_bytes);
+        // Two float32 tensors, a float64 one and a bfloat16 one (buckets split at dtypes), after
+        // a float32 one that the loss does not use (no gradient, on any rank). Buckets run over
+        // the tensors in reverse, so only the last bucket waits for finish().
+        const std::vector<at::Tensor> want{at::arange(12, at::kFloat).reshape({3, 4}) * (r + 1),
+                                           at::full({5}, 10 * (r + 1), at::kFloat),
+                                           at::full({2}, r, at::kDouble),
+                                           at::full({4}, r + 1, at::kBFloat16)};
+        std::vector<at::Tensor> params{at::zeros({3}, at::kFloat).requires_grad_()};
+        for (const auto& w : want) params.push_back(at::zeros_like(w).requires_grad_());
+        dist::GradientReducer reducer(group, params, bucket_bytes);
+        // Two backward passes, as with gradient accumulation: the first only accumulates (its
+        // gradients are this rank's values too, so .grad holds twice them), the armed second
+        // one sends them. d(sum(p * w))/dp = w.
+        auto backward = [&] {
+          at::Tensor loss = at::zeros({}, at::kDouble);
+          for (size_t i = 0; i < want.size(); ++i)
+            loss = loss + (params[i + 1] * want[i]).sum().to(at::kDouble);
+          loss.backward();
+        };
+        backward();
+        reducer.arm();
+        backward();
+        reducer.finish();
+        std::vector<at::Tensor> grads;
+        for (size_t i = 0; i < want.size(); ++i) grads.push_back(params[i + 1].grad() / 2);
         const double sum = group.sum(r + 0.5);
         std::vector<at::Tensor> from_root{at::full({3}, 7 * r, at::kFloat)};
         group.broadcast(from_root, group.size() - 1);
@@ -64,7 +86,10 @@ int main(int argc, char** argv) {
                               {"local_rank", env.local_rank},
                               {"launcher", env.launcher},
                               {"sum", sum},
-                              {"broadcast", values(from_root[0])}};
+                              {"broadcast", values(from_root[0])},
+                              {"buckets", reducer.buckets()},
+                              {"started_in_backward", reducer.started_in_backward()},
+                              {"unused_has_grad", params.front().grad().defined()}};
         for (const auto& g : grads) out["averaged"].push_back(values(g));
         std::ofstream(out_dir + "/rank-" + std::to_string(group.rank()) + ".json") << out.dump();
       });

@@ -54,6 +54,12 @@ TEST(LaunchEnvironment, Torchrun) {
   EXPECT_TRUE(env.distributed());
 }
 
+TEST(LaunchEnvironment, OneRankJoinsAGroupUnderTorchrunOnly) {
+  EXPECT_TRUE(read({{"RANK", "0"}, {"WORLD_SIZE", "1"}}).distributed());
+  EXPECT_FALSE(read({{"OMPI_COMM_WORLD_RANK", "0"}, {"OMPI_COMM_WORLD_SIZE", "1"}}).distributed());
+  EXPECT_FALSE(read({{"SLURM_PROCID", "0"}, {"SLURM_STEP_NUM_TASKS", "1"}}).distributed());
+}
+
 TEST(LaunchEnvironment, MpirunOnOneMachineNeedsNoAddress) {
   const LaunchEnvironment env = read({{"OMPI_COMM_WORLD_RANK", "1"},
                                       {"OMPI_COMM_WORLD_SIZE", "2"},

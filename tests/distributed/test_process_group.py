@@ -1,6 +1,7 @@
 """Data-parallel plumbing (src/distributed/): the launchers' environments (torchrun, and mpirun's
 and srun's variables) join a c10d Gloo process group over loopback, and every collective gives
-each rank the mean, sum or broadcast value computed here; a rank that dies makes the others fail
+each rank the mean, sum or broadcast value computed here; gradients are averaged by the gradient
+reducer, whose buckets start while the backward pass runs; a rank that dies makes the others fail
 with an error naming the failure instead of hanging."""
 
 import json
@@ -50,11 +51,15 @@ def expected(world):
     }
 
 
-def check_outputs(out_dir, world, launcher):
+def check_outputs(out_dir, world, launcher, buckets=3):
     want = expected(world)
     for rank in range(world):
         got = json.loads((out_dir / f"rank-{rank}.json").read_text())
         assert got["rank"] == rank and got["world_size"] == world and got["launcher"] == launcher
+        # float32 (3 tensors, the unused one last), float64, bfloat16; or one bucket per tensor.
+        # Every bucket but the one holding the unused tensor starts during the backward pass.
+        assert got["buckets"] == buckets and got["started_in_backward"] == buckets - 1
+        assert not got["unused_has_grad"]
         for g, w in zip(got["averaged"], want["averaged"]):
             np.testing.assert_allclose(g, w, rtol=1e-2 if len(g) == 4 else 1e-6)  # bf16: 3 digits
         assert got["sum"] == pytest.approx(want["sum"])
@@ -72,7 +77,7 @@ def test_torchrun_collectives(check_bin, tmp_path, bucket_bytes):
                                    "--out-dir", tmp_path, "--bucket-bytes", bucket_bytes),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    check_outputs(tmp_path, world, "torchrun")
+    check_outputs(tmp_path, world, "torchrun", buckets=3 if bucket_bytes > 16 else 5)
 
 
 @pytest.mark.parametrize("launcher", ["mpirun", "srun"])
@@ -108,5 +113,5 @@ def test_a_rank_that_never_comes_ends_the_wait(check_bin, tmp_path):
     proc = subprocess.run([str(check_bin), "--out-dir", str(tmp_path), "--timeout-ms", "3000"],
                           env=env_for("mpirun", 0, 2, free_port()), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
-    assert "error: rank 0 of 2 cannot join the run at 127.0.0.1:" in proc.stderr and "(mpirun)" in proc.stderr
+    assert "error: rank 0 of 2 cannot join the run at 127.0.0.1:" in proc.stderr and "(mpirun, gloo)" in proc.stderr
     assert time.monotonic() - started < 30

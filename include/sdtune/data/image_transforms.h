@@ -77,4 +77,11 @@ io::FittedImage whole_image(const at::Tensor& rgb);
 // otherwise. transform_image draws it after the crop; a cached latent draws it in its place.
 bool draw_flip(const TransformOptions& options, at::Generator& gen);
 
+// What transform_image draws from `gen` for an image of `source`'s size (as displayed), without
+// the image: its crop's offsets and its flip. Returns the size (width, height) of the image it
+// would give. A data-parallel rank keeps its stream in step this way on the examples of the
+// other ranks' micro-batches, which it does not decode.
+io::ImageSize draw_transform(io::ImageSize source, const TransformOptions& options,
+                             at::Generator& gen);
+
 }  // namespace sdtune::data

@@ -20,7 +20,10 @@ struct LaunchEnvironment {
   std::string master_addr = "127.0.0.1";
   int64_t master_port = 29500;
 
-  bool distributed() const { return world_size > 1; }
+  // Whether to join a process group: always under torchrun, which is asked for by name (so
+  // `--nproc-per-node 1` runs the data-parallel path with one rank); under mpirun and srun, which
+  // also start single programs that are not data-parallel, when there are several ranks.
+  bool distributed() const { return world_size > 1 || launcher == "torchrun"; }
 };
 
 // Reads the environment through `getenv` (the process's own by default). Variables that are

@@ -100,6 +100,9 @@ struct TrainOptions {
   // Data-parallel runs (launched by torchrun, mpirun or srun): how long a rank waits for the
   // others, at the rendezvous and in each collective, before it gives up with an error.
   double ddp_timeout = 300;  // seconds
+  // Their collectives: "nccl" (GPUs) or "gloo" (CPUs, or GPUs through host copies); empty picks
+  // NCCL for a CUDA device and Gloo otherwise.
+  std::string ddp_backend;
 
   // DreamBooth (`sdtune dreambooth`, diffusers' train_dreambooth.py): `data` holds the instance
   // images, all captioned `instance_prompt`. With prior preservation every batch also carries as

@@ -69,6 +69,10 @@ class TrainingData {
 
   // The next micro-batch, on the device. Crops and flips draw from `gen`.
   Batch next_batch(at::Generator& gen);
+  // The next micro-batch of another rank: the sampler moves and `gen` draws as next_batch would,
+  // but no image is read or encoded. Its posterior is zeros of the right shape and dtype (so
+  // that sampling it draws what the real one would) and it has no captions.
+  Batch skip_batch(at::Generator& gen);
 
   data::BatchSampler& sampler() { return *sampler_; }
   int64_t examples() const { return static_cast<int64_t>(examples_.size()); }
@@ -90,6 +94,8 @@ class TrainingData {
   std::vector<CachedLatents> cached_latents_;
   std::vector<at::Tensor> cached_text_;
   std::optional<data::BatchSampler> sampler_;
+
+  std::vector<int64_t> next_indices();  // the examples of the next micro-batch
 };
 
 }  // namespace sdtune::train
