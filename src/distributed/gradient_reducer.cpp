@@ -65,9 +65,10 @@ void GradientReducer::mark_ready(int64_t param) {
   if (!armed_) return;  // an accumulation micro-batch
   if (param_ready_[param])
     // Its gradient would change after its bucket was sent (a tensor used by two checkpointed
-    // blocks is finished twice): refuse rather than average a partial gradient.
+    // blocks, or a second backward pass before finish()): refuse rather than average a partial
+    // gradient.
     throw Error("gradient reducer: the gradient of trainable tensor " + std::to_string(param) +
-                " was finished twice in one backward pass");
+                " was finished twice between arm() and finish()");
   param_ready_[param] = true;
   Bucket& b = buckets_[bucket_of_[param]];
   ++b.ready;
