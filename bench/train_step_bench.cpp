@@ -6,6 +6,7 @@
 //   sdtune_bench_train_step --model DIR [--inputs in.safetensors | --batch B [--latent S]]
 //       [--device cpu|cuda] [--mixed-precision no|bf16|fp16] [--gradient-checkpointing]
 //       [--warmup N] [--iters M] [--threads T] [--lora-rank R] [--deterministic]
+//       [--ddp [--ddp-backend nccl|gloo]]
 //
 // DIR holds unet/ and scheduler/ (its alphas_cumprod). Inputs: `latents`, `noise`, `timesteps`
 // (int64 [B]) and `encoder_hidden_states` from the file, or random ones (seed 0) of batch B at
@@ -15,6 +16,9 @@
 // in diffusers' LoRA scripts. Prints one JSON line: seconds per step (mean, median, each), the
 // loss of every step, the trainable parameters and optimizer state, the peak resident set size,
 // and on CUDA the peak allocated memory.
+// With --ddp (under torchrun) the step goes through the trainer's data-parallel path: the ranks'
+// process group, the gradient reducer's buckets during backward, the loss summed over the ranks;
+// bench/ddp_overhead.py compares one rank of it against the plain step.
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -34,6 +38,8 @@
 #include <nlohmann/json.hpp>
 
 #include "driver.h"
+#include "sdtune/distributed/gradient_reducer.h"
+#include "sdtune/distributed/process_group.h"
 #include "sdtune/error.h"
 #include "sdtune/io/tensor.h"
 #include "sdtune/lora/adapters.h"
@@ -60,6 +66,8 @@ struct Args {
   bool deterministic = false;  // sdtune train --deterministic's kernels (train/determinism.h)
   int warmup = 2, iters = 5, threads = 0;  // threads 0: LibTorch's default
   int64_t lora_rank = 0;                   // 0: full fine-tuning
+  bool ddp = false;                        // through the data-parallel path (torchrun)
+  std::string ddp_backend;                 // empty: nccl on CUDA, gloo on CPU
 };
 
 at::Tensor input(const std::map<std::string, at::Tensor>& in, const std::string& name) {
@@ -124,6 +132,19 @@ void run(const Args& a) {
   }
   train::AdamW optimizer({train::ParamGroup{params, /*lr=*/1e-5, /*wd=*/1e-2}});
 
+  namespace dist = sdtune::distributed;
+  std::optional<dist::ProcessGroup> group;
+  std::optional<dist::GradientReducer> reducer;
+  if (a.ddp) {
+    const dist::LaunchEnvironment env = dist::launch_environment();
+    if (!env.distributed()) throw Error("--ddp: run under torchrun");
+    const dist::Backend backend = !a.ddp_backend.empty() ? dist::parse_backend(a.ddp_backend)
+                                  : device.is_cuda()     ? dist::Backend::Nccl
+                                                         : dist::Backend::Gloo;
+    group.emplace(env, std::chrono::minutes(5), backend, device);
+    reducer.emplace(*group, params);
+  }
+
   auto sync = [&] {
     if (!device.is_cpu())
       at::accelerator::synchronizeDevice(device.has_index() ? device.index()
@@ -138,10 +159,15 @@ void run(const Args& a) {
   options.schedule.alphas_cumprod = options.schedule.alphas_cumprod.to(device);
   const train::LossScaler no_scaling({.enabled = false}, device);
   auto step = [&] {
-    const train::StepLoss loss = train::training_step(
+    if (reducer) reducer->arm();
+    train::StepLoss loss = train::training_step(
         unet, nullptr, /*text_encoder_trains=*/false,
         {.latents = latents, .noise = noise, .timesteps = timesteps, .context = context}, options,
         no_scaling);
+    if (reducer) {  // as the trainer: gradients averaged, the loss summed over the ranks
+      reducer->finish();
+      loss.loss = group->sum(loss.loss) / static_cast<double>(group->size());
+    }
     optimizer.step();
     optimizer.zero_grad();
     return loss.loss;
@@ -188,6 +214,12 @@ void run(const Args& a) {
     std::fclose(statm);
   }
   out["threads"] = at::get_num_threads();
+  if (group) {
+    out["ddp_backend"] = dist::backend_name(group->backend());
+    out["world_size"] = group->size();
+    out["buckets"] = reducer->buckets();
+    out["buckets_started_in_backward"] = reducer->started_in_backward();
+  }
   if (device.is_cuda()) {
     const auto stats = at::accelerator::getDeviceStats(
         device.has_index() ? device.index() : at::accelerator::getDeviceIndex());
@@ -223,6 +255,8 @@ int main(int argc, char** argv) {
         app.add_option("--lora-rank", a.lora_rank, "Train rank-R LoRA adapters (0: the full UNet)")
             ->capture_default_str();
         app.add_flag("--deterministic", a.deterministic, "sdtune train --deterministic's kernels");
+        app.add_flag("--ddp", a.ddp, "Through the data-parallel path (under torchrun)");
+        app.add_option("--ddp-backend", a.ddp_backend, "nccl or gloo (default: nccl on CUDA)");
       },
       [&] { run(a); });
 }
