@@ -34,7 +34,7 @@ cmake --build build-gpu -j 16 --target ${BUILD_TARGETS:-sdtune_cli sdtune_bench_
 grep -c 'warning:' "$OUT/build.log" | sed 's/^/compiler warnings: /'
 
 # Sections, all by default; SECTIONS="train parity" runs those alone (after the build).
-SECTIONS=${SECTIONS:-"linking train parity bench-train bench-deterministic lora-memory bench-unet"}
+SECTIONS=${SECTIONS:-"linking train parity bench-train ddp-overhead bench-deterministic lora-memory bench-unet"}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 if want linking; then
@@ -69,6 +69,15 @@ if want bench-train; then
   for gc in "" --gradient-checkpointing; do
     SDTUNE_BENCH_TRAIN_STEP=build-gpu/sdtune_bench_train_step timeout 200 python3 bench/train_step.py \
       --device cuda --config sd15 --mixed-precision bf16 --batch 8 --warmup 3 --iters 10 $gc
+  done
+fi
+
+if want ddp-overhead; then
+  section "Data-parallel path, one NCCL rank, against the plain step: SD 1.5, 512x512, bf16, batch 8 (full, then LoRA rank 4)"
+  # Reuses bench-train's random SD 1.5 UNet folder (made here when bench-train did not run).
+  for lora in 0 4; do
+    SDTUNE_BENCH_TRAIN_STEP=build-gpu/sdtune_bench_train_step timeout 240 python3 bench/ddp_overhead.py \
+      --device cuda --config sd15 --mixed-precision bf16 --batch 8 --warmup 3 --iters 10 --rounds 2 --lora-rank $lora
   done
 fi
 

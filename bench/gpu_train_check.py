@@ -179,7 +179,7 @@ def run(fixture, binary, device):
             port = sock.getsockname()[1]
         ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--no-python", "--nproc-per-node", "2",
                               "--master-port", str(port), str(binary),
-                              *map(str, train_args(fixture, ranks, "no", *cuda0))],
+                              *map(str, train_args(fixture, ranks, "no", *cuda0, "--ddp-backend", "gloo"))],
                              capture_output=True, text=True, timeout=300)
         if rc1 or ddp.returncode:
             failures += 1
@@ -192,6 +192,31 @@ def run(fixture, binary, device):
             print(f"data-parallel on {device} (Gloo, 2 ranks on one GPU): weights vs one process with accumulation 2: "
                   f"max relative diff {rel:.2e}; s/step one process {sum(sa) / len(sa):.4f}, "
                   f"2 ranks {sum(sb) / len(sb):.4f}")
+
+    # NCCL (the default on CUDA) with one rank: the trainer's data-parallel path on this GPU (one
+    # GPU admits one NCCL rank) against the plain process, same settings.
+    if device.startswith("cuda"):
+        plain, nccl = work / "nccl_plain", work / "nccl_rank"
+        rc1 = sdtune(binary, train_args(fixture, plain, "bf16", "--max-steps", 6, "--device", "cuda"),
+                     check=False).returncode
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        one = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--no-python", "--nproc-per-node", "1",
+                              "--master-port", str(port), str(binary),
+                              *map(str, train_args(fixture, nccl, "bf16", "--max-steps", 6, "--device", "cuda"))],
+                             capture_output=True, text=True, timeout=300)
+        if rc1 or one.returncode:
+            failures += 1
+            print(f"NCCL, one rank: FAIL, exit codes plain {rc1}, torchrun {one.returncode}: "
+                  f"{one.stderr.strip().splitlines()[-3:]}")
+        else:
+            ua, ub = (load_file(x / "unet/diffusion_pytorch_model.safetensors") for x in (plain, nccl))
+            rel = max(((ua[k].float() - ub[k].float()).norm() / ua[k].float().norm().clamp_min(1e-12)).item()
+                      for k in ua)
+            sa, sb = ([x["step_seconds"] for x in losses(x)][1:] for x in (plain, nccl))
+            print(f"NCCL, one rank, bf16: weights vs the plain process: max relative diff {rel:.2e}; "
+                  f"s/step plain {sum(sa) / len(sa):.4f}, torchrun {sum(sb) / len(sb):.4f}")
 
     from diffusers import StableDiffusionPipeline
 
