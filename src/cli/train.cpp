@@ -12,6 +12,7 @@
 #include "cli/training_flags.h"
 #include "sdtune/distributed/launch_environment.h"
 #include "sdtune/error.h"
+#include "sdtune/warning.h"
 #include "sdtune/train/trainer.h"
 
 namespace sdtune::cli {
@@ -206,6 +207,7 @@ void run(CLI::App* cmd, Flags& f) {
   const bool main_rank = launch.rank == 0;
   if (launch.distributed() && o.device == "cuda")
     o.device = "cuda:" + std::to_string(launch.local_rank);
+  if (!main_rank) set_warning_sink(nullptr);  // rank 0 warns about the files all ranks read
   Progress progress("train", f.quiet || !main_rank, /*log_lines=*/true);
   hooks.message = [&](const std::string& m) {
     if (main_rank) progress.message(m);

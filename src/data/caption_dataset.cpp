@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cctype>
 #include <fstream>
-#include <iostream>
 #include <set>
 #include <sstream>
 
@@ -12,6 +11,7 @@
 #include "sdtune/error.h"
 #include "sdtune/io/json_config.h"
 #include "sdtune/io/parquet.h"
+#include "sdtune/warning.h"
 
 namespace sdtune::data {
 namespace fs = std::filesystem;
@@ -74,7 +74,7 @@ bool is_image_file(const fs::path& path) {
 
 void skip(std::vector<Skipped>& skipped, const fs::path& path, const std::string& reason,
           bool outside_dataset) {
-  std::cerr << "sdtune: warning: skipping " << path.string() << ": " << reason << "\n";
+  warn("skipping " + path.string() + ": " + reason);
   skipped.push_back({path, reason, outside_dataset});
 }
 

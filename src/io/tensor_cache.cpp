@@ -1,10 +1,10 @@
 #include "sdtune/io/tensor_cache.h"
 
 #include <cstdlib>
-#include <iostream>
 
 #include "sdtune/error.h"
 #include "sdtune/io/tensor.h"
+#include "sdtune/warning.h"
 
 namespace sdtune::io {
 namespace fs = std::filesystem;
@@ -23,8 +23,7 @@ std::optional<std::map<std::string, at::Tensor>> TensorCache::get(const std::str
   try {
     return read_tensors(path);
   } catch (const Error& e) {
-    std::cerr << "sdtune: warning: cache entry " << path.string()
-              << " is unreadable, computing it again: " << e.message() << "\n";
+    warn("cache entry " + path.string() + " is unreadable, computing it again: " + e.message());
     return std::nullopt;
   }
 }

@@ -137,6 +137,18 @@ def test_nccl_needs_gpus(pipeline, sdtune_bin, tmp_path):
         in proc.stderr, proc.stderr
 
 
+def test_rank_zero_alone_warns_about_the_files(pipeline, sdtune_bin, tmp_path):
+    data = images(tmp_path / "data", 2, 0)
+    (data / "bad.png").write_bytes(b"not a png")
+    with (data / "metadata.jsonl").open("a") as f:
+        f.write(json.dumps({"file_name": "bad.png", "text": "broken"}) + "\n")
+    proc = torchrun(sdtune_bin, 2, ["train", "--model", pipeline("tiny")[0], "--data", data, "--out", tmp_path / "out",
+                                    "--resolution", R, "--max-steps", 1, "--checkpointing-steps", 0, "--quiet"])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("sdtune: warning: skipping") == 1, proc.stderr
+    assert "skipped 1" in proc.stdout or "1 skipped" in proc.stdout, proc.stdout
+
+
 def test_two_machines_accumulating_two_each(pipeline, sdtune_bin, tmp_path):
     """The two-machine command (torchrun --nnodes 2 --node-rank K, static rendezvous at node 0's
     address), both "machines" on loopback, at batch 1 × accumulation 2 per rank: the global batch of
