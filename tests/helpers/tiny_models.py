@@ -67,6 +67,26 @@ CONFIGS = {
         pad=SD2_PAD,
     ),
     "sd15": dict(unet=SD15_UNET, vae=SD15_VAE, text=SD15_TEXT, pad=SD1_PAD),
+    # SD 1.x-shaped with three levels of two layers and attention at both ends, not in the middle:
+    # the single-file layout numbers its blocks through all levels. (diffusers' single-file reader
+    # takes one layers_per_block for all levels.)
+    "tiny-deep": dict(
+        unet=dict(
+            sample_size=16, block_out_channels=[16, 32, 32], layers_per_block=2, norm_num_groups=8,
+            down_block_types=["CrossAttnDownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"],
+            up_block_types=["CrossAttnUpBlock2D", "UpBlock2D", "CrossAttnUpBlock2D"],
+            cross_attention_dim=32, attention_head_dim=4,
+        ),
+        vae=dict(
+            block_out_channels=[16, 32, 32], layers_per_block=2, norm_num_groups=8, latent_channels=4,
+            down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3, sample_size=32,
+        ),
+        text=dict(
+            vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=77, hidden_act="quick_gelu", eos_token_id=2,
+        ),
+        pad=SD1_PAD,
+    ),
 }
 
 

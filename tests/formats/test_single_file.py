@@ -1,0 +1,131 @@
+"""Single-file checkpoints (A1111/ComfyUI layout; src/formats/single_file*): `sdtune convert` writes a
+pipeline folder as one .safetensors that diffusers' own from_single_file reads as the same model,
+and reads such a file back into a folder that from_pretrained loads. Round trips are bitwise."""
+
+import subprocess
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+COMPONENTS = ["unet", "vae", "text_encoder"]
+
+
+def sdtune(sdtune_bin, *args):
+    return subprocess.run([str(sdtune_bin), *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def converted(sdtune_bin, folder, out):
+    proc = sdtune(sdtune_bin, "convert", folder, out)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def assert_same_components(a, b):
+    for name in COMPONENTS:
+        sa, sb = getattr(a, name).state_dict(), getattr(b, name).state_dict()
+        sa = {k: v for k, v in sa.items() if not k.endswith("position_ids")}
+        sb = {k: v for k, v in sb.items() if not k.endswith("position_ids")}
+        assert sa.keys() == sb.keys(), (name, sorted(set(sa) ^ set(sb))[:5])
+        for k in sa:
+            assert torch.equal(sa[k], sb[k]), (name, k)
+
+
+@pytest.mark.parametrize("kind", ["tiny", "tiny-deep"])
+def test_a_folder_as_one_file_is_the_same_model_in_diffusers(pipeline, sdtune_bin, tmp_path, kind):
+    from diffusers import StableDiffusionPipeline
+
+    folder, _ = pipeline(kind)
+    one = converted(sdtune_bin, folder, tmp_path / "one.safetensors")
+    keys = load_file(one).keys()
+    assert any(k.startswith("model.diffusion_model.output_blocks.") for k in keys)
+    assert any(k.startswith("first_stage_model.decoder.up.") for k in keys)
+    assert any(k.startswith("cond_stage_model.transformer.text_model.") for k in keys)
+    # diffusers' reader, configured from the folder (no downloads), against the folder itself.
+    theirs = StableDiffusionPipeline.from_single_file(str(one), config=str(folder), local_files_only=True,
+                                                      safety_checker=None, requires_safety_checker=False)
+    ref = StableDiffusionPipeline.from_pretrained(folder)
+    assert_same_components(theirs, ref)
+    # And the same outputs: one UNet step and one VAE decode (to float rounding: the weights are
+    # equal bitwise, but diffusers' single-file loader leaves them in other memory layouts, which
+    # pick other kernels).
+    g = torch.Generator().manual_seed(0)
+    c = ref.unet.config
+    x = torch.randn(1, c.in_channels, c.sample_size, c.sample_size, generator=g)
+    ctx = torch.randn(1, 77, c.cross_attention_dim, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs.unet(x, 10, ctx).sample, ref.unet(x, 10, ctx).sample, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(theirs.vae.decode(x).sample, ref.vae.decode(x).sample, rtol=1e-5, atol=1e-5)
+
+
+def test_a_single_file_round_trips_bitwise(pipeline, sdtune_bin, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    folder, _ = pipeline("tiny-deep")
+    one = converted(sdtune_bin, folder, tmp_path / "one.safetensors")
+    proc = sdtune(sdtune_bin, "convert", one, tmp_path / "back", "--config", folder)
+    assert proc.returncode == 0, proc.stderr
+    assert_same_components(StableDiffusionPipeline.from_pretrained(tmp_path / "back"),
+                           StableDiffusionPipeline.from_pretrained(folder))
+    again = converted(sdtune_bin, tmp_path / "back", tmp_path / "again.safetensors")
+    assert again.read_bytes() == one.read_bytes()
+
+
+def test_a_published_style_file_with_extras_and_fp16(pipeline, sdtune_bin, tmp_path):
+    """What A1111 files carry besides the three components (EMA copies, the noise schedule's buffers,
+    the text encoder's position_ids) is ignored; fp16 stays fp16, and --dtype converts."""
+    from diffusers import StableDiffusionPipeline
+
+    folder, _ = pipeline("tiny")
+    state = load_file(converted(sdtune_bin, folder, tmp_path / "one.safetensors"))
+    extras = {"model_ema.decay": torch.tensor(0.9999), "model_ema.num_updates": torch.tensor(100),
+              "model_ema.diffusion_modelconv_inweight": torch.zeros(3), "alphas_cumprod": torch.rand(1000),
+              "betas": torch.rand(1000),
+              "cond_stage_model.transformer.text_model.embeddings.position_ids": torch.arange(77)[None]}
+    published = tmp_path / "published.safetensors"
+    save_file({**{k: v.half() for k, v in state.items()}, **extras}, published)
+    proc = sdtune(sdtune_bin, "convert", published, tmp_path / "out", "--config", folder)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{len(state)} tensors, {len(extras)} other keys ignored" in proc.stdout, proc.stdout
+    stored = load_file(tmp_path / "out/unet/diffusion_pytorch_model.safetensors")
+    assert all(v.dtype == torch.float16 for v in stored.values())
+    got = StableDiffusionPipeline.from_pretrained(tmp_path / "out", dtype=torch.float16)
+    ref = StableDiffusionPipeline.from_pretrained(folder, dtype=torch.float16)
+    assert_same_components(got, ref)
+    proc = sdtune(sdtune_bin, "convert", published, tmp_path / "out32", "--config", folder, "--dtype", "fp32")
+    assert proc.returncode == 0, proc.stderr
+    stored = load_file(tmp_path / "out32/vae/diffusion_pytorch_model.safetensors")
+    assert all(v.dtype == torch.float32 for v in stored.values())
+
+
+def test_wrong_files_are_named_errors(pipeline, sdtune_bin, tmp_path):
+    folder, _ = pipeline("tiny")
+    state = load_file(converted(sdtune_bin, folder, tmp_path / "one.safetensors"))
+    # A UNet tensor gone: the folder would not load; the error names it, and nothing is left behind.
+    gone = "model.diffusion_model.out.2.weight"
+    save_file({k: v for k, v in state.items() if k != gone}, tmp_path / "partial.safetensors")
+    proc = sdtune(sdtune_bin, "convert", tmp_path / "partial.safetensors", tmp_path / "out", "--config", folder)
+    assert proc.returncode == 1 and "conv_out.weight" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
+    # No VAE at all.
+    save_file({k: v for k, v in state.items() if not k.startswith("first_stage_model.")}, tmp_path / "novae.safetensors")
+    proc = sdtune(sdtune_bin, "convert", tmp_path / "novae.safetensors", tmp_path / "out", "--config", folder)
+    assert proc.returncode == 1 and "no vae tensors" in proc.stderr, proc.stderr
+    # An existing destination is not overwritten.
+    (tmp_path / "taken").mkdir()
+    proc = sdtune(sdtune_bin, "convert", tmp_path / "one.safetensors", tmp_path / "taken", "--config", folder)
+    assert proc.returncode == 1 and "already exists" in proc.stderr, proc.stderr
+    # Pickles are refused before anything is read.
+    (tmp_path / "model.ckpt").write_bytes(b"PK\x03\x04 not really")
+    proc = sdtune(sdtune_bin, "convert", tmp_path / "model.ckpt", tmp_path / "out", "--config", folder)
+    assert proc.returncode == 1 and ".ckpt" in proc.stderr, proc.stderr
+    # A folder to a folder, and a file without --config.
+    assert "DST must be a single file" in sdtune(sdtune_bin, "convert", folder, tmp_path / "x").stderr
+    assert "--config DIR is needed" in sdtune(sdtune_bin, "convert", tmp_path / "one.safetensors", tmp_path / "x").stderr
+
+
+def test_sd2_text_encoders_are_refused_for_now(pipeline, sdtune_bin, tmp_path):
+    folder, _ = pipeline("sd2")
+    proc = sdtune(sdtune_bin, "convert", folder, tmp_path / "one.safetensors")
+    assert proc.returncode == 1 and "SD 2.x text encoder" in proc.stderr, proc.stderr
+    assert not (tmp_path / "one.safetensors").exists()
