@@ -12,8 +12,8 @@
 #include "cli/training_flags.h"
 #include "sdtune/distributed/launch_environment.h"
 #include "sdtune/error.h"
-#include "sdtune/warning.h"
 #include "sdtune/train/trainer.h"
+#include "sdtune/warning.h"
 
 namespace sdtune::cli {
 namespace {
@@ -123,6 +123,9 @@ void add_options(CLI::App* cmd, Flags& f) {
                 "Deterministic GPU kernels (cuBLAS, cuDNN, attention backward): a resumed run "
                 "equals the straight one bit for bit on CUDA too; slower");
   cmd->add_flag("--use-ema", o.use_ema, "Keep an EMA of the UNet weights (saved as the model)");
+  cmd->add_flag("--save-single-file", o.save_single_file,
+                "Also write OUT/model.safetensors (and one per checkpoint) in the A1111/ComfyUI "
+                "single-file layout");
   cmd->add_option("--ema-decay", o.ema_decay)->capture_default_str()->check(checks::in_range(0, 1));
   cmd->add_flag("--ema-warmup", o.ema_warmup, "EMA decay warmup (1 - (1 + step)^(-2/3))");
   cmd->add_flag("--offload-ema", o.offload_ema, "Keep the EMA weights in CPU memory");
@@ -266,6 +269,7 @@ void run(CLI::App* cmd, Flags& f) {
     for (const auto& file : s.lora_files) std::printf("lora: %s\n", file.string().c_str());
   else
     std::printf("model: %s\n", s.output.string().c_str());
+  if (!s.single_file.empty()) std::printf("single file: %s\n", s.single_file.string().c_str());
 }
 
 }  // namespace

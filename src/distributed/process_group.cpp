@@ -56,10 +56,7 @@ struct ProcessGroup::Impl {
 
 ProcessGroup::ProcessGroup(const LaunchEnvironment& env, std::chrono::milliseconds timeout,
                            Backend backend, c10::Device device)
-    : impl_(std::make_unique<Impl>()),
-      rank_(env.rank),
-      size_(env.world_size),
-      backend_(backend) {
+    : impl_(std::make_unique<Impl>()), rank_(env.rank), size_(env.world_size), backend_(backend) {
   const std::string where = env.master_addr + ":" + std::to_string(env.master_port);
   if (backend == Backend::Nccl && !device.is_cuda())
     throw Error("the NCCL backend joins GPUs: train with --device cuda, or use --ddp-backend gloo");

@@ -20,9 +20,8 @@ namespace fs = std::filesystem;
 namespace {
 
 SingleFileKeys keys_for(const io::ModelFolder& folder) {
-  return SingleFileKeys(
-      models::UNet2DConditionConfig::from_json(folder.component_config("unet")),
-      models::AutoencoderKLConfig::from_json(folder.component_config("vae")).vae);
+  return SingleFileKeys(models::UNet2DConditionConfig::from_json(folder.component_config("unet")),
+                        models::AutoencoderKLConfig::from_json(folder.component_config("vae")).vae);
 }
 
 // A tensor viewing mapped file data (no copy); valid while the file's mapping lives.
@@ -33,15 +32,21 @@ at::Tensor view_of(const io::TensorView& t) {
 
 }  // namespace
 
-void write_single_file(const io::ModelFolder& folder, const fs::path& out,
-                       std::optional<at::ScalarType> dtype) {
+void check_single_file_writable(const io::ModelFolder& folder) {
   // SD 2.x's text encoder (OpenCLIP ViT-H, gelu) has OpenCLIP's names in single files, not yet
   // written here; SD 1.x's CLIP ViT-L uses quick_gelu.
-  if (folder.component_config("text_encoder").get_string("hidden_act", "quick_gelu") != "quick_gelu")
+  if (folder.component_config("text_encoder").get_string("hidden_act", "quick_gelu") !=
+      "quick_gelu")
     throw Error(
         "an SD 2.x text encoder (OpenCLIP names in single files) cannot be written yet: SD 1.x "
         "only",
         folder.root().string());
+  keys_for(folder);  // the UNet's and VAE's configs parse
+}
+
+void write_single_file(const io::ModelFolder& folder, const fs::path& out,
+                       std::optional<at::ScalarType> dtype) {
+  check_single_file_writable(folder);
   const SingleFileKeys keys = keys_for(folder);
   std::vector<io::SafetensorsFile> files;  // mapped until written
   std::vector<at::Tensor> converted;       // only with --dtype
@@ -69,8 +74,8 @@ void write_single_file(const io::ModelFolder& folder, const fs::path& out,
         const at::ScalarType stored = io::to_scalar_type(t.dtype);
         if (dtype && at::isFloatingType(stored) && stored != *dtype) {
           converted.push_back(view_of(t).to(*dtype).contiguous());
-          writes.push_back({k->single, io::from_scalar_type(*dtype), shape,
-                            converted.back().data_ptr()});
+          writes.push_back(
+              {k->single, io::from_scalar_type(*dtype), shape, converted.back().data_ptr()});
         } else {
           writes.push_back({k->single, t.dtype, shape, t.data});
         }
@@ -82,7 +87,8 @@ void write_single_file(const io::ModelFolder& folder, const fs::path& out,
 
 SingleFileReport read_single_file(const fs::path& file, const io::ModelFolder& config,
                                   const fs::path& out, std::optional<at::ScalarType> dtype) {
-  if (fs::exists(out)) throw Error("already exists; remove it first or choose another name", out.string());
+  if (fs::exists(out))
+    throw Error("already exists; remove it first or choose another name", out.string());
   const std::string ext = file.extension().string();
   if (ext == ".ckpt" || ext == ".pt" || ext == ".pth")
     throw Error(
@@ -97,9 +103,9 @@ SingleFileReport read_single_file(const fs::path& file, const io::ModelFolder& c
   const auto& text_ignored = clip_text_ignored_keys();
   for (const io::TensorView& t : f.tensors()) {
     const auto k = keys.to_diffusers(t.name);
-    if (!k || (k->component == SingleFileComponent::TextEncoder &&
-               std::find(text_ignored.begin(), text_ignored.end(), k->diffusers) !=
-                   text_ignored.end())) {
+    if (!k ||
+        (k->component == SingleFileComponent::TextEncoder &&
+         std::find(text_ignored.begin(), text_ignored.end(), k->diffusers) != text_ignored.end())) {
       ++report.ignored;
       continue;
     }

@@ -14,7 +14,7 @@ using C = SingleFileComponent;
 // dropout, conv]); the VAE's keeps its names but for the shortcut; the VAE's attention names its
 // projections by letter.
 const std::vector<std::pair<std::string, std::string>> kUnetResnet = {
-    {"norm1", "in_layers.0"}, {"conv1", "in_layers.2"},         {"time_emb_proj", "emb_layers.1"},
+    {"norm1", "in_layers.0"},  {"conv1", "in_layers.2"},  {"time_emb_proj", "emb_layers.1"},
     {"norm2", "out_layers.0"}, {"conv2", "out_layers.3"}, {"conv_shortcut", "skip_connection"}};
 const std::vector<std::pair<std::string, std::string>> kVaeResnet = {
     {"conv_shortcut", "nin_shortcut"}};
@@ -24,9 +24,9 @@ const std::vector<std::pair<std::string, std::string>> kVaeAttention = {
 // `rest` (what follows the module prefix, e.g. "conv1.weight") with its leading module name
 // renamed by `table`, in the direction from -> to (first = diffusers). nullopt when no entry
 // matches and the table renames everything (the VAE attention has no other leaves).
-std::optional<std::string> rename_leaf(const std::string& rest,
-                                       const std::vector<std::pair<std::string, std::string>>& table,
-                                       bool to_single) {
+std::optional<std::string> rename_leaf(
+    const std::string& rest, const std::vector<std::pair<std::string, std::string>>& table,
+    bool to_single) {
   for (const auto& [d, s] : table) {
     const std::string& from = to_single ? d : s;
     const std::string& to = to_single ? s : d;
@@ -87,7 +87,8 @@ SingleFileKeys::SingleFileKeys(const models::UNet2DConditionConfig& unet,
       if (has_attention(unet.down_block_types.at(b)))
         add(C::Unet, down + ".attentions." + str(j), in + ".1");
     }
-    if (b + 1 < levels) add(C::Unet, down + ".downsamplers.0.conv", u + "input_blocks." + str(input++) + ".0.op");
+    if (b + 1 < levels)
+      add(C::Unet, down + ".downsamplers.0.conv", u + "input_blocks." + str(input++) + ".0.op");
   }
   add(C::Unet, "mid_block.resnets.0", u + "middle_block.0", Leaves::UnetResnet);
   add(C::Unet, "mid_block.attentions.0", u + "middle_block.1");
@@ -164,8 +165,7 @@ std::optional<SingleFileKey> SingleFileKeys::to_single(SingleFileComponent compo
 std::optional<SingleFileKey> SingleFileKeys::to_diffusers(const std::string& key) const {
   const Prefix* best = nullptr;
   for (const Prefix& p : prefixes_)
-    if (starts_module(key, p.single) && (!best || p.single.size() > best->single.size()))
-      best = &p;
+    if (starts_module(key, p.single) && (!best || p.single.size() > best->single.size())) best = &p;
   if (!best) return std::nullopt;
   std::string rest = key.substr(best->single.size() + 1);
   bool conv1x1 = false;

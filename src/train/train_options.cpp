@@ -73,6 +73,10 @@ void check_options(const TrainOptions& o) {
       throw Error("--lora-text-encoder-layers names no layer");
     if (o.use_ema)
       throw Error("--use-ema is for full fine-tuning: a LoRA run trains adapters, not the UNet");
+    if (o.save_single_file)
+      throw Error(
+          "--save-single-file is for full fine-tuning: a LoRA run writes lora_kohya.safetensors, "
+          "which A1111 and ComfyUI load");
   }
   if (o.max_steps == 0 && o.num_train_epochs < 1) throw Error("--num-train-epochs must be >= 1");
   if (!(o.learning_rate > 0))

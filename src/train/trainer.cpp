@@ -18,6 +18,7 @@
 #include "sdtune/distributed/launch_environment.h"
 #include "sdtune/distributed/process_group.h"
 #include "sdtune/error.h"
+#include "sdtune/formats/single_file.h"
 #include "sdtune/io/model_folder.h"
 #include "sdtune/lora/adapters.h"
 #include "sdtune/lora/lora.h"
@@ -48,10 +49,10 @@ struct Ranks {
   explicit Ranks(const TrainOptions& o) : env(distributed::launch_environment()) {
     if (!env.distributed()) return;
     const c10::Device device(o.device);
-    const distributed::Backend backend =
-        !o.ddp_backend.empty() ? distributed::parse_backend(o.ddp_backend)
-        : device.is_cuda()     ? distributed::Backend::Nccl
-                               : distributed::Backend::Gloo;
+    const distributed::Backend backend = !o.ddp_backend.empty()
+                                             ? distributed::parse_backend(o.ddp_backend)
+                                         : device.is_cuda() ? distributed::Backend::Nccl
+                                                            : distributed::Backend::Gloo;
     group.emplace(env, std::chrono::milliseconds(static_cast<int64_t>(o.ddp_timeout * 1000)),
                   backend, device);
   }
@@ -82,6 +83,8 @@ struct Ranks {
 // The files of a LoRA run's result (and, the first, of its checkpoints).
 const char* const kLoraFile = "pytorch_lora_weights.safetensors";
 const char* const kKohyaLoraFile = "lora_kohya.safetensors";
+// With --save-single-file, next to the pipeline folder's components.
+const char* const kSingleFile = "model.safetensors";
 
 // DreamBooth's class images, generated before the models for training are loaded, so that the
 // two copies of the base model are never in memory together.
@@ -122,6 +125,10 @@ fs::path save_checkpoint(const TrainingModels& m, const TrainState& state,
     };
   } else {
     c.pipeline = pipeline_weights(m, state.ema);
+    if (m.o.save_single_file)  // from the pipeline just written into the checkpoint
+      c.write_files = [](const fs::path& dir) {
+        formats::write_single_file(io::ModelFolder::open(dir), dir / kSingleFile);
+      };
   }
   c.state = state.save();
   c.trainer_state = trainer;
@@ -258,6 +265,10 @@ void save_result(const TrainingModels& m, const Ema* ema, TrainSummary& summary)
     summary.lora_files = {out / kLoraFile, out / kKohyaLoraFile};
   } else {
     save_final_model(m.base, out, pipeline_weights(m, ema));
+    if (m.o.save_single_file) {
+      formats::write_single_file(io::ModelFolder::open(out), out / kSingleFile);
+      summary.single_file = out / kSingleFile;
+    }
   }
 }
 
@@ -346,6 +357,7 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
 
   // ---- Models, data, the step ----------------------------------------------------------------
   TrainingModels m(o);
+  if (o.save_single_file) formats::check_single_file_writable(m.base);  // not after hours
   if (ranks.group) {
     // Every rank starts from rank 0's weights (LoRA's random initialisation included).
     std::vector<at::Tensor> start(m.unet_params);

@@ -59,9 +59,9 @@ class GradientReducer {
   std::vector<at::Tensor> views_;  // param -> its slot of its bucket, shaped as the param
   std::vector<Bucket> buckets_;
   std::vector<int64_t> bucket_of_;
-  std::vector<bool> ready_;          // this pass
-  std::vector<bool> had_grad_;       // before arm()
-  size_t next_ = 0;  // the first bucket not yet started
+  std::vector<bool> ready_;     // this pass
+  std::vector<bool> had_grad_;  // before arm()
+  size_t next_ = 0;             // the first bucket not yet started
   bool armed_ = false;
   int64_t started_in_backward_ = 0;
   std::mutex mutex_;  // the hooks run on autograd's threads

@@ -11,6 +11,10 @@
 
 namespace sdtune::formats {
 
+// An Error when the folder's pipeline has no single-file layout here (SD 2.x's OpenCLIP text
+// encoder, for now): checked before a training run that is to write one.
+void check_single_file_writable(const io::ModelFolder& folder);
+
 // Writes the folder's UNet, VAE and text encoder as one single-file checkpoint at `out`
 // (atomically). Tensors are written in their stored dtype (no copy: straight from the mapped
 // files) or, with `dtype`, floating-point ones converted to it. A key the layout has no name for

@@ -5,8 +5,9 @@
 // written from a folder reads back to the same keys.
 //
 //   UNet          model.diffusion_model.  input_blocks.I.J / middle_block.J / output_blocks.I.J
-//   VAE           first_stage_model.      encoder.down.I.block.J, decoder.up.I (reversed), mid.attn_1
-//   text (SD 1.x) cond_stage_model.transformer.text_model.  (transformers' CLIPTextModel names)
+//   VAE           first_stage_model.      encoder.down.I.block.J, decoder.up.I (reversed),
+//   mid.attn_1 text (SD 1.x) cond_stage_model.transformer.text_model.  (transformers' CLIPTextModel
+//   names)
 #include <optional>
 #include <string>
 #include <vector>
@@ -24,7 +25,7 @@ enum class SingleFileComponent { Unet, Vae, TextEncoder };
 struct SingleFileKey {
   SingleFileComponent component;
   std::string diffusers;  // within the component: "down_blocks.0.resnets.0.conv1.weight"
-  std::string single;     // in the file: "model.diffusion_model.input_blocks.1.0.in_layers.2.weight"
+  std::string single;  // in the file: "model.diffusion_model.input_blocks.1.0.in_layers.2.weight"
   bool conv1x1 = false;
 };
 

@@ -78,6 +78,9 @@ struct TrainOptions {
 
   // EMA of the UNet weights.
   bool use_ema = false;
+  // Besides the diffusers folder, OUT/model.safetensors (and one in each checkpoint) in the
+  // single-file layout of A1111 and ComfyUI (formats/single_file.h). Full fine-tuning of SD 1.x.
+  bool save_single_file = false;
   double ema_decay = 0.9999;
   bool ema_warmup = false;  // diffusers EMAModel use_ema_warmup (inv_gamma 1, power 2/3)
   bool offload_ema = false;

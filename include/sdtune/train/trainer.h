@@ -60,6 +60,7 @@ struct TrainSummary {
   // Parameters the optimizer updates, and its state's size at the end (AdamW: two moments each).
   int64_t trainable_parameters = 0, optimizer_state_bytes = 0;
   std::vector<std::filesystem::path> lora_files;  // a LoRA run's result
+  std::filesystem::path single_file;              // with --save-single-file
   bool interrupted = false;
   std::filesystem::path output;  // the final pipeline (out), or the interrupt checkpoint
   std::filesystem::path resumed_from;
