@@ -8,7 +8,7 @@
 
 #include "cli/commands.h"
 #include "sdtune/error.h"
-#include "sdtune/formats/single_file.h"
+#include "sdtune/models/single_file.h"
 #include "sdtune/io/model_folder.h"
 #include "sdtune/models/component_loader.h"
 
@@ -18,6 +18,7 @@ namespace fs = std::filesystem;
 
 struct ConvertArgs {
   std::string src, dst, config, dtype;
+  bool ema_weights = false;
 };
 
 bool single_file_name(const fs::path& p) {
@@ -31,7 +32,7 @@ void convert(const ConvertArgs& a) {
   const bool src_is_file = fs::is_regular_file(a.src);
   if (!src_is_file && !fs::is_directory(a.src)) throw Error("not found", a.src);
   if (!src_is_file && single_file_name(a.dst)) {
-    formats::write_single_file(io::ModelFolder::open(a.src), a.dst, dtype);
+    models::write_single_file(io::ModelFolder::open(a.src), a.dst, dtype);
     std::printf("wrote %s\n", a.dst.c_str());
     return;
   }
@@ -40,8 +41,9 @@ void convert(const ConvertArgs& a) {
       throw Error(
           "--config DIR is needed: a diffusers folder of the same architecture, whose configs, "
           "tokenizer and scheduler the new folder takes (its weights are not read)");
-    const formats::SingleFileReport r =
-        formats::read_single_file(a.src, io::ModelFolder::open(a.config), a.dst, dtype);
+    const models::SingleFileReport r =
+        models::read_single_file(a.src, io::ModelFolder::open(a.config), a.dst, dtype,
+                                  a.ema_weights);
     std::printf("wrote %s: %lld tensors, %lld other keys ignored\n", a.dst.c_str(),
                 static_cast<long long>(r.tensors), static_cast<long long>(r.ignored));
     return;
@@ -66,6 +68,8 @@ void add_convert(CLI::App& app) {
                   "scheduler the new folder takes");
   cmd->add_option("--dtype", a->dtype, "fp32, fp16 or bf16 (default: as stored)")
       ->check(CLI::IsMember({"fp32", "fp16", "bf16"}));
+  cmd->add_flag("--ema-weights", a->ema_weights,
+                "For a single file with EMA weights (model_ema.*): take the UNet from them");
   cmd->callback([a] { convert(*a); });
 }
 

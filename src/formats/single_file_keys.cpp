@@ -1,5 +1,6 @@
 #include "sdtune/formats/single_file_keys.h"
 
+#include <cctype>
 #include <utility>
 
 #include "sdtune/error.h"
@@ -46,7 +47,79 @@ std::string str(int64_t i) {
   return std::to_string(i);
 }
 
+const std::string kOpenClip = "cond_stage_model.model.";
+const std::string kLayers = "text_model.encoder.layers.";
+const std::string kResblocks = "transformer.resblocks.";
+
+// OpenCLIP's names outside the layers, and inside a layer (after "resblocks.I."), diffusers first.
+const std::vector<std::pair<std::string, std::string>> kOpenClipOuter = {
+    {"text_model.embeddings.token_embedding.weight", "token_embedding.weight"},
+    {"text_model.embeddings.position_embedding.weight", "positional_embedding"},
+    {"text_model.final_layer_norm.weight", "ln_final.weight"},
+    {"text_model.final_layer_norm.bias", "ln_final.bias"}};
+const std::vector<std::pair<std::string, std::string>> kOpenClipLayer = {
+    {"layer_norm1", "ln_1"},
+    {"layer_norm2", "ln_2"},
+    {"mlp.fc1", "mlp.c_fc"},
+    {"mlp.fc2", "mlp.c_proj"},
+    {"self_attn.out_proj", "attn.out_proj"}};
+
+// "12.rest" -> {12, "rest"}; nullopt when `s` does not start with a number and a dot.
+std::optional<std::pair<int64_t, std::string>> split_index(const std::string& s) {
+  size_t i = 0;
+  while (i < s.size() && std::isdigit(static_cast<unsigned char>(s[i]))) ++i;
+  if (i == 0 || i >= s.size() || s[i] != '.' || i > 6) return std::nullopt;
+  return std::make_pair(std::stoll(s.substr(0, i)), s.substr(i + 1));
+}
+
+std::optional<SingleFileKey> open_clip_to_single(const std::string& key) {
+  for (const auto& [d, s] : kOpenClipOuter)
+    if (key == d) return SingleFileKey{C::TextEncoder, key, kOpenClip + s};
+  if (key.rfind(kLayers, 0) != 0) return std::nullopt;
+  const auto layer = split_index(key.substr(kLayers.size()));
+  if (!layer) return std::nullopt;
+  const auto& [i, rest] = *layer;
+  const std::string block = kOpenClip + kResblocks + str(i) + ".";
+  static const char* const kParts[] = {"q", "k", "v"};
+  for (int part = 0; part < 3; ++part)
+    for (const char* leaf : {"weight", "bias"})
+      if (rest == std::string("self_attn.") + kParts[part] + "_proj." + leaf)
+        return SingleFileKey{C::TextEncoder, key, block + "attn.in_proj_" + leaf, false, true,
+                             part};
+  if (const auto renamed = rename_leaf(rest, kOpenClipLayer, true))
+    return SingleFileKey{C::TextEncoder, key, block + *renamed};
+  return std::nullopt;
+}
+
+std::optional<SingleFileKey> open_clip_to_diffusers(const std::string& key, int64_t layers) {
+  if (key.rfind(kOpenClip, 0) != 0) return std::nullopt;
+  const std::string name = key.substr(kOpenClip.size());
+  for (const auto& [d, s] : kOpenClipOuter)
+    if (name == s) return SingleFileKey{C::TextEncoder, d, key};
+  if (name.rfind(kResblocks, 0) != 0) return std::nullopt;  // text_projection, logit_scale
+  const auto layer = split_index(name.substr(kResblocks.size()));
+  // SD 2.x conditions on the penultimate layer: diffusers' text encoder stops before the last.
+  if (!layer || layer->first >= layers) return std::nullopt;
+  const auto& [i, rest] = *layer;
+  const std::string block = kLayers + str(i) + ".";
+  for (const char* leaf : {"weight", "bias"})
+    if (rest == std::string("attn.in_proj_") + leaf)
+      return SingleFileKey{C::TextEncoder, block + "self_attn.q_proj." + leaf, key, false, true};
+  if (const auto renamed = rename_leaf(rest, kOpenClipLayer, false))
+    return SingleFileKey{C::TextEncoder, block + *renamed, key};
+  return std::nullopt;
+}
+
 }  // namespace
+
+std::vector<std::string> qkv_names(const std::string& q_name) {
+  const size_t at = q_name.rfind("q_proj");
+  if (at == std::string::npos) throw Error("not a q projection: " + q_name);
+  std::vector<std::string> out;
+  for (const char* p : {"q_proj", "k_proj", "v_proj"})
+    out.push_back(q_name.substr(0, at) + p + q_name.substr(at + 6));
+  return out;
+}
 
 const char* component_name(SingleFileComponent component) {
   switch (component) {
@@ -60,8 +133,25 @@ const char* component_name(SingleFileComponent component) {
   return "?";
 }
 
-SingleFileKeys::SingleFileKeys(const models::UNet2DConditionConfig& unet,
-                               const models::VaeOptions& vae) {
+SingleFileLayout SingleFileLayout::from_configs(const io::JsonConfig& unet, const io::JsonConfig& vae,
+                                                const io::JsonConfig& text_encoder) {
+  SingleFileLayout l;
+  const std::vector<std::string> down = unet.get_string_list("down_block_types");
+  const std::vector<std::string> up = unet.get_string_list("up_block_types");
+  if (down.size() != up.size()) throw Error("down and up block counts differ", unet.source());
+  l.layers_per_block = unet.get_int_or_list("layers_per_block", down.size(), 2);
+  for (const auto& t : down) l.down_attention.push_back(t.find("CrossAttn") != std::string::npos);
+  for (const auto& t : up) l.up_attention.push_back(t.find("CrossAttn") != std::string::npos);
+  l.vae_levels = static_cast<int64_t>(vae.get_int_list("block_out_channels").size());
+  l.vae_layers_per_block = vae.get_int("layers_per_block", 2);
+  l.text = text_encoder.get_string("hidden_act", "quick_gelu") == "gelu" ? TextLayout::OpenClip
+                                                                          : TextLayout::Clip;
+  l.text_layers = text_encoder.get_int("num_hidden_layers");
+  return l;
+}
+
+SingleFileKeys::SingleFileKeys(const SingleFileLayout& layout)
+    : text_(layout.text), text_layers_(layout.text_layers) {
   const std::string u = "model.diffusion_model.";
   auto add = [&](C c, std::string d, std::string s, Leaves l = Leaves::Same) {
     prefixes_.push_back({c, std::move(d), std::move(s), l});
@@ -72,19 +162,14 @@ SingleFileKeys::SingleFileKeys(const models::UNet2DConditionConfig& unet,
   add(C::Unet, "conv_in", u + "input_blocks.0.0");
   add(C::Unet, "conv_norm_out", u + "out.0");
   add(C::Unet, "conv_out", u + "out.2");
-  const int64_t levels = static_cast<int64_t>(unet.block_out_channels.size());
-  if (static_cast<int64_t>(unet.layers_per_block.size()) != levels)
-    throw Error("single-file keys: layers_per_block must have one entry per block");
-  auto has_attention = [](const std::string& type) {
-    return type.find("CrossAttn") != std::string::npos;
-  };
+  const int64_t levels = static_cast<int64_t>(layout.layers_per_block.size());
   int64_t input = 1;  // input_blocks.0 is conv_in
   for (int64_t b = 0; b < levels; ++b) {
     const std::string down = "down_blocks." + str(b);
-    for (int64_t j = 0; j < unet.layers_per_block[b]; ++j, ++input) {
+    for (int64_t j = 0; j < layout.layers_per_block[b]; ++j, ++input) {
       const std::string in = u + "input_blocks." + str(input);
       add(C::Unet, down + ".resnets." + str(j), in + ".0", Leaves::UnetResnet);
-      if (has_attention(unet.down_block_types.at(b)))
+      if (layout.down_attention[b])
         add(C::Unet, down + ".attentions." + str(j), in + ".1");
     }
     if (b + 1 < levels)
@@ -96,8 +181,8 @@ SingleFileKeys::SingleFileKeys(const models::UNet2DConditionConfig& unet,
   int64_t output = 0;
   for (int64_t b = 0; b < levels; ++b) {
     const std::string up = "up_blocks." + str(b);
-    const bool attention = has_attention(unet.up_block_types.at(b));
-    const int64_t layers = unet.layers_per_block[levels - 1 - b] + 1;
+    const bool attention = layout.up_attention[b];
+    const int64_t layers = layout.layers_per_block[levels - 1 - b] + 1;
     for (int64_t j = 0; j < layers; ++j, ++output) {
       const std::string out = u + "output_blocks." + str(output);
       add(C::Unet, up + ".resnets." + str(j), out + ".0", Leaves::UnetResnet);
@@ -110,7 +195,7 @@ SingleFileKeys::SingleFileKeys(const models::UNet2DConditionConfig& unet,
 
   // ---- VAE: diffusers reverses the decoder's levels ----
   const std::string v = "first_stage_model.";
-  const int64_t vae_levels = static_cast<int64_t>(vae.block_out_channels.size());
+  const int64_t vae_levels = layout.vae_levels;
   for (const char* part : {"encoder", "decoder"}) {
     const std::string p = part;
     add(C::Vae, p + ".conv_in", v + p + ".conv_in");
@@ -122,24 +207,28 @@ SingleFileKeys::SingleFileKeys(const models::UNet2DConditionConfig& unet,
   }
   for (int64_t b = 0; b < vae_levels; ++b) {
     const std::string down = "encoder.down_blocks." + str(b), ldm = v + "encoder.down." + str(b);
-    for (int64_t j = 0; j < vae.layers_per_block; ++j)
+    for (int64_t j = 0; j < layout.vae_layers_per_block; ++j)
       add(C::Vae, down + ".resnets." + str(j), ldm + ".block." + str(j), Leaves::VaeResnet);
     if (b + 1 < vae_levels) add(C::Vae, down + ".downsamplers.0.conv", ldm + ".downsample.conv");
     const std::string up = "decoder.up_blocks." + str(b),
                       ldm_up = v + "decoder.up." + str(vae_levels - 1 - b);
-    for (int64_t j = 0; j < vae.layers_per_block + 1; ++j)
+    for (int64_t j = 0; j < layout.vae_layers_per_block + 1; ++j)
       add(C::Vae, up + ".resnets." + str(j), ldm_up + ".block." + str(j), Leaves::VaeResnet);
     if (b + 1 < vae_levels) add(C::Vae, up + ".upsamplers.0.conv", ldm_up + ".upsample.conv");
   }
   add(C::Vae, "quant_conv", v + "quant_conv");
   add(C::Vae, "post_quant_conv", v + "post_quant_conv");
 
-  // ---- Text encoder (SD 1.x): transformers' names under a prefix ----
-  add(C::TextEncoder, "text_model", "cond_stage_model.transformer.text_model");
+  // ---- Text encoder: SD 1.x keeps transformers' names under a prefix; SD 2.x's OpenCLIP names
+  // are mapped by open_clip_to_single / _to_diffusers.
+  if (layout.text == TextLayout::Clip)
+    add(C::TextEncoder, "text_model", "cond_stage_model.transformer.text_model");
 }
 
 std::optional<SingleFileKey> SingleFileKeys::to_single(SingleFileComponent component,
                                                        const std::string& key) const {
+  if (component == C::TextEncoder && text_ == TextLayout::OpenClip)
+    return open_clip_to_single(key);
   const Prefix* best = nullptr;
   for (const Prefix& p : prefixes_)
     if (p.component == component && starts_module(key, p.diffusers) &&
@@ -163,6 +252,8 @@ std::optional<SingleFileKey> SingleFileKeys::to_single(SingleFileComponent compo
 }
 
 std::optional<SingleFileKey> SingleFileKeys::to_diffusers(const std::string& key) const {
+  if (text_ == TextLayout::OpenClip && key.rfind(kOpenClip, 0) == 0)
+    return open_clip_to_diffusers(key, text_layers_);
   const Prefix* best = nullptr;
   for (const Prefix& p : prefixes_)
     if (starts_module(key, p.single) && (!best || p.single.size() > best->single.size())) best = &p;

@@ -18,7 +18,7 @@
 #include "sdtune/distributed/launch_environment.h"
 #include "sdtune/distributed/process_group.h"
 #include "sdtune/error.h"
-#include "sdtune/formats/single_file.h"
+#include "sdtune/models/single_file.h"
 #include "sdtune/io/model_folder.h"
 #include "sdtune/lora/adapters.h"
 #include "sdtune/lora/lora.h"
@@ -127,7 +127,7 @@ fs::path save_checkpoint(const TrainingModels& m, const TrainState& state,
     c.pipeline = pipeline_weights(m, state.ema);
     if (m.o.save_single_file)  // from the pipeline just written into the checkpoint
       c.write_files = [](const fs::path& dir) {
-        formats::write_single_file(io::ModelFolder::open(dir), dir / kSingleFile);
+        models::write_single_file(io::ModelFolder::open(dir), dir / kSingleFile);
       };
   }
   c.state = state.save();
@@ -266,7 +266,7 @@ void save_result(const TrainingModels& m, const Ema* ema, TrainSummary& summary)
   } else {
     save_final_model(m.base, out, pipeline_weights(m, ema));
     if (m.o.save_single_file) {
-      formats::write_single_file(io::ModelFolder::open(out), out / kSingleFile);
+      models::write_single_file(io::ModelFolder::open(out), out / kSingleFile);
       summary.single_file = out / kSingleFile;
     }
   }
@@ -357,7 +357,7 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
 
   // ---- Models, data, the step ----------------------------------------------------------------
   TrainingModels m(o);
-  if (o.save_single_file) formats::check_single_file_writable(m.base);  // not after hours
+  if (o.save_single_file) models::check_single_file_writable(m.base);  // not after hours
   if (ranks.group) {
     // Every rank starts from rank 0's weights (LoRA's random initialisation included).
     std::vector<at::Tensor> start(m.unet_params);

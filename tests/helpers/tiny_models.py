@@ -67,6 +67,8 @@ CONFIGS = {
         pad=SD2_PAD,
     ),
     "sd15": dict(unet=SD15_UNET, vae=SD15_VAE, text=SD15_TEXT, pad=SD1_PAD),
+    # "sd2" with one layers_per_block for all levels, which diffusers' single-file reader needs.
+    "tiny-sd2": None,
     # SD 1.x-shaped with three levels of two layers and attention at both ends, not in the middle:
     # the single-file layout numbers its blocks through all levels. (diffusers' single-file reader
     # takes one layers_per_block for all levels.)
@@ -131,3 +133,5 @@ def build_pipeline(kind, directory, seed=0):
     # Published SD folders carry vocab.json/merges.txt; transformers 5 writes tokenizer.json only.
     write_clip_tokenizer(directory / "tokenizer", pad_token=cfg["pad"])
     return pipe
+
+CONFIGS["tiny-sd2"] = dict(CONFIGS["sd2"], unet=dict(CONFIGS["sd2"]["unet"], layers_per_block=1))

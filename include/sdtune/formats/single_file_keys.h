@@ -3,21 +3,21 @@
 // that A1111 and ComfyUI load and share) against diffusers' per-component names. One table of
 // module prefixes, built from the components' configs, serves both directions, so that a file
 // written from a folder reads back to the same keys.
-//
-//   UNet          model.diffusion_model.  input_blocks.I.J / middle_block.J / output_blocks.I.J
-//   VAE           first_stage_model.      encoder.down.I.block.J, decoder.up.I (reversed),
-//   mid.attn_1 text (SD 1.x) cond_stage_model.transformer.text_model.  (transformers' CLIPTextModel
-//   names)
+// - UNet: model.diffusion_model.{input_blocks.I.J, middle_block.J, output_blocks.I.J, ...}.
+// - VAE: first_stage_model.{encoder.down.I.block.J, decoder.up.I (levels reversed), mid.attn_1}.
+// - Text encoder, SD 1.x: cond_stage_model.transformer.text_model.* (transformers' names).
+// - Text encoder, SD 2.x: cond_stage_model.model.* (OpenCLIP's names: transformer.resblocks.I,
+//   with q, k and v fused into attn.in_proj_weight; ln_final; positional_embedding).
 #include <optional>
 #include <string>
 #include <vector>
 
-#include "sdtune/models/autoencoder_kl.h"
-#include "sdtune/models/unet_2d_condition.h"
+#include "sdtune/io/json_config.h"
 
 namespace sdtune::formats {
 
 enum class SingleFileComponent { Unet, Vae, TextEncoder };
+enum class TextLayout { Clip, OpenClip };  // SD 1.x, SD 2.x
 
 // A tensor's name in both layouts, and whether its shape differs: the VAE attention's q, k, v and
 // proj_out are 1×1 convolutions in the single file ([C,C,1,1]) and linear layers in diffusers
@@ -27,11 +27,33 @@ struct SingleFileKey {
   std::string diffusers;  // within the component: "down_blocks.0.resnets.0.conv1.weight"
   std::string single;  // in the file: "model.diffusion_model.input_blocks.1.0.in_layers.2.weight"
   bool conv1x1 = false;
+  // OpenCLIP's fused attention input: the single-file tensor is q, k and v stacked along dim 0.
+  // to_single gives `part` 0, 1 or 2; to_diffusers gives part -1 and the q projection's name
+  // (qkv_names gives all three).
+  bool fused_qkv = false;
+  int part = -1;
+};
+
+// The q, k and v projections' names for a fused key's q name ("...self_attn.q_proj.weight").
+std::vector<std::string> qkv_names(const std::string& q_name);
+
+// What the names depend on, from the components' configs.
+struct SingleFileLayout {
+  std::vector<int64_t> layers_per_block;          // UNet, per level
+  std::vector<bool> down_attention, up_attention;  // UNet levels with transformers
+  int64_t vae_levels = 0, vae_layers_per_block = 0;
+  // SD 2.x's text encoder is OpenCLIP's ViT-H (gelu); SD 1.x's CLIP ViT-L uses quick_gelu.
+  TextLayout text = TextLayout::Clip;
+  int64_t text_layers = 0;  // OpenCLIP files hold one more, which SD 2.x skips
+
+  // From unet/config.json, vae/config.json and text_encoder/config.json.
+  static SingleFileLayout from_configs(const io::JsonConfig& unet, const io::JsonConfig& vae,
+                                       const io::JsonConfig& text_encoder);
 };
 
 class SingleFileKeys {
  public:
-  SingleFileKeys(const models::UNet2DConditionConfig& unet, const models::VaeOptions& vae);
+  explicit SingleFileKeys(const SingleFileLayout& layout);
 
   // The single-file name of a component's key; nullopt when the table has no module for it.
   std::optional<SingleFileKey> to_single(SingleFileComponent component,
@@ -48,6 +70,8 @@ class SingleFileKeys {
     Leaves leaves;
   };
   std::vector<Prefix> prefixes_;
+  TextLayout text_;
+  int64_t text_layers_;
 };
 
 const char* component_name(SingleFileComponent component);  // "unet", "vae", "text_encoder"

@@ -31,7 +31,7 @@ def assert_same_components(a, b):
             assert torch.equal(sa[k], sb[k]), (name, k)
 
 
-@pytest.mark.parametrize("kind", ["tiny", "tiny-deep"])
+@pytest.mark.parametrize("kind", ["tiny", "tiny-deep", "tiny-sd2"])
 def test_a_folder_as_one_file_is_the_same_model_in_diffusers(pipeline, sdtune_bin, tmp_path, kind):
     from diffusers import StableDiffusionPipeline
 
@@ -40,7 +40,11 @@ def test_a_folder_as_one_file_is_the_same_model_in_diffusers(pipeline, sdtune_bi
     keys = load_file(one).keys()
     assert any(k.startswith("model.diffusion_model.output_blocks.") for k in keys)
     assert any(k.startswith("first_stage_model.decoder.up.") for k in keys)
-    assert any(k.startswith("cond_stage_model.transformer.text_model.") for k in keys)
+    if kind == "tiny-sd2":  # OpenCLIP's names, q/k/v fused
+        assert "cond_stage_model.model.transformer.resblocks.1.attn.in_proj_weight" in keys
+        assert "cond_stage_model.model.positional_embedding" in keys
+    else:
+        assert any(k.startswith("cond_stage_model.transformer.text_model.") for k in keys)
     # diffusers' reader, configured from the folder (no downloads), against the folder itself.
     theirs = StableDiffusionPipeline.from_single_file(str(one), config=str(folder), local_files_only=True,
                                                       safety_checker=None, requires_safety_checker=False)
@@ -58,10 +62,11 @@ def test_a_folder_as_one_file_is_the_same_model_in_diffusers(pipeline, sdtune_bi
         torch.testing.assert_close(theirs.vae.decode(x).sample, ref.vae.decode(x).sample, rtol=1e-5, atol=1e-5)
 
 
-def test_a_single_file_round_trips_bitwise(pipeline, sdtune_bin, tmp_path):
+@pytest.mark.parametrize("kind", ["tiny-deep", "sd2"])
+def test_a_single_file_round_trips_bitwise(pipeline, sdtune_bin, tmp_path, kind):
     from diffusers import StableDiffusionPipeline
 
-    folder, _ = pipeline("tiny-deep")
+    folder, _ = pipeline(kind)
     one = converted(sdtune_bin, folder, tmp_path / "one.safetensors")
     proc = sdtune(sdtune_bin, "convert", one, tmp_path / "back", "--config", folder)
     assert proc.returncode == 0, proc.stderr
@@ -124,8 +129,44 @@ def test_wrong_files_are_named_errors(pipeline, sdtune_bin, tmp_path):
     assert "--config DIR is needed" in sdtune(sdtune_bin, "convert", tmp_path / "one.safetensors", tmp_path / "x").stderr
 
 
-def test_sd2_text_encoders_are_refused_for_now(pipeline, sdtune_bin, tmp_path):
+def test_an_openclip_file_with_its_last_layer_and_projection(pipeline, sdtune_bin, tmp_path):
+    """SD 2.x files carry OpenCLIP's whole text tower: the last layer (SD 2.x conditions on the
+    penultimate one, so diffusers' text encoder has one layer fewer), text_projection and
+    logit_scale. They are ignored; an SD 1.x config for an SD 2.x file is a named error."""
+    from diffusers import StableDiffusionPipeline
+
     folder, _ = pipeline("sd2")
-    proc = sdtune(sdtune_bin, "convert", folder, tmp_path / "one.safetensors")
-    assert proc.returncode == 1 and "SD 2.x text encoder" in proc.stderr, proc.stderr
-    assert not (tmp_path / "one.safetensors").exists()
+    state = load_file(converted(sdtune_bin, folder, tmp_path / "one.safetensors"))
+    p = "cond_stage_model.model."
+    last = {k.replace("resblocks.1.", "resblocks.2."): torch.randn_like(v)
+            for k, v in state.items() if k.startswith(p + "transformer.resblocks.1.")}
+    extras = {**last, p + "text_projection": torch.randn(1024, 1024), p + "logit_scale": torch.tensor(4.6)}
+    save_file({**state, **extras}, tmp_path / "full.safetensors")
+    proc = sdtune(sdtune_bin, "convert", tmp_path / "full.safetensors", tmp_path / "out", "--config", folder)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{len(extras)} other keys ignored" in proc.stdout, proc.stdout
+    assert_same_components(StableDiffusionPipeline.from_pretrained(tmp_path / "out"),
+                           StableDiffusionPipeline.from_pretrained(folder))
+    proc = sdtune(sdtune_bin, "convert", tmp_path / "full.safetensors", tmp_path / "wrong", "--config",
+                  pipeline("tiny")[0])
+    assert proc.returncode == 1 and "the file's text encoder is OpenCLIP's (SD 2.x)" in proc.stderr, proc.stderr
+
+
+def test_ema_weights_are_taken_when_asked(pipeline, sdtune_bin, tmp_path):
+    """CompVis training saves the UNet's EMA under flattened names (model_ema.diffusion_model +
+    the key without its dots); --ema-weights takes them, as diffusers' extract_ema does."""
+    folder, _ = pipeline("tiny")
+    state = load_file(converted(sdtune_bin, folder, tmp_path / "one.safetensors"))
+    unet = "model.diffusion_model."
+    ema = {"model_ema." + "".join(k.split(".")[1:]): v + 1 for k, v in state.items() if k.startswith(unet)}
+    save_file({**state, **ema, "model_ema.decay": torch.tensor(0.9999)}, tmp_path / "ema.safetensors")
+    for flag, shift in (([], 0), (["--ema-weights"], 1)):
+        out = tmp_path / f"out{shift}"
+        proc = sdtune(sdtune_bin, "convert", tmp_path / "ema.safetensors", out, "--config", folder, *flag)
+        assert proc.returncode == 0, proc.stderr
+        got = load_file(out / "unet/diffusion_pytorch_model.safetensors")
+        want = load_file(folder / "unet/diffusion_pytorch_model.safetensors")
+        assert all(torch.equal(got[k], want[k] + shift) for k in want)
+    proc = sdtune(sdtune_bin, "convert", tmp_path / "one.safetensors", tmp_path / "none", "--config", folder,
+                  "--ema-weights")
+    assert proc.returncode == 1 and "no EMA copy" in proc.stderr, proc.stderr
