@@ -8,9 +8,9 @@
 
 #include "cli/commands.h"
 #include "sdtune/error.h"
-#include "sdtune/models/single_file.h"
 #include "sdtune/io/model_folder.h"
 #include "sdtune/models/component_loader.h"
+#include "sdtune/models/single_file.h"
 
 namespace sdtune::cli {
 namespace {
@@ -41,9 +41,8 @@ void convert(const ConvertArgs& a) {
       throw Error(
           "--config DIR is needed: a diffusers folder of the same architecture, whose configs, "
           "tokenizer and scheduler the new folder takes (its weights are not read)");
-    const models::SingleFileReport r =
-        models::read_single_file(a.src, io::ModelFolder::open(a.config), a.dst, dtype,
-                                  a.ema_weights);
+    const models::SingleFileReport r = models::read_single_file(
+        a.src, io::ModelFolder::open(a.config), a.dst, dtype, a.ema_weights);
     std::printf("wrote %s: %lld tensors, %lld other keys ignored\n", a.dst.c_str(),
                 static_cast<long long>(r.tensors), static_cast<long long>(r.ignored));
     return;

@@ -84,8 +84,8 @@ std::optional<SingleFileKey> open_clip_to_single(const std::string& key) {
   for (int part = 0; part < 3; ++part)
     for (const char* leaf : {"weight", "bias"})
       if (rest == std::string("self_attn.") + kParts[part] + "_proj." + leaf)
-        return SingleFileKey{C::TextEncoder, key, block + "attn.in_proj_" + leaf, false, true,
-                             part};
+        return SingleFileKey{C::TextEncoder, key,  block + "attn.in_proj_" + leaf,
+                             false,          true, part};
   if (const auto renamed = rename_leaf(rest, kOpenClipLayer, true))
     return SingleFileKey{C::TextEncoder, key, block + *renamed};
   return std::nullopt;
@@ -133,7 +133,8 @@ const char* component_name(SingleFileComponent component) {
   return "?";
 }
 
-SingleFileLayout SingleFileLayout::from_configs(const io::JsonConfig& unet, const io::JsonConfig& vae,
+SingleFileLayout SingleFileLayout::from_configs(const io::JsonConfig& unet,
+                                                const io::JsonConfig& vae,
                                                 const io::JsonConfig& text_encoder) {
   SingleFileLayout l;
   const std::vector<std::string> down = unet.get_string_list("down_block_types");
@@ -145,7 +146,7 @@ SingleFileLayout SingleFileLayout::from_configs(const io::JsonConfig& unet, cons
   l.vae_levels = static_cast<int64_t>(vae.get_int_list("block_out_channels").size());
   l.vae_layers_per_block = vae.get_int("layers_per_block", 2);
   l.text = text_encoder.get_string("hidden_act", "quick_gelu") == "gelu" ? TextLayout::OpenClip
-                                                                          : TextLayout::Clip;
+                                                                         : TextLayout::Clip;
   l.text_layers = text_encoder.get_int("num_hidden_layers");
   return l;
 }
@@ -169,8 +170,7 @@ SingleFileKeys::SingleFileKeys(const SingleFileLayout& layout)
     for (int64_t j = 0; j < layout.layers_per_block[b]; ++j, ++input) {
       const std::string in = u + "input_blocks." + str(input);
       add(C::Unet, down + ".resnets." + str(j), in + ".0", Leaves::UnetResnet);
-      if (layout.down_attention[b])
-        add(C::Unet, down + ".attentions." + str(j), in + ".1");
+      if (layout.down_attention[b]) add(C::Unet, down + ".attentions." + str(j), in + ".1");
     }
     if (b + 1 < levels)
       add(C::Unet, down + ".downsamplers.0.conv", u + "input_blocks." + str(input++) + ".0.op");
@@ -227,8 +227,7 @@ SingleFileKeys::SingleFileKeys(const SingleFileLayout& layout)
 
 std::optional<SingleFileKey> SingleFileKeys::to_single(SingleFileComponent component,
                                                        const std::string& key) const {
-  if (component == C::TextEncoder && text_ == TextLayout::OpenClip)
-    return open_clip_to_single(key);
+  if (component == C::TextEncoder && text_ == TextLayout::OpenClip) return open_clip_to_single(key);
   const Prefix* best = nullptr;
   for (const Prefix& p : prefixes_)
     if (p.component == component && starts_module(key, p.diffusers) &&

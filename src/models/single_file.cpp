@@ -136,16 +136,16 @@ SingleFileReport read_single_file(const fs::path& file, const io::ModelFolder& c
       std::string flat = "model_ema." + file_tensor.name.substr(std::string("model.").size());
       flat.erase(std::remove(flat.begin() + 10, flat.end(), '.'), flat.end());
       ema = f.find(flat);
-      if (!ema) throw Error("no EMA copy of this UNet tensor (" + flat + ")", file.string(),
-                            file_tensor.name);
+      if (!ema)
+        throw Error("no EMA copy of this UNet tensor (" + flat + ")", file.string(),
+                    file_tensor.name);
       if (ema->shape != file_tensor.shape)
         throw Error("the EMA copy's shape differs", file.string(), flat);
       ++ema_found;
     }
     const io::TensorView& t = ema ? *ema : file_tensor;
-    if (!k || (k->component == C::TextEncoder &&
-               std::find(text_ignored.begin(), text_ignored.end(), k->diffusers) !=
-                   text_ignored.end())) {
+    if (!k || (k->component == C::TextEncoder && std::find(text_ignored.begin(), text_ignored.end(),
+                                                           k->diffusers) != text_ignored.end())) {
       ++report.ignored;
       continue;
     }
@@ -164,7 +164,8 @@ SingleFileReport read_single_file(const fs::path& file, const io::ModelFolder& c
                     file.string(), t.name);
       const auto names = qkv_names(k->diffusers);
       const int64_t n = v.size(0) / 3;
-      for (int64_t i = 0; i < 3; ++i) parts[C::TextEncoder].emplace_back(names[i], v.narrow(0, i * n, n));
+      for (int64_t i = 0; i < 3; ++i)
+        parts[C::TextEncoder].emplace_back(names[i], v.narrow(0, i * n, n));
     } else {
       parts[k->component].emplace_back(k->diffusers, v);
     }

@@ -39,7 +39,7 @@ std::vector<std::string> qkv_names(const std::string& q_name);
 
 // What the names depend on, from the components' configs.
 struct SingleFileLayout {
-  std::vector<int64_t> layers_per_block;          // UNet, per level
+  std::vector<int64_t> layers_per_block;           // UNet, per level
   std::vector<bool> down_attention, up_attention;  // UNet levels with transformers
   int64_t vae_levels = 0, vae_layers_per_block = 0;
   // SD 2.x's text encoder is OpenCLIP's ViT-H (gelu); SD 1.x's CLIP ViT-L uses quick_gelu.
