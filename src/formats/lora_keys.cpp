@@ -23,6 +23,39 @@ const Suffix kDiffusers[] = {{".lora_A.weight", "down"},
                              {".lora.up.weight", "up"},
                              {".alpha", "alpha"}};
 
+// diffusers' attention processors (0.13-0.16) named the LoRA of an attention's projections after
+// the processor: "<attention>.processor.to_q_lora.down.weight", under "unet." (or no prefix, in
+// the first files) or "text_encoder." (whose projections are q_proj, ..., out_proj). No alpha.
+std::optional<LoraKey> parse_attention_processor_key(const std::string& key) {
+  static const Suffix kParts[] = {{"_lora.down.weight", "down"}, {"_lora.up.weight", "up"}};
+  static const char* const kProjections[][3] = {{"to_q", "to_q", "q_proj"},
+                                                {"to_k", "to_k", "k_proj"},
+                                                {"to_v", "to_v", "v_proj"},
+                                                {"to_out", "to_out.0", "out_proj"}};
+  for (const auto& s : kParts) {
+    if (!key.ends_with(s.text)) continue;
+    const std::string head = key.substr(0, key.size() - std::strlen(s.text));
+    const size_t dot = head.rfind('.');
+    if (dot == std::string::npos || dot == 0) return std::nullopt;
+    std::string path = head.substr(0, dot);
+    const std::string projection = head.substr(dot + 1);
+    if (path.ends_with(".processor")) path.resize(path.size() - std::strlen(".processor"));
+    std::string component = "unet";
+    if (path.starts_with("text_encoder.")) {
+      component = "text_encoder";
+      path.erase(0, std::strlen("text_encoder."));
+    } else if (path.starts_with("unet.")) {
+      path.erase(0, std::strlen("unet."));
+    }
+    for (const auto& p : kProjections)
+      if (projection == p[0] && !path.empty())
+        return LoraKey{LoraFormat::Diffusers, component,
+                       path + "." + (component == "unet" ? p[1] : p[2]), s.part};
+    return std::nullopt;
+  }
+  return std::nullopt;
+}
+
 // Whether a key that starts with `prefix` and ends with `suffix` holds a layer name between them:
 // in "unet.lora_A.weight" the two overlap, and "unet..alpha" names no layer.
 bool names_a_layer(const std::string& key, const std::string& prefix, const char* suffix) {
@@ -42,6 +75,7 @@ std::optional<LoraKey> parse_lora_key(const std::string& key) {
                      s.part};
     }
   }
+  if (auto old = parse_attention_processor_key(key)) return old;
   for (const std::string prefix : {"unet.", "text_encoder."}) {
     if (!key.starts_with(prefix)) continue;
     for (const auto& s : kDiffusers) {

@@ -176,3 +176,30 @@ def test_bad_lora_files(tiny, peft_lora, run_sdtune, tmp_path):
     assert proc.returncode != 0 and "no LoRA weights" in proc.stderr
     for p in (proc,):
         assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_an_attention_processor_lora_gives_diffusers_outputs(tiny, peft_lora, forward, tmp_path):
+    """diffusers 0.13-0.16 saved LoRAs by attention processor ("...attn1.processor.to_q_lora.down.weight";
+    the first files had no "unet." prefix), with no alpha: the scale is 1. Made here from the PEFT file,
+    its up weights scaled by alpha / rank so that the update is the PEFT one. diffusers today reads only
+    the prefixed spelling; sdtune reads the unprefixed one as the same LoRA."""
+    scale = 8 / 4  # peft_lora: rank 4, alpha 8 on the UNet
+    files = {}
+    for prefix in ("unet.", ""):
+        old = {}
+        for k, v in load_file(peft_lora).items():
+            if not k.startswith("unet."):
+                continue
+            module, ab = k[len("unet."):-len(".lora_A.weight")], k.split(".")[-2]
+            path, proj = (module[:-len(".to_out.0")], "to_out") if module.endswith(".to_out.0") else module.rsplit(".", 1)
+            part = "down" if ab == "lora_A" else "up"
+            old[f"{prefix}{path}.processor.{proj}_lora.{part}.weight"] = v * scale if part == "up" else v
+        files[prefix] = tmp_path / f"attn_procs{prefix or '_bare'}.safetensors"
+        save_file(old, files[prefix])
+    ref_unet, _ = diffusers_outputs(tiny, files["unet."])
+    base_unet, _ = diffusers_outputs(tiny, None)
+    unet, _ = sdtune_outputs(forward, tiny, str(files["unet."]))
+    check("lora (attention processors) unet", unet, ref_unet, 1e-4)
+    assert (ref_unet - base_unet).abs().max() > 100 * 1e-4 * ref_unet.abs().max()
+    bare, _ = sdtune_outputs(forward, tiny, str(files[""]))
+    assert torch.equal(bare, unet)

@@ -3,7 +3,8 @@
 //  - diffusers/PEFT (`pipe.load_lora_weights`, pytorch_lora_weights.safetensors):
 //    "unet.<module>.lora_A.weight" (down) / ".lora_B.weight" (up), "text_encoder.<module>...";
 //    the older "<module>.lora_linear_layer.down/up.weight" and "<module>.lora.down/up.weight"
-//    spellings are read too;
+//    spellings are read too, and diffusers' attention processors' (0.13-0.16)
+//    "<attention>.processor.to_q_lora.down.weight" (with or without "unet.");
 //  - kohya (A1111, ComfyUI, sd-scripts): "lora_unet_<module with _ for .>.lora_down.weight",
 //    ".lora_up.weight", ".alpha"; "lora_te_<module>" for the text encoder.
 #include <optional>
