@@ -1,10 +1,11 @@
-// sdtune inspect DIR: what a pipeline folder holds, read from configs and safetensors headers
-// alone (no weights are loaded).
+// sdtune inspect DIR|FILE: what a pipeline folder or a single-file checkpoint holds, read from
+// configs and safetensors headers alone (no weights are loaded).
 #include <cstdio>
 #include <map>
 #include <string>
 
 #include "cli/commands.h"
+#include "sdtune/formats/single_file_keys.h"
 #include "sdtune/io/model_folder.h"
 #include "sdtune/io/safetensors.h"
 #include "sdtune/text/clip_tokenizer.h"
@@ -69,14 +70,57 @@ void print_config(const io::ModelFolder& folder, const io::Component& c) {
   std::printf("    config: %s\n", line.c_str());
 }
 
+// A single-file checkpoint: its components by key prefix, the architecture its text encoder and
+// cross-attention width show, and what else it carries.
+void inspect_single_file(const std::filesystem::path& path) {
+  const io::SafetensorsFile file = io::SafetensorsFile::open(path);
+  struct Count {
+    int64_t tensors = 0, params = 0;
+    std::map<std::string, int64_t> dtypes;
+  };
+  std::map<std::string, Count> parts;
+  std::vector<std::string> names;
+  int64_t context = 0;
+  for (const auto& t : file.tensors()) {
+    names.push_back(t.name);
+    const auto c = formats::single_file_component(t.name);
+    std::string part = c ? formats::component_name(*c) : "";
+    if (!c) part = t.name.starts_with("model_ema.") ? "EMA copy (model_ema.*)" : "other";
+    Count& n = parts[part];
+    ++n.tensors;
+    n.params += t.numel();
+    n.dtypes[std::string(io::dtype_name(t.dtype))] += t.numel();
+    // The UNet's cross-attention reads the text encoder's width: 768 in SD 1.x, 1024 in SD 2.x.
+    if (t.name.ends_with(".attn2.to_k.weight") && t.shape.size() == 2) context = t.shape[1];
+  }
+  const auto text = formats::single_file_text_layout(names);
+  const char* kind = !text                                    ? "no text encoder"
+                     : *text == formats::TextLayout::OpenClip ? "SD 2.x (OpenCLIP text encoder)"
+                                                              : "SD 1.x (CLIP text encoder)";
+  std::printf("%s\n  single-file checkpoint: %s, cross-attention width %lld\n", path.c_str(), kind,
+              static_cast<long long>(context));
+  for (const auto& [part, n] : parts) {
+    std::string dtypes;
+    for (const auto& [name, count] : n.dtypes)
+      dtypes += (dtypes.empty() ? "" : ", ") + name + " " + human_count(count);
+    std::printf("  %s: %lld tensors, %s parameters (%lld), dtypes: %s\n", part.c_str(),
+                static_cast<long long>(n.tensors), human_count(n.params).c_str(),
+                static_cast<long long>(n.params), dtypes.c_str());
+  }
+}
+
 }  // namespace
 
 void add_inspect(CLI::App& app) {
   auto dir = std::make_shared<std::string>();
   auto* cmd = app.add_subcommand(
-      "inspect", "Show a pipeline folder's components, configs, parameter counts and dtypes");
-  cmd->add_option("DIR", *dir, "Pipeline folder (diffusers layout)")->required();
+      "inspect",
+      "Show a pipeline folder's (or single file's) components, configs, parameter counts and "
+      "dtypes");
+  cmd->add_option("DIR", *dir, "Pipeline folder (diffusers layout) or single-file checkpoint")
+      ->required();
   cmd->callback([dir] {
+    if (std::filesystem::is_regular_file(*dir)) return inspect_single_file(*dir);
     auto folder = io::ModelFolder::open(*dir);
     std::printf("%s\n", folder.root().string().c_str());
     std::printf("  pipeline: %s (diffusers %s)\n",

@@ -121,6 +121,21 @@ std::vector<std::string> qkv_names(const std::string& q_name) {
   return out;
 }
 
+std::optional<SingleFileComponent> single_file_component(const std::string& key) {
+  if (key.starts_with("model.diffusion_model.")) return C::Unet;
+  if (key.starts_with("first_stage_model.")) return C::Vae;
+  if (key.starts_with("cond_stage_model.")) return C::TextEncoder;
+  return std::nullopt;
+}
+
+std::optional<TextLayout> single_file_text_layout(const std::vector<std::string>& keys) {
+  for (const auto& k : keys) {
+    if (k.starts_with(kOpenClip)) return TextLayout::OpenClip;
+    if (k.starts_with("cond_stage_model.transformer.")) return TextLayout::Clip;
+  }
+  return std::nullopt;
+}
+
 const char* component_name(SingleFileComponent component) {
   switch (component) {
     case C::Unet:

@@ -170,3 +170,20 @@ def test_ema_weights_are_taken_when_asked(pipeline, sdtune_bin, tmp_path):
     proc = sdtune(sdtune_bin, "convert", tmp_path / "one.safetensors", tmp_path / "none", "--config", folder,
                   "--ema-weights")
     assert proc.returncode == 1 and "no EMA copy" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("kind", ["tiny", "sd2"])
+def test_inspect_a_single_file(pipeline, sdtune_bin, tmp_path, kind):
+    folder, pipe = pipeline(kind)
+    one = converted(sdtune_bin, folder, tmp_path / "one.safetensors")
+    save_file({**load_file(one), "model_ema.decay": torch.tensor(0.9999)}, tmp_path / "ema.safetensors")
+    proc = sdtune(sdtune_bin, "inspect", tmp_path / "ema.safetensors")
+    assert proc.returncode == 0, proc.stderr
+    arch = "SD 2.x (OpenCLIP text encoder)" if kind == "sd2" else "SD 1.x (CLIP text encoder)"
+    assert f"single-file checkpoint: {arch}, cross-attention width {pipe.unet.config.cross_attention_dim}" \
+        in proc.stdout, proc.stdout
+    for name in ("unet", "vae"):  # every parameter, under its component
+        n = sum(p.numel() for p in getattr(pipe, name).parameters())
+        assert f"  {name}: {len(getattr(pipe, name).state_dict())} tensors, " in proc.stdout, proc.stdout
+        assert f"parameters ({n})" in proc.stdout
+    assert "  EMA copy (model_ema.*): 1 tensors" in proc.stdout

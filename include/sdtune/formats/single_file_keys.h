@@ -76,4 +76,10 @@ class SingleFileKeys {
 
 const char* component_name(SingleFileComponent component);  // "unet", "vae", "text_encoder"
 
+// Which component a single file's key belongs to, by its prefix alone (no config needed);
+// nullopt for the rest (EMA copies, schedule buffers, ...).
+std::optional<SingleFileComponent> single_file_component(const std::string& key);
+// The text encoder's layout that a single file's keys show; nullopt without a text encoder.
+std::optional<TextLayout> single_file_text_layout(const std::vector<std::string>& keys);
+
 }  // namespace sdtune::formats
