@@ -114,83 +114,89 @@ SingleFileReport read_single_file(const fs::path& file, const io::ModelFolder& c
         file.string());
   const SingleFileLayout layout = layout_of(config);
   const SingleFileKeys keys(layout);
-  const io::SafetensorsFile f = io::SafetensorsFile::open(file);
-  // The file's text encoder must be the config's kind.
-  const bool open_clip = f.find("cond_stage_model.model.token_embedding.weight") != nullptr;
-  if (open_clip != (layout.text == TextLayout::OpenClip))
-    throw Error(std::string("the file's text encoder is ") +
-                    (open_clip ? "OpenCLIP's (SD 2.x)" : "not OpenCLIP's (SD 1.x)") +
-                    ", but --config's is " + (open_clip ? "SD 1.x's" : "SD 2.x's") +
-                    ": give a config folder of the file's architecture",
-                file.string());
+  // The file stays mapped (and its pages resident) only while the folder is written from it: the
+  // check below then holds one component's weights, not those and the file's.
   SingleFileReport report;
-  std::map<C, io::NamedTensors> parts;
-  std::optional<at::ScalarType> stored;  // the file's floating-point dtype
-  const auto& text_ignored = clip_text_ignored_keys();
-  int64_t ema_found = 0;
-  for (const io::TensorView& file_tensor : f.tensors()) {
-    const auto k = keys.to_diffusers(file_tensor.name);
-    // The UNet's EMA copy, when asked for, in place of each UNet tensor.
-    const io::TensorView* ema = nullptr;
-    if (k && ema_weights && k->component == C::Unet) {
-      std::string flat = "model_ema." + file_tensor.name.substr(std::string("model.").size());
-      flat.erase(std::remove(flat.begin() + 10, flat.end(), '.'), flat.end());
-      ema = f.find(flat);
-      if (!ema)
-        throw Error("no EMA copy of this UNet tensor (" + flat + ")", file.string(),
-                    file_tensor.name);
-      if (ema->shape != file_tensor.shape)
-        throw Error("the EMA copy's shape differs", file.string(), flat);
-      ++ema_found;
-    }
-    const io::TensorView& t = ema ? *ema : file_tensor;
-    if (!k || (k->component == C::TextEncoder && std::find(text_ignored.begin(), text_ignored.end(),
-                                                           k->diffusers) != text_ignored.end())) {
-      ++report.ignored;
-      continue;
-    }
-    at::Tensor v = view_of(t);
-    if (k->conv1x1) {
-      if (v.dim() != 4 || v.size(2) != 1 || v.size(3) != 1)
-        throw Error("expected a 1×1 convolution, got shape " + io::shape_string(v.sizes()),
-                    file.string(), t.name);
-      v = v.reshape({v.size(0), v.size(1)});
-    }
-    if (at::isFloatingType(v.scalar_type()) && !stored) stored = v.scalar_type();
-    if (k->fused_qkv) {  // views of the three thirds
-      if (v.dim() < 1 || v.size(0) % 3 != 0)
-        throw Error("a fused q/k/v projection needs a first dimension divisible by 3, got " +
-                        io::shape_string(v.sizes()),
-                    file.string(), t.name);
-      const auto names = qkv_names(k->diffusers);
-      const int64_t n = v.size(0) / 3;
-      for (int64_t i = 0; i < 3; ++i)
-        parts[C::TextEncoder].emplace_back(names[i], v.narrow(0, i * n, n));
-    } else {
-      parts[k->component].emplace_back(k->diffusers, v);
-    }
-    ++report.tensors;
-  }
-  // The EMA copies taken, and the other model_ema.* (decay, num_updates), count as used.
-  if (ema_weights) report.ignored -= ema_found;
-  for (const C c : {C::Unet, C::Vae, C::TextEncoder})
-    if (parts[c].empty())
-      throw Error(std::string("no ") + component_name(c) +
-                      " tensors under their single-file names (model.diffusion_model., "
-                      "first_stage_model., cond_stage_model.)",
+  const at::ScalarType saved = [&] {
+    const io::SafetensorsFile f = io::SafetensorsFile::open(file);
+    // The file's text encoder must be the config's kind.
+    const bool open_clip = f.find("cond_stage_model.model.token_embedding.weight") != nullptr;
+    if (open_clip != (layout.text == TextLayout::OpenClip))
+      throw Error(std::string("the file's text encoder is ") +
+                      (open_clip ? "OpenCLIP's (SD 2.x)" : "not OpenCLIP's (SD 1.x)") +
+                      ", but --config's is " + (open_clip ? "SD 1.x's" : "SD 2.x's") +
+                      ": give a config folder of the file's architecture",
                   file.string());
+    std::map<C, io::NamedTensors> parts;
+    std::optional<at::ScalarType> stored;  // the file's floating-point dtype
+    const auto& text_ignored = clip_text_ignored_keys();
+    int64_t ema_found = 0;
+    for (const io::TensorView& file_tensor : f.tensors()) {
+      const auto k = keys.to_diffusers(file_tensor.name);
+      // The UNet's EMA copy, when asked for, in place of each UNet tensor.
+      const io::TensorView* ema = nullptr;
+      if (k && ema_weights && k->component == C::Unet) {
+        std::string flat = "model_ema." + file_tensor.name.substr(std::string("model.").size());
+        flat.erase(std::remove(flat.begin() + 10, flat.end(), '.'), flat.end());
+        ema = f.find(flat);
+        if (!ema)
+          throw Error("no EMA copy of this UNet tensor (" + flat + ")", file.string(),
+                      file_tensor.name);
+        if (ema->shape != file_tensor.shape)
+          throw Error("the EMA copy's shape differs", file.string(), flat);
+        ++ema_found;
+      }
+      const io::TensorView& t = ema ? *ema : file_tensor;
+      if (!k ||
+          (k->component == C::TextEncoder && std::find(text_ignored.begin(), text_ignored.end(),
+                                                       k->diffusers) != text_ignored.end())) {
+        ++report.ignored;
+        continue;
+      }
+      at::Tensor v = view_of(t);
+      if (k->conv1x1) {
+        if (v.dim() != 4 || v.size(2) != 1 || v.size(3) != 1)
+          throw Error("expected a 1×1 convolution, got shape " + io::shape_string(v.sizes()),
+                      file.string(), t.name);
+        v = v.reshape({v.size(0), v.size(1)});
+      }
+      if (at::isFloatingType(v.scalar_type()) && !stored) stored = v.scalar_type();
+      if (k->fused_qkv) {  // views of the three thirds
+        if (v.dim() < 1 || v.size(0) % 3 != 0)
+          throw Error("a fused q/k/v projection needs a first dimension divisible by 3, got " +
+                          io::shape_string(v.sizes()),
+                      file.string(), t.name);
+        const auto names = qkv_names(k->diffusers);
+        const int64_t n = v.size(0) / 3;
+        for (int64_t i = 0; i < 3; ++i)
+          parts[C::TextEncoder].emplace_back(names[i], v.narrow(0, i * n, n));
+      } else {
+        parts[k->component].emplace_back(k->diffusers, v);
+      }
+      ++report.tensors;
+    }
+    // The EMA copies taken, and the other model_ema.* (decay, num_updates), count as used.
+    if (ema_weights) report.ignored -= ema_found;
+    for (const C c : {C::Unet, C::Vae, C::TextEncoder})
+      if (parts[c].empty())
+        throw Error(std::string("no ") + component_name(c) +
+                        " tensors under their single-file names (model.diffusion_model., "
+                        "first_stage_model., cond_stage_model.)",
+                    file.string());
 
-  io::SavedWeights w;
-  w.unet = std::move(parts[C::Unet]);
-  w.vae = std::move(parts[C::Vae]);
-  w.text_encoder = std::move(parts[C::TextEncoder]);
-  w.save_dtype = dtype.value_or(stored.value_or(at::kFloat));
-  io::save_pipeline(config, out, w);
+    io::SavedWeights w;
+    w.unet = std::move(parts[C::Unet]);
+    w.vae = std::move(parts[C::Vae]);
+    w.text_encoder = std::move(parts[C::TextEncoder]);
+    w.save_dtype = dtype.value_or(stored.value_or(at::kFloat));
+    io::save_pipeline(config, out, w);
+    return w.save_dtype;
+  }();
   // Loaded back strictly (each component at once, so memory stays one component's): names what
   // is missing or misshapen.
   try {
     const io::ModelFolder written = io::ModelFolder::open(out);
-    const LoadOptions load{c10::kCPU, w.save_dtype, ""};
+    const LoadOptions load{c10::kCPU, saved, ""};
     load_unet(written, load);
     load_vae(written, load);
     load_text_encoder(written, load);
