@@ -50,6 +50,9 @@ def main():
     rows.append(("file (fp32) -> folder", convert(out / "fp32.safetensors", out / "back32", config=folders["fp32"]),
                  (out / "fp32.safetensors").stat().st_size))
     rows.append(("file (fp16) -> folder", convert(half, out / "back16", config=folders["fp32"]), half.stat().st_size))
+    rows.append(("file (fp32) -> folder, --dtype fp16",
+                 convert(out / "fp32.safetensors", out / "back32to16", "--dtype", "fp16", config=folders["fp32"]),
+                 (out / "fp32.safetensors").stat().st_size))
     print(f"{'case':32}{'weights':>12}{'peak RSS - baseline':>22}{'ratio':>8}")
     for name, peak, nbytes in rows:
         print(f"{name:32}{nbytes / 2**30:10.2f} GiB{(peak - base) / 2**30:18.2f} GiB{(peak - base) / nbytes:8.2f}")

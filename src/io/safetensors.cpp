@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <limits>
@@ -419,6 +420,13 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Tens
     if (std::fflush(out) != 0) throw io_fail("cannot flush", errno);
     if (std::fclose(owned.release()) != 0) throw io_fail("cannot close", errno);
   });
+}
+
+void release_mapped_pages(const void* data, std::size_t size) {
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto start = reinterpret_cast<uintptr_t>(data);
+  const uintptr_t begin = (start + page - 1) / page * page, end = (start + size) / page * page;
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
 }  // namespace sdtune::io

@@ -25,16 +25,6 @@ std::string name_list(const std::vector<std::string>& names, size_t shown = 8) {
   return out;
 }
 
-// Drops the pages under [data, data + size) of a private read-only file mapping from this
-// process's memory. Nothing is lost: touched again, they are read from the file. Pages shared
-// with a neighbouring tensor stay.
-void release_pages(const void* data, size_t size) {
-  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-  const auto start = reinterpret_cast<uintptr_t>(data);
-  const uintptr_t begin = (start + page - 1) / page * page, end = (start + size) / page * page;
-  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
-}
-
 }  // namespace
 
 std::string shape_string(at::IntArrayRef shape) {
@@ -137,8 +127,9 @@ void load_files_into(torch::nn::Module& module, const std::vector<std::filesyste
     }
   }
   if (convert_keys) views = convert_keys(std::move(views));
-  load_into(module, views, source, ignored,
-            [](const at::Tensor& copied) { release_pages(copied.data_ptr(), copied.nbytes()); });
+  load_into(module, views, source, ignored, [](const at::Tensor& copied) {
+    release_mapped_pages(copied.data_ptr(), copied.nbytes());
+  });
 }
 
 std::vector<std::pair<std::string, at::Tensor>> state_dict_of(const torch::nn::Module& module) {

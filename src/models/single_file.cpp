@@ -81,13 +81,17 @@ void write_single_file(const io::ModelFolder& folder, const fs::path& out,
         if (k->fused_qkv) {
           auto& qkv = fused[k->single];
           qkv.resize(3);
-          qkv[k->part] = view_of(t);
+          qkv[k->part] = view_of(t).clone();
+          io::release_mapped_pages(t.data, t.nbytes);
           continue;
         }
         const at::ScalarType stored = io::to_scalar_type(t.dtype);
-        if (dtype && at::isFloatingType(stored) && stored != *dtype)
+        if (dtype && at::isFloatingType(stored) && stored != *dtype) {
+          // The converted copy is kept; the source's pages go, so that memory holds the output
+          // and not the input too.
           write(k->single, view_of(t), shape);
-        else  // straight from the mapped file
+          io::release_mapped_pages(t.data, t.nbytes);
+        } else  // straight from the mapped file
           writes.push_back({k->single, t.dtype, shape, t.data});
       }
     }

@@ -84,6 +84,11 @@ class SafetensorsFile {
   std::map<std::string, std::string> metadata_;
 };
 
+// Drops the pages under [data, data + size) of a file mapping (a TensorView's data) from this
+// process's memory once they have been read. Nothing is lost: touched again, they are read from
+// the file. Pages shared with a neighbouring tensor stay.
+void release_mapped_pages(const void* data, std::size_t size);
+
 // A tensor to be written: `data` must hold exactly tensor_nbytes(dtype, shape) bytes.
 struct TensorWrite {
   std::string name;
