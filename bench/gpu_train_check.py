@@ -54,6 +54,27 @@ def sdtune(binary, args, check=True):
     return proc
 
 
+def torchrun(binary, nproc, args):
+    """`torchrun --no-python --nproc-per-node N sdtune ARGS` on a free local port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--no-python", "--nproc-per-node",
+                           str(nproc), "--master-port", str(port), str(binary), *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def compare_runs(a, b):
+    """The largest per-tensor relative difference of two runs' UNets, and their mean s/step (the first
+    step, which warms up, left out)."""
+    from safetensors.torch import load_file
+
+    ua, ub = (load_file(x / "unet/diffusion_pytorch_model.safetensors") for x in (a, b))
+    rel = max(((ua[k].float() - ub[k].float()).norm() / ua[k].float().norm().clamp_min(1e-12)).item() for k in ua)
+    sa, sb = ([x["step_seconds"] for x in losses(x)][1:] for x in (a, b))
+    return rel, sum(sa) / len(sa), sum(sb) / len(sb)
+
+
 def prepare(fixture, binary):
     import numpy as np
     from PIL import Image
@@ -174,24 +195,15 @@ def run(fixture, binary, device):
         cuda0 = ["--max-steps", 6, "--device", "cuda:0"]
         rc1 = sdtune(binary, train_args(fixture, single, "no", *cuda0, "--gradient-accumulation-steps", 2),
                      check=False).returncode
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--no-python", "--nproc-per-node", "2",
-                              "--master-port", str(port), str(binary),
-                              *map(str, train_args(fixture, ranks, "no", *cuda0, "--ddp-backend", "gloo"))],
-                             capture_output=True, text=True, timeout=300)
+        ddp = torchrun(binary, 2, train_args(fixture, ranks, "no", *cuda0, "--ddp-backend", "gloo"))
         if rc1 or ddp.returncode:
             failures += 1
             print(f"data-parallel on {device}: FAIL, exit codes one process {rc1}, 2 ranks {ddp.returncode}: "
                   f"{ddp.stderr.strip().splitlines()[-3:]}")
         else:
-            ua, ub = (load_file(x / "unet/diffusion_pytorch_model.safetensors") for x in (single, ranks))
-            rel = max(((ua[k] - ub[k]).norm() / ua[k].norm().clamp_min(1e-12)).item() for k in ua)
-            sa, sb = ([x["step_seconds"] for x in losses(x)][1:] for x in (single, ranks))
+            rel, s1, s2 = compare_runs(single, ranks)
             print(f"data-parallel on {device} (Gloo, 2 ranks on one GPU): weights vs one process with accumulation 2: "
-                  f"max relative diff {rel:.2e}; s/step one process {sum(sa) / len(sa):.4f}, "
-                  f"2 ranks {sum(sb) / len(sb):.4f}")
+                  f"max relative diff {rel:.2e}; s/step one process {s1:.4f}, 2 ranks {s2:.4f}")
 
     # NCCL (the default on CUDA) with one rank: the trainer's data-parallel path on this GPU (one
     # GPU admits one NCCL rank) against the plain process, same settings.
@@ -199,24 +211,15 @@ def run(fixture, binary, device):
         plain, nccl = work / "nccl_plain", work / "nccl_rank"
         rc1 = sdtune(binary, train_args(fixture, plain, "bf16", "--max-steps", 6, "--device", "cuda"),
                      check=False).returncode
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        one = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--no-python", "--nproc-per-node", "1",
-                              "--master-port", str(port), str(binary),
-                              *map(str, train_args(fixture, nccl, "bf16", "--max-steps", 6, "--device", "cuda"))],
-                             capture_output=True, text=True, timeout=300)
+        one = torchrun(binary, 1, train_args(fixture, nccl, "bf16", "--max-steps", 6, "--device", "cuda"))
         if rc1 or one.returncode:
             failures += 1
             print(f"NCCL, one rank: FAIL, exit codes plain {rc1}, torchrun {one.returncode}: "
                   f"{one.stderr.strip().splitlines()[-3:]}")
         else:
-            ua, ub = (load_file(x / "unet/diffusion_pytorch_model.safetensors") for x in (plain, nccl))
-            rel = max(((ua[k].float() - ub[k].float()).norm() / ua[k].float().norm().clamp_min(1e-12)).item()
-                      for k in ua)
-            sa, sb = ([x["step_seconds"] for x in losses(x)][1:] for x in (plain, nccl))
+            rel, s1, s2 = compare_runs(plain, nccl)
             print(f"NCCL, one rank, bf16: weights vs the plain process: max relative diff {rel:.2e}; "
-                  f"s/step plain {sum(sa) / len(sa):.4f}, torchrun {sum(sb) / len(sb):.4f}")
+                  f"s/step plain {s1:.4f}, torchrun {s2:.4f}")
 
     from diffusers import StableDiffusionPipeline
 
