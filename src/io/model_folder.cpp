@@ -8,6 +8,12 @@ namespace sdtune::io {
 namespace fs = std::filesystem;
 
 ModelFolder ModelFolder::open(const fs::path& root) {
+  if (fs::is_regular_file(root))
+    // A1111/ComfyUI single files are converted into a folder first, until --model reads them.
+    throw Error(
+        "a file, not a diffusers model folder: for a single-file checkpoint, run `sdtune convert " +
+            root.string() + " FOLDER --config BASE_FOLDER` and use FOLDER",
+        root.string());
   if (!fs::is_directory(root)) throw Error("model folder not found", root.string());
   ModelFolder folder;
   folder.root_ = root;

@@ -187,3 +187,10 @@ def test_inspect_a_single_file(pipeline, sdtune_bin, tmp_path, kind):
         assert f"  {name}: {len(getattr(pipe, name).state_dict())} tensors, " in proc.stdout, proc.stdout
         assert f"parameters ({n})" in proc.stdout
     assert "  EMA copy (model_ema.*): 1 tensors" in proc.stdout
+
+
+def test_a_single_file_as_model_says_how_to_convert_it(pipeline, sdtune_bin, tmp_path):
+    one = converted(sdtune_bin, pipeline("tiny")[0], tmp_path / "one.safetensors")
+    proc = sdtune(sdtune_bin, "generate", "--model", one, "--prompt", "x", "--out", tmp_path / "x.png")
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert f"run `sdtune convert {one} FOLDER --config BASE_FOLDER`" in proc.stderr, proc.stderr
