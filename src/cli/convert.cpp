@@ -7,8 +7,10 @@
 #include <string>
 
 #include "cli/commands.h"
+#include "cli/generation_options.h"
 #include "sdtune/error.h"
 #include "sdtune/io/model_folder.h"
+#include "sdtune/io/pickle_checkpoint.h"
 #include "sdtune/models/component_loader.h"
 #include "sdtune/models/single_file.h"
 
@@ -17,13 +19,12 @@ namespace {
 namespace fs = std::filesystem;
 
 struct ConvertArgs {
-  std::string src, dst, config, dtype;
-  bool ema_weights = false;
+  std::string src, dst, dtype;
+  models::SingleFileOptions file;
 };
 
 bool single_file_name(const fs::path& p) {
-  const std::string ext = p.extension().string();
-  return ext == ".safetensors" || ext == ".ckpt";
+  return p.extension() == ".safetensors";
 }
 
 void convert(const ConvertArgs& a) {
@@ -31,20 +32,18 @@ void convert(const ConvertArgs& a) {
   if (!a.dtype.empty()) dtype = models::parse_dtype(a.dtype);
   const bool src_is_file = fs::is_regular_file(a.src);
   if (!src_is_file && !fs::is_directory(a.src)) throw Error("not found", a.src);
+  if (io::pickle_checkpoint_name(a.dst))
+    throw Error("sdtune writes single files as .safetensors only, never as pickles", a.dst);
   if (!src_is_file && single_file_name(a.dst)) {
     models::write_single_file(io::ModelFolder::open(a.src), a.dst, dtype);
     std::printf("wrote %s\n", a.dst.c_str());
     return;
   }
   if (src_is_file && !single_file_name(a.dst)) {
-    if (a.config.empty())
-      throw Error(
-          "--config DIR is needed: a diffusers folder of the same architecture, whose configs, "
-          "tokenizer and scheduler the new folder takes (its weights are not read)");
-    const models::SingleFileReport r = models::read_single_file(
-        a.src, io::ModelFolder::open(a.config), a.dst, dtype, a.ema_weights);
-    std::printf("wrote %s: %lld tensors, %lld other keys ignored\n", a.dst.c_str(),
-                static_cast<long long>(r.tensors), static_cast<long long>(r.ignored));
+    const models::SingleFileReport r = models::read_single_file(a.src, a.dst, a.file, dtype);
+    std::printf("wrote %s (%s): %lld tensors, %lld other keys ignored\n", a.dst.c_str(),
+                r.architecture.c_str(), static_cast<long long>(r.tensors),
+                static_cast<long long>(r.ignored));
     return;
   }
   throw Error(src_is_file ? "both are single files: DST must be a folder name (not *.safetensors)"
@@ -59,16 +58,17 @@ void add_convert(CLI::App& app) {
       "convert",
       "Convert a diffusers pipeline folder to a single-file checkpoint (A1111/ComfyUI) or back");
   auto a = std::make_shared<ConvertArgs>();
-  cmd->add_option("SRC", a->src, "Pipeline folder or single .safetensors file")->required();
+  cmd->add_option("SRC", a->src, "Pipeline folder, or single file (.safetensors, .ckpt)")
+      ->required();
   cmd->add_option("DST", a->dst, "Output: *.safetensors for a single file, else a folder")
       ->required();
-  cmd->add_option("--config", a->config,
-                  "For a single file: the diffusers folder whose configs, tokenizer and "
-                  "scheduler the new folder takes");
+  cmd->add_option("--config", a->file.config,
+                  "For a single file: a diffusers folder of the same architecture whose configs, "
+                  "tokenizer and scheduler the new folder takes (default: read from the tensors, "
+                  "with sdtune's own SD 1.x/2.x configs)");
   cmd->add_option("--dtype", a->dtype, "fp32, fp16 or bf16 (default: as stored)")
       ->check(CLI::IsMember({"fp32", "fp16", "bf16"}));
-  cmd->add_flag("--ema-weights", a->ema_weights,
-                "For a single file with EMA weights (model_ema.*): take the UNet from them");
+  add_single_file_options(cmd, a->file);
   cmd->callback([a] { convert(*a); });
 }
 

@@ -12,6 +12,7 @@
 #include "sdtune/io/tensor.h"
 #include "sdtune/lora/lora.h"
 #include "sdtune/models/component_loader.h"
+#include "sdtune/models/single_file.h"
 
 namespace sdtune::cli {
 namespace {
@@ -151,7 +152,7 @@ void add_forward(CLI::App& app) {
     models::LoadOptions opts;
     opts.device = c10::Device(a->device);
     opts.dtype = models::parse_dtype(a->dtype);
-    auto folder = io::ModelFolder::open(a->model);
+    auto folder = models::open_model(a->model);
     Tensors in = io::read_tensors(a->inputs);
     c10::InferenceMode guard;
     Outputs out = a->component == "text-encoder"  ? text_encoder(folder, opts, in, *a)

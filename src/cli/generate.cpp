@@ -42,7 +42,7 @@ void run(Args& a) {
   if (!a.init_image.empty()) g.init_image = io::read_image_rgb(a.init_image);
 
   Progress progress("generate", a.flags.quiet);
-  auto folder = io::ModelFolder::open(a.model);
+  auto folder = models::open_model(a.model, a.flags.model_file);
   pipeline::StableDiffusionPipeline pipe(folder, load, a.flags.scheduler, a.flags.karras);
   lora::apply_lora_arguments(a.flags.loras, {{"unet", pipe.unet().ptr().get()},
                                              {"text_encoder", pipe.text_encoder().ptr().get()}});
@@ -98,7 +98,10 @@ void add_generate(CLI::App& app) {
   auto a = std::make_shared<Args>();
   auto* cmd = app.add_subcommand(
       "generate", "Generate images from a prompt (text-to-image, or img2img with --init-image)");
-  cmd->add_option("--model", a->model, "Pipeline folder (diffusers layout)")->required();
+  cmd->add_option(
+         "--model", a->model,
+         "Pipeline folder (diffusers layout) or single-file checkpoint (.safetensors, .ckpt)")
+      ->required();
   cmd->add_option("--prompt", a->flags.gen.prompt, "Text prompt")->required();
   add_generation_options(cmd, a->flags);
   cmd->add_option("--seed", a->seed, "Random seed (default: a random one, written into the PNG)");

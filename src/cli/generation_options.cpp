@@ -42,6 +42,19 @@ void add_generation_options(CLI::App* cmd, GenerationFlags& f) {
       ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_option("--dtype", f.dtype, "fp32, fp16 (GPU only) or bf16")->capture_default_str();
   cmd->add_flag("--quiet", f.quiet, "No progress bar or timing summary");
+  add_single_file_options(cmd, f.model_file);
+}
+
+void add_single_file_options(CLI::App* cmd, models::SingleFileOptions& o,
+                             bool with_prediction_type) {
+  if (with_prediction_type)
+    cmd->add_option("--prediction-type", o.prediction_type,
+                    "For a single-file --model: epsilon or v_prediction (default: SD 1.x epsilon, "
+                    "SD 2.x v_prediction as the 768-v models)")
+        ->check(CLI::IsMember({"epsilon", "v_prediction"}));
+  cmd->add_flag(
+      "--ema-weights", o.ema_weights,
+      "For a single-file --model with EMA weights (model_ema.*): take the UNet from them");
 }
 
 models::LoadOptions checked_load_options(const GenerationFlags& f) {

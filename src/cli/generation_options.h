@@ -6,6 +6,7 @@
 #include <CLI/CLI.hpp>
 
 #include "sdtune/models/component_loader.h"
+#include "sdtune/models/single_file.h"
 #include "sdtune/pipeline/generation_parameters.h"
 #include "sdtune/pipeline/stable_diffusion_pipeline.h"
 
@@ -15,12 +16,19 @@ struct GenerationFlags {
   pipeline::GenerateOptions gen;
   std::string scheduler, device = "cpu", dtype = "fp32";
   bool karras = false, quiet = false;
-  std::vector<std::string> loras;  // --lora FILE[:SCALE], repeatable
+  std::vector<std::string> loras;        // --lora FILE[:SCALE], repeatable
+  models::SingleFileOptions model_file;  // --prediction-type, --ema-weights: a single-file --model
 };
 
 // Registers --negative-prompt, --steps, --guidance-scale, --scheduler, --karras, --eta, --width,
-// --height, --clip-skip, --device, --dtype and --quiet on `cmd`.
+// --height, --clip-skip, --device, --dtype, --quiet and, for a single-file --model,
+// --prediction-type and --ema-weights on `cmd`.
 void add_generation_options(CLI::App* cmd, GenerationFlags& flags);
+
+// --prediction-type (unless the command has its own) and --ema-weights: how a single-file --model
+// becomes a pipeline (models::open_model).
+void add_single_file_options(CLI::App* cmd, models::SingleFileOptions& options,
+                             bool with_prediction_type = true);
 
 // Device and dtype from the flags; an Error for fp16 on the CPU and for sizes not a multiple of 8.
 models::LoadOptions checked_load_options(const GenerationFlags& flags);

@@ -33,7 +33,7 @@ void run(Args& a) {
   Progress progress("grid", a.flags.quiet);
   std::string settings;
   for (const auto& model : a.models) {
-    auto folder = io::ModelFolder::open(model);
+    auto folder = models::open_model(model, a.flags.model_file);
     pipeline::StableDiffusionPipeline pipe(folder, load, a.flags.scheduler, a.flags.karras);
     // --lora applies to every model of the grid.
     lora::apply_lora_arguments(a.flags.loras, {{"unet", pipe.unet().ptr().get()},
@@ -75,7 +75,8 @@ void add_grid(CLI::App& app) {
   auto a = std::make_shared<Args>();
   auto* cmd =
       app.add_subcommand("grid", "Prompts x seeds x models in one labelled comparison image");
-  cmd->add_option("--model", a->models, "Pipeline folder; repeat to compare models (rows)")
+  cmd->add_option("--model", a->models,
+                  "Pipeline folder or single file; repeat to compare models (rows)")
       ->required();
   cmd->add_option("--prompt", a->prompts, "Prompt; repeat to compare prompts (rows)")->required();
   cmd->add_option("--seed", a->seeds, "Seed; repeat for more columns")->capture_default_str();

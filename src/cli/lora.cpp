@@ -14,6 +14,7 @@
 #include "sdtune/io/state_dict.h"
 #include "sdtune/lora/lora.h"
 #include "sdtune/models/component_loader.h"
+#include "sdtune/models/single_file.h"
 
 namespace sdtune::cli {
 namespace {
@@ -24,7 +25,7 @@ struct MergeArgs {
 };
 
 void merge(const MergeArgs& a) {
-  const io::ModelFolder base = io::ModelFolder::open(a.model);
+  const io::ModelFolder base = models::open_model(a.model);
   // Merged in float32 whatever the file's dtype, then saved in --dtype.
   const models::LoadOptions fp32{c10::Device("cpu"), at::kFloat, ""};
   models::UNet2DConditionModel unet = models::load_unet(base, fp32);
@@ -54,7 +55,7 @@ void convert(const ConvertArgs& a) {
                                                               "diffusers");
   // The model supplies module paths: kohya names replace every '.' by '_', which only the
   // model's own module names can undo. Only shapes are needed, but the weights come along.
-  const io::ModelFolder base = io::ModelFolder::open(a.model);
+  const io::ModelFolder base = models::open_model(a.model);
   const models::LoadOptions fp32{c10::Device("cpu"), at::kFloat, ""};
   models::UNet2DConditionModel unet = models::load_unet(base, fp32);
   models::CLIPTextModel text_encoder = models::load_text_encoder(base, fp32);
@@ -73,7 +74,7 @@ void add_lora(CLI::App& app) {
 
   auto* m = cmd->add_subcommand("merge", "Bake LoRA files into a full pipeline folder");
   auto ma = std::make_shared<MergeArgs>();
-  m->add_option("--model", ma->model, "Base pipeline folder")->required();
+  m->add_option("--model", ma->model, "Base pipeline folder or single file")->required();
   m->add_option("--lora", ma->loras, "LoRA file, FILE[:SCALE]; repeatable")->required();
   m->add_option("--out", ma->out, "Output pipeline folder")->required();
   m->add_option("--dtype", ma->dtype, "Saved weights: fp32, fp16 or bf16")->capture_default_str();

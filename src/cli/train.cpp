@@ -12,6 +12,7 @@
 #include "cli/training_flags.h"
 #include "sdtune/distributed/launch_environment.h"
 #include "sdtune/error.h"
+#include "sdtune/models/single_file.h"
 #include "sdtune/train/trainer.h"
 #include "sdtune/warning.h"
 
@@ -24,6 +25,7 @@ struct Flags : TrainingFlags {
   std::string cache_dir, class_data;
   std::optional<double> text_encoder_lr, snr_gamma, lora_alpha;
   std::optional<int64_t> lora_rank;
+  bool ema_weights = false;  // a single-file --model: its EMA UNet
 };
 
 void add_options(CLI::App* cmd, Flags& f) {
@@ -109,7 +111,11 @@ void add_options(CLI::App* cmd, Flags& f) {
       ->check(checks::non_negative());
 
   cmd->add_option("--prediction-type", o.prediction_type,
-                  "epsilon or v_prediction (default: the scheduler config's)");
+                  "epsilon or v_prediction (default: the scheduler config's; for a single-file "
+                  "--model, SD 1.x epsilon and SD 2.x v_prediction)");
+  cmd->add_flag(
+      "--ema-weights", f.ema_weights,
+      "For a single-file --model with EMA weights (model_ema.*): start from its EMA UNet");
   cmd->add_option("--snr-gamma", f.snr_gamma, "Min-SNR-γ loss weighting (5.0 is usual)")
       ->check(checks::positive());
   cmd->add_option("--noise-offset", o.noise_offset)
@@ -200,6 +206,11 @@ void run(CLI::App* cmd, Flags& f) {
   o.lora.alpha = f.lora_alpha;
   // The effective configuration, as a --config file that reproduces this run.
   o.effective_config = effective_config(cmd, {"quiet"});
+  // A single-file --model is read once into a folder in the cache, which training starts from.
+  o.model = models::open_model(o.model,
+                               {.prediction_type = o.prediction_type, .ema_weights = f.ema_weights})
+                .root()
+                .string();
 
   train::TrainHooks hooks;
   StopOnSignal stop;  // Ctrl-C: save a checkpoint, exit cleanly

@@ -8,6 +8,7 @@
 #include "cli/toml_config.h"
 #include "cli/training_flags.h"
 #include "sdtune/error.h"
+#include "sdtune/models/single_file.h"
 #include "sdtune/train/vae_trainer.h"
 
 namespace sdtune::cli {
@@ -20,6 +21,7 @@ struct VaeFlags : TrainingFlags {
 void run(CLI::App* cmd, VaeFlags& f) {
   auto& o = f.o;
   finish_training_flags(cmd, f, o, "--data");
+  o.model = models::open_model(o.model).root().string();  // a single file: read once into the cache
 
   train::TrainHooks hooks;
   StopOnSignal stop;  // Ctrl-C: save the VAE trained so far

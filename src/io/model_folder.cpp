@@ -12,7 +12,7 @@ ModelFolder ModelFolder::open(const fs::path& root) {
     // A1111/ComfyUI single files are converted into a folder first, until --model reads them.
     throw Error(
         "a file, not a diffusers model folder: for a single-file checkpoint, run `sdtune convert " +
-            root.string() + " FOLDER --config BASE_FOLDER` and use FOLDER",
+            root.string() + " FOLDER` and use FOLDER",
         root.string());
   if (!fs::is_directory(root)) throw Error("model folder not found", root.string());
   ModelFolder folder;

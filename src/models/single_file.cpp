@@ -1,19 +1,29 @@
 #include "sdtune/models/single_file.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdio>
+#include <fstream>
 #include <map>
 #include <set>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "sdtune/error.h"
 #include "sdtune/formats/clip_text_keys.h"
+#include "sdtune/formats/single_file_configs.h"
 #include "sdtune/formats/single_file_keys.h"
+#include "sdtune/io/content_hash.h"
+#include "sdtune/io/pickle_checkpoint.h"
 #include "sdtune/io/pipeline_writer.h"
 #include "sdtune/io/remove_tree.h"
 #include "sdtune/io/safetensors.h"
 #include "sdtune/io/tensor.h"
+#include "sdtune/io/tensor_cache.h"
 #include "sdtune/models/component_loader.h"
+#include "sdtune/text/clip_vocabulary.h"
 
 namespace sdtune::models {
 namespace fs = std::filesystem;
@@ -105,26 +115,99 @@ void write_single_file(const io::ModelFolder& folder, const fs::path& out,
   io::write_safetensors(out, writes, {{"format", "pt"}});
 }
 
-SingleFileReport read_single_file(const fs::path& file, const io::ModelFolder& config,
-                                  const fs::path& out, std::optional<at::ScalarType> dtype,
-                                  bool ema_weights) {
+namespace {
+
+// A single file's tensors in file order: views of the mapped .safetensors, or the tensors a
+// pickle checkpoint holds.
+struct FileTensors {
+  std::optional<io::SafetensorsFile> mapped;
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  std::unordered_map<std::string, size_t> index;
+
+  static FileTensors open(const fs::path& file) {
+    FileTensors f;
+    if (io::pickle_checkpoint_name(file)) {
+      f.tensors = io::read_pickle_checkpoint(file).tensors;
+    } else {
+      f.mapped = io::SafetensorsFile::open(file);
+      for (const io::TensorView& t : f.mapped->tensors())
+        f.tensors.emplace_back(t.name, view_of(t));
+    }
+    for (size_t i = 0; i < f.tensors.size(); ++i) f.index[f.tensors[i].first] = i;
+    return f;
+  }
+  const at::Tensor* find(const std::string& name) const {
+    const auto it = index.find(name);
+    return it == index.end() ? nullptr : &tensors[it->second].second;
+  }
+  std::map<std::string, std::vector<int64_t>> shapes() const {
+    std::map<std::string, std::vector<int64_t>> out;
+    for (const auto& [name, t] : tensors) out[name] = t.sizes().vec();
+    return out;
+  }
+};
+
+void write_text(const fs::path& path, std::string_view text) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(text.data(), static_cast<std::streamsize>(text.size()));
+  if (!out.flush()) throw Error("cannot write", path.string());
+}
+
+// A diffusers folder without weights: what save_pipeline takes its configs, tokenizer and
+// scheduler from.
+void write_config_folder(const formats::SingleFileConfigs& c, const fs::path& dir) {
+  for (const char* sub : {"unet", "vae", "text_encoder", "scheduler", "tokenizer"})
+    fs::create_directories(dir / sub);
+  write_text(dir / "model_index.json", c.model_index.dump(2));
+  write_text(dir / "unet/config.json", c.unet.dump(2));
+  write_text(dir / "vae/config.json", c.vae.dump(2));
+  write_text(dir / "text_encoder/config.json", c.text_encoder.dump(2));
+  write_text(dir / "scheduler/scheduler_config.json", c.scheduler.dump(2));
+  write_text(dir / "tokenizer/tokenizer_config.json", c.tokenizer_config.dump(2));
+  write_text(dir / "tokenizer/special_tokens_map.json", c.special_tokens_map.dump(2));
+  write_text(dir / "tokenizer/vocab.json", text::clip_vocab_json());
+  write_text(dir / "tokenizer/merges.txt", text::clip_merges_txt());
+}
+
+struct RemovedAtExit {
+  fs::path path;
+  ~RemovedAtExit() {
+    std::error_code ec;
+    if (!path.empty()) io::remove_tree(path, ec);
+  }
+};
+
+}  // namespace
+
+SingleFileReport read_single_file(const fs::path& file, const fs::path& out,
+                                  const SingleFileOptions& options,
+                                  std::optional<at::ScalarType> dtype) {
   if (fs::exists(out))
     throw Error("already exists; remove it first or choose another name", out.string());
-  const std::string ext = file.extension().string();
-  if (ext == ".ckpt" || ext == ".pt" || ext == ".pth")
-    throw Error(
-        "pickled checkpoints (.ckpt) are not read yet; convert it to .safetensors with a tool you "
-        "trust",
-        file.string());
-  const SingleFileLayout layout = layout_of(config);
-  const SingleFileKeys keys(layout);
-  // The file stays mapped (and its pages resident) only while the folder is written from it: the
-  // check below then holds one component's weights, not those and the file's.
+  if (!fs::is_regular_file(file)) throw Error("not found", file.string());
+  // The file stays open (mapped, or its tensors read) only while the folder is written from it:
+  // the check below then holds one component's weights, not those and the file's.
   SingleFileReport report;
+  RemovedAtExit inferred;
+  std::optional<io::ModelFolder> config;
   const at::ScalarType saved = [&] {
-    const io::SafetensorsFile f = io::SafetensorsFile::open(file);
-    // The file's text encoder must be the config's kind.
+    const FileTensors f = FileTensors::open(file);
     const bool open_clip = f.find("cond_stage_model.model.token_embedding.weight") != nullptr;
+    report.architecture = open_clip ? "SD 2.x" : "SD 1.x";
+    if (options.config.empty()) {
+      // Configs from the tensors, written beside `out` for save_pipeline to copy.
+      const formats::SingleFileConfigs c =
+          formats::infer_single_file_configs(f.shapes(), options.prediction_type, file.string());
+      inferred.path = out.string() + ".configs-" + std::to_string(::getpid());
+      io::remove_tree(inferred.path);
+      write_config_folder(c, inferred.path);
+      config = io::ModelFolder::open(inferred.path);
+    } else {
+      config = io::ModelFolder::open(options.config);
+    }
+    const SingleFileLayout layout = layout_of(*config);
+    const SingleFileKeys keys(layout);
+    // The file's text encoder must be the config's kind.
     if (open_clip != (layout.text == TextLayout::OpenClip))
       throw Error(std::string("the file's text encoder is ") +
                       (open_clip ? "OpenCLIP's (SD 2.x)" : "not OpenCLIP's (SD 1.x)") +
@@ -135,33 +218,33 @@ SingleFileReport read_single_file(const fs::path& file, const io::ModelFolder& c
     std::optional<at::ScalarType> stored;  // the file's floating-point dtype
     const auto& text_ignored = clip_text_ignored_keys();
     int64_t ema_found = 0;
-    for (const io::TensorView& file_tensor : f.tensors()) {
-      const auto k = keys.to_diffusers(file_tensor.name);
+    for (const auto& [file_name, file_tensor] : f.tensors) {
+      const auto k = keys.to_diffusers(file_name);
       // The UNet's EMA copy, when asked for, in place of each UNet tensor.
-      const io::TensorView* ema = nullptr;
-      if (k && ema_weights && k->component == C::Unet) {
-        std::string flat = "model_ema." + file_tensor.name.substr(std::string("model.").size());
+      const at::Tensor* ema = nullptr;
+      std::string name = file_name;
+      if (k && options.ema_weights && k->component == C::Unet) {
+        std::string flat = "model_ema." + file_name.substr(std::string("model.").size());
         flat.erase(std::remove(flat.begin() + 10, flat.end(), '.'), flat.end());
         ema = f.find(flat);
         if (!ema)
-          throw Error("no EMA copy of this UNet tensor (" + flat + ")", file.string(),
-                      file_tensor.name);
-        if (ema->shape != file_tensor.shape)
+          throw Error("no EMA copy of this UNet tensor (" + flat + ")", file.string(), file_name);
+        if (!ema->sizes().equals(file_tensor.sizes()))
           throw Error("the EMA copy's shape differs", file.string(), flat);
+        name = flat;
         ++ema_found;
       }
-      const io::TensorView& t = ema ? *ema : file_tensor;
       if (!k ||
           (k->component == C::TextEncoder && std::find(text_ignored.begin(), text_ignored.end(),
                                                        k->diffusers) != text_ignored.end())) {
         ++report.ignored;
         continue;
       }
-      at::Tensor v = view_of(t);
+      at::Tensor v = ema ? *ema : file_tensor;
       if (k->conv1x1) {
         if (v.dim() != 4 || v.size(2) != 1 || v.size(3) != 1)
           throw Error("expected a 1×1 convolution, got shape " + io::shape_string(v.sizes()),
-                      file.string(), t.name);
+                      file.string(), name);
         v = v.reshape({v.size(0), v.size(1)});
       }
       if (at::isFloatingType(v.scalar_type()) && !stored) stored = v.scalar_type();
@@ -169,7 +252,7 @@ SingleFileReport read_single_file(const fs::path& file, const io::ModelFolder& c
         if (v.dim() < 1 || v.size(0) % 3 != 0)
           throw Error("a fused q/k/v projection needs a first dimension divisible by 3, got " +
                           io::shape_string(v.sizes()),
-                      file.string(), t.name);
+                      file.string(), name);
         const auto names = qkv_names(k->diffusers);
         const int64_t n = v.size(0) / 3;
         for (int64_t i = 0; i < 3; ++i)
@@ -180,7 +263,7 @@ SingleFileReport read_single_file(const fs::path& file, const io::ModelFolder& c
       ++report.tensors;
     }
     // The EMA copies taken, and the other model_ema.* (decay, num_updates), count as used.
-    if (ema_weights) report.ignored -= ema_found;
+    if (options.ema_weights) report.ignored -= ema_found;
     for (const C c : {C::Unet, C::Vae, C::TextEncoder})
       if (parts[c].empty())
         throw Error(std::string("no ") + component_name(c) +
@@ -193,7 +276,7 @@ SingleFileReport read_single_file(const fs::path& file, const io::ModelFolder& c
     w.vae = std::move(parts[C::Vae]);
     w.text_encoder = std::move(parts[C::TextEncoder]);
     w.save_dtype = dtype.value_or(stored.value_or(at::kFloat));
-    io::save_pipeline(config, out, w);
+    io::save_pipeline(*config, out, w);
     return w.save_dtype;
   }();
   // Loaded back strictly (each component at once, so memory stays one component's): names what
@@ -210,6 +293,42 @@ SingleFileReport read_single_file(const fs::path& file, const io::ModelFolder& c
     throw Error(e.message(), file.string(), e.key());
   }
   return report;
+}
+
+io::ModelFolder open_model(const fs::path& path, const SingleFileOptions& options) {
+  if (!fs::is_regular_file(path)) return io::ModelFolder::open(path);
+  // The cache entry is named by what the folder is made from: this file as it is now (path, size,
+  // modification time) and the options. A changed file gets a new entry.
+  const fs::path file = fs::canonical(path);
+  io::ContentHash key;
+  key.field("single-file folder v1").field(file.string());
+  key.field(static_cast<int64_t>(fs::file_size(file)));
+  key.field(static_cast<int64_t>(fs::last_write_time(file).time_since_epoch().count()));
+  key.field(options.config.empty() ? "" : fs::canonical(options.config).string());
+  key.field(options.prediction_type).field(options.ema_weights ? "ema" : "");
+  const fs::path dir = io::default_cache_dir() / "single-file" /
+                       (file.stem().string() + "-" + key.hex().substr(0, 16));
+  if (!fs::exists(dir / "model_index.json")) {
+    fs::create_directories(dir.parent_path());
+    std::fprintf(stderr, "sdtune: reading %s into %s (once: later runs reuse it)\n", file.c_str(),
+                 dir.c_str());
+    // Made under a temporary name and renamed: a folder under its own name is complete. Another
+    // process that got there first wins, and this copy goes.
+    const fs::path tmp = dir.string() + ".tmp-" + std::to_string(::getpid());
+    {
+      std::error_code ec;
+      io::remove_tree(tmp, ec);
+    }
+    read_single_file(file, tmp, options);
+    std::error_code ec;
+    fs::rename(tmp, dir, ec);
+    if (ec) {
+      io::remove_tree(tmp, ec);
+      if (!fs::exists(dir / "model_index.json"))
+        throw Error("cannot put the converted folder in place", dir.string());
+    }
+  }
+  return io::ModelFolder::open(dir);
 }
 
 }  // namespace sdtune::models

@@ -123,7 +123,7 @@ def build_pipeline(kind, directory, seed=0):
     scheduler = PNDMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
         steps_offset=1, set_alpha_to_one=False,
-        prediction_type="v_prediction" if kind == "sd2" else "epsilon",
+        prediction_type="v_prediction" if kind in ("sd2", "file-sd2") else "epsilon",
     )
     pipe = StableDiffusionPipeline(
         unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
@@ -135,3 +135,39 @@ def build_pipeline(kind, directory, seed=0):
     return pipe
 
 CONFIGS["tiny-sd2"] = dict(CONFIGS["sd2"], unet=dict(CONFIGS["sd2"]["unet"], layers_per_block=1))
+
+# Tiny pipelines whose every setting that tensor shapes cannot show follows the published SD 1.x /
+# SD 2.x configs (32 norm groups; SD 1.x: 8 UNet heads; SD 2.x: heads 64 wide, linear projections,
+# v-prediction with upcast attention; text encoders with 64-wide heads): what a single file read
+# without --config must come back as.
+_FILE_VAE = dict(
+    block_out_channels=[32, 64], layers_per_block=1, norm_num_groups=32, latent_channels=4,
+    down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+)
+CONFIGS["file-sd1"] = dict(
+    unet=dict(
+        sample_size=64, block_out_channels=[32, 64], layers_per_block=1, norm_num_groups=32,
+        down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"], up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
+        cross_attention_dim=64, attention_head_dim=8,
+    ),
+    vae=dict(_FILE_VAE, sample_size=512),
+    text=dict(
+        vocab_size=49408, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=1,
+        max_position_embeddings=77, hidden_act="quick_gelu", eos_token_id=2,
+    ),
+    pad=SD1_PAD,
+)
+CONFIGS["file-sd2"] = dict(
+    unet=dict(
+        sample_size=96, block_out_channels=[64, 128], layers_per_block=1, norm_num_groups=32,
+        down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+        cross_attention_dim=64, attention_head_dim=[1, 2], use_linear_projection=True, upcast_attention=True,
+    ),
+    vae=dict(_FILE_VAE, sample_size=768),
+    text=dict(
+        vocab_size=49408, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=1,
+        max_position_embeddings=77, hidden_act="gelu", eos_token_id=49407, bos_token_id=49406, pad_token_id=0,
+    ),
+    pad=SD2_PAD,
+)

@@ -2,10 +2,15 @@
 pipeline folder as one .safetensors that diffusers' own from_single_file reads as the same model,
 and reads such a file back into a folder that from_pretrained loads. Round trips are bitwise."""
 
+import json
+import os
 import subprocess
+
+import numpy as np
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 COMPONENTS = ["unet", "vae", "text_encoder"]
@@ -120,13 +125,14 @@ def test_wrong_files_are_named_errors(pipeline, sdtune_bin, tmp_path):
     (tmp_path / "taken").mkdir()
     proc = sdtune(sdtune_bin, "convert", tmp_path / "one.safetensors", tmp_path / "taken", "--config", folder)
     assert proc.returncode == 1 and "already exists" in proc.stderr, proc.stderr
-    # Pickles are refused before anything is read.
+    # A pickle that is no zip archive; and a pickle is never written.
     (tmp_path / "model.ckpt").write_bytes(b"PK\x03\x04 not really")
     proc = sdtune(sdtune_bin, "convert", tmp_path / "model.ckpt", tmp_path / "out", "--config", folder)
-    assert proc.returncode == 1 and ".ckpt" in proc.stderr, proc.stderr
-    # A folder to a folder, and a file without --config.
+    assert proc.returncode == 1 and "model.ckpt: not a readable PyTorch checkpoint" in proc.stderr, proc.stderr
+    proc = sdtune(sdtune_bin, "convert", folder, tmp_path / "out.ckpt")
+    assert proc.returncode == 1 and "never as pickles" in proc.stderr, proc.stderr
+    # A folder to a folder.
     assert "DST must be a single file" in sdtune(sdtune_bin, "convert", folder, tmp_path / "x").stderr
-    assert "--config DIR is needed" in sdtune(sdtune_bin, "convert", tmp_path / "one.safetensors", tmp_path / "x").stderr
 
 
 def test_an_openclip_file_with_its_last_layer_and_projection(pipeline, sdtune_bin, tmp_path):
@@ -189,8 +195,114 @@ def test_inspect_a_single_file(pipeline, sdtune_bin, tmp_path, kind):
     assert "  EMA copy (model_ema.*): 1 tensors" in proc.stdout
 
 
-def test_a_single_file_as_model_says_how_to_convert_it(pipeline, sdtune_bin, tmp_path):
-    one = converted(sdtune_bin, pipeline("tiny")[0], tmp_path / "one.safetensors")
-    proc = sdtune(sdtune_bin, "generate", "--model", one, "--prompt", "x", "--out", tmp_path / "x.png")
-    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert f"run `sdtune convert {one} FOLDER --config BASE_FOLDER`" in proc.stderr, proc.stderr
+def cached_env(tmp_path):
+    """sdtune's cache (where --model FILE is read into a folder) under the test's own folder."""
+    return {**os.environ, "SDTUNE_CACHE_DIR": str(tmp_path / "cache")}
+
+
+def plain(x):
+    return [plain(v) for v in x] if isinstance(x, (list, tuple)) else x
+
+
+@pytest.mark.parametrize("kind", ["file-sd1", "file-sd2"])
+def test_a_file_alone_reads_as_its_pipeline(pipeline, sdtune_bin, tmp_path, kind):
+    """No --config: the architecture comes from the tensors, the rest (heads, norm groups, scheduler,
+    tokenizer) from SD 1.x's and SD 2.x's published configs. The tiny pipelines follow those, so every
+    setting diffusers reads must come back as it was."""
+    from diffusers import StableDiffusionPipeline
+
+    folder, ref = pipeline(kind)
+    one = converted(sdtune_bin, folder, tmp_path / "one.safetensors")
+    proc = sdtune(sdtune_bin, "convert", one, tmp_path / "back")
+    assert proc.returncode == 0, proc.stderr
+    assert f"({'SD 2.x' if kind == 'file-sd2' else 'SD 1.x'})" in proc.stdout, proc.stdout
+    got = StableDiffusionPipeline.from_pretrained(tmp_path / "back")
+    assert_same_components(got, ref)
+    for name in ("unet", "vae"):
+        theirs, ours = getattr(ref, name).config, getattr(got, name).config
+        differ = {k: (plain(ours[k]), plain(v)) for k, v in theirs.items()
+                  if not k.startswith("_") and plain(ours[k]) != plain(v)}
+        assert not differ, (name, differ)
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "max_position_embeddings", "hidden_act"):
+        assert getattr(got.text_encoder.config, key) == getattr(ref.text_encoder.config, key), key
+    for key in ("prediction_type", "beta_start", "beta_end", "beta_schedule", "num_train_timesteps", "steps_offset"):
+        assert got.scheduler.config[key] == ref.scheduler.config[key], key
+    # The tokenizer pads as the architecture does (SD 2.x with "!").
+    prompt = "a photo of Yoda, ninja portrait!"
+    assert got.tokenizer(prompt, padding="max_length", max_length=77).input_ids == \
+        ref.tokenizer(prompt, padding="max_length", max_length=77).input_ids
+    # And the models compute the same (the head counts are right, which weights alone do not show).
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 16, 16, generator=g)
+    ctx = torch.randn(1, 77, ref.unet.config.cross_attention_dim, generator=g)
+    ids = ref.tokenizer(prompt, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(got.unet(x, 10, ctx).sample, ref.unet(x, 10, ctx).sample)
+        assert torch.equal(got.text_encoder(ids)[0], ref.text_encoder(ids)[0])
+
+
+def test_prediction_type_settles_what_an_sd2_file_cannot_tell(pipeline, sdtune_bin, tmp_path):
+    """An SD 2.x file is taken as a 768-v model, as diffusers does; --prediction-type epsilon makes it
+    a 512-base one (noise prediction, 64-latent sample size, no fp32 attention upcast)."""
+    one = converted(sdtune_bin, pipeline("file-sd2")[0], tmp_path / "one.safetensors")
+    proc = sdtune(sdtune_bin, "convert", one, tmp_path / "base", "--prediction-type", "epsilon")
+    assert proc.returncode == 0, proc.stderr
+    sched = json.loads((tmp_path / "base/scheduler/scheduler_config.json").read_text())
+    unet = json.loads((tmp_path / "base/unet/config.json").read_text())
+    assert (sched["prediction_type"], unet["sample_size"], unet["upcast_attention"]) == ("epsilon", 64, False)
+    proc = sdtune(sdtune_bin, "convert", one, tmp_path / "x", "--prediction-type", "sample")
+    assert proc.returncode != 0 and "--prediction-type" in proc.stderr
+
+
+@pytest.mark.parametrize("kind", ["file-sd1", "file-sd2"])
+def test_generate_on_the_file_gives_the_folders_image(pipeline, sdtune_bin, tmp_path, kind):
+    """--model FILE is read once into a folder in the cache and reused: the same image as the folder,
+    pixel for pixel, and the second run reads nothing again. (One scheduler for both: the tiny folder's
+    own is PNDM, an SD 2.x file's DDIM.)"""
+    folder, _ = pipeline(kind)
+    one = converted(sdtune_bin, folder, tmp_path / "one.safetensors")
+    env = cached_env(tmp_path)
+    args = ["--prompt", "a red circle", "--steps", "3", "--seed", "7", "--width", "32", "--height", "32",
+            "--scheduler", "euler", "--quiet"]
+
+    def generate(model, out):
+        proc = subprocess.run([str(sdtune_bin), "generate", "--model", str(model), "--out", str(out), *args],
+                              capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr
+        return np.asarray(Image.open(out)), proc.stderr
+
+    want, _ = generate(folder, tmp_path / "folder.png")
+    first, log = generate(one, tmp_path / "file.png")
+    assert "reading" in log and str(tmp_path / "cache") in log, log
+    again, log = generate(one, tmp_path / "again.png")
+    assert "reading" not in log, log
+    assert np.array_equal(first, want) and np.array_equal(again, want)
+    assert len(list((tmp_path / "cache/single-file").iterdir())) == 1
+
+
+def test_train_from_a_file_is_training_from_its_folder(pipeline, sdtune_bin, tmp_path):
+    """train --model FILE: the same trained weights as from the folder, bit for bit."""
+    from safetensors.torch import load_file as load
+
+    folder, _ = pipeline("file-sd1")
+    one = converted(sdtune_bin, folder, tmp_path / "one.safetensors")
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    (data / "metadata.jsonl").write_text("".join(json.dumps({"file_name": f"{i}.png", "text": f"shape {i}"}) + "\n"
+                                                 for i in range(2)))
+    outs = {}
+    for name, model in (("folder", folder), ("file", one)):
+        outs[name] = tmp_path / f"out-{name}"
+        proc = subprocess.run([str(sdtune_bin), "train", "--model", str(model), "--data", str(data), "--out",
+                               str(outs[name]), "--resolution", "32", "--max-steps", "2", "--seed", "3", "--quiet"],
+                              capture_output=True, text=True, timeout=600, env=cached_env(tmp_path))
+        assert proc.returncode == 0, proc.stderr
+    a = load(outs["folder"] / "unet/diffusion_pytorch_model.safetensors")
+    b = load(outs["file"] / "unet/diffusion_pytorch_model.safetensors")
+    base = load(folder / "unet/diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["conv_in.weight"], base["conv_in.weight"])  # it trained

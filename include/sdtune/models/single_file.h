@@ -4,6 +4,7 @@
 // from diffusers pipeline folders: SD 1.x (CLIP ViT-L text encoder) and SD 2.x (OpenCLIP ViT-H).
 #include <filesystem>
 #include <optional>
+#include <string>
 
 #include <ATen/ATen.h>
 
@@ -23,19 +24,39 @@ void write_single_file(const io::ModelFolder& folder, const std::filesystem::pat
                        std::optional<at::ScalarType> dtype = std::nullopt);
 
 struct SingleFileReport {
-  int64_t tensors = 0;  // taken into the folder
-  int64_t ignored = 0;  // keys of no component (EMA copies, schedule buffers, ...)
+  int64_t tensors = 0;       // taken into the folder
+  int64_t ignored = 0;       // keys of no component (EMA copies, schedule buffers, ...)
+  std::string architecture;  // "SD 1.x" or "SD 2.x"
+};
+
+// How a single file becomes a pipeline. Files carry weights only; the rest comes from `config`,
+// or, without one, from the tensors and sdtune's own SD 1.x/2.x configs, tokenizer and scheduler
+// (formats/single_file_configs.h, text/clip_vocabulary.h).
+struct SingleFileOptions {
+  // A diffusers folder of the same architecture: its configs, tokenizer and scheduler (its weights
+  // are not read). Empty: inferred.
+  std::filesystem::path config;
+  // Without `config`: "epsilon", "v_prediction", or "" for the architecture's default (SD 2.x:
+  // v-prediction, the 768-v models).
+  std::string prediction_type;
+  // The UNet from the file's EMA copy (CompVis's model_ema.*, names flattened:
+  // "model_ema.diffusion_modelinput_blocks00weight"), every tensor of which must be there.
+  bool ema_weights = false;
 };
 
 // Writes the single file's components as a diffusers pipeline folder at `out`, which must not
-// exist. `config` supplies model_index.json, the components' configs, the tokenizer and the
-// scheduler (its weights are not read). With `ema_weights` the UNet is the file's EMA copy
-// (CompVis's model_ema.*, names flattened: "model_ema.diffusion_modelinput_blocks00weight"),
-// every tensor of which must be there. The result is loaded back strictly before this returns:
-// a missing or misshapen tensor is an Error naming it, and `out` is then removed.
-SingleFileReport read_single_file(const std::filesystem::path& file, const io::ModelFolder& config,
+// exist. The file is a .safetensors, or a PyTorch pickle (.ckpt, .pt, .pth) read without running
+// it (io/pickle_checkpoint.h). The result is loaded back strictly before this returns: a missing
+// or misshapen tensor is an Error naming it, and `out` is then removed.
+SingleFileReport read_single_file(const std::filesystem::path& file,
                                   const std::filesystem::path& out,
-                                  std::optional<at::ScalarType> dtype = std::nullopt,
-                                  bool ema_weights = false);
+                                  const SingleFileOptions& options = {},
+                                  std::optional<at::ScalarType> dtype = std::nullopt);
+
+// The model at `path`: a diffusers folder as it is, or a single file read once into a folder in
+// the cache (io::default_cache_dir()/single-file/, keyed by the file's path, size and time and by
+// `options`) and reused from there: --model of every command takes either.
+io::ModelFolder open_model(const std::filesystem::path& path,
+                           const SingleFileOptions& options = {});
 
 }  // namespace sdtune::models

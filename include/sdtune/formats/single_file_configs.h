@@ -1,0 +1,33 @@
+#pragma once
+// The diffusers configs that a single-file checkpoint implies. A1111/ComfyUI files carry weights
+// only: the architecture is read from the tensors' names and shapes (levels, layers, channels,
+// attention, projections, text encoder), and what shapes cannot tell follows the published SD 1.x
+// and SD 2.x configs:
+// - attention heads: SD 1.x's UNet has 8 per block; SD 2.x's UNet and both text encoders use
+//   heads 64 wide;
+// - 32 groups in every GroupNorm, VAE scaling factor 0.18215, the scaled-linear noise schedule;
+// - prediction type: SD 1.x predicts the noise; SD 2.x files are taken as the 768-v models
+//   (v-prediction, as diffusers does), unless told otherwise (the 512-base models predict noise).
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace sdtune::formats {
+
+struct SingleFileConfigs {
+  std::string architecture;  // "SD 1.x" or "SD 2.x"
+  nlohmann::json model_index, unet, vae, text_encoder, scheduler;
+  nlohmann::json tokenizer_config, special_tokens_map;  // vocab and merges: text/clip_vocabulary
+};
+
+// `shapes`: every tensor of the file by name. `prediction_type`: "epsilon", "v_prediction" or ""
+// (the architecture's default). Errors name `source` and the key that does not fit: a component
+// missing, levels of unequal channels, a UNet of another kind (SDXL, class-conditioned), a width
+// that is no multiple of 64 where heads are 64 wide.
+SingleFileConfigs infer_single_file_configs(
+    const std::map<std::string, std::vector<int64_t>>& shapes, const std::string& prediction_type,
+    const std::string& source);
+
+}  // namespace sdtune::formats
