@@ -76,6 +76,18 @@ std::optional<LoraKey> parse_lora_key(const std::string& key) {
     }
   }
   if (auto old = parse_attention_processor_key(key)) return old;
+  // PEFT's own adapter files (PeftModel.save_pretrained of one model) name no component; the text
+  // encoder's module paths are transformers' "text_model.…", the UNet has none such.
+  const std::string peft = "base_model.model.";
+  if (key.starts_with(peft)) {
+    const std::string rest = key.substr(peft.size());
+    const std::string component = rest.starts_with("text_model.") ? "text_encoder" : "unet";
+    for (const auto& s : kDiffusers)
+      if (rest.ends_with(s.text) && rest.size() > std::strlen(s.text))
+        return LoraKey{LoraFormat::Diffusers, component,
+                       rest.substr(0, rest.size() - std::strlen(s.text)), s.part};
+    return std::nullopt;
+  }
   for (const std::string prefix : {"unet.", "text_encoder."}) {
     if (!key.starts_with(prefix)) continue;
     for (const auto& s : kDiffusers) {

@@ -70,6 +70,18 @@ LoraFile read_lora_file(const fs::path& path) {
       e.alpha = t.to(at::kDouble).item<double>();
     }
   }
+  if (!unknown.empty() && !layers.empty()) {
+    // Never dropped in silence: an adapter kind sdtune does not apply (DoRA's magnitudes, LoHa,
+    // LoKr, SDXL's second text encoder) would otherwise give another image than its tool does.
+    std::string list;
+    for (size_t i = 0; i < unknown.size() && i < 5; ++i) list += (i ? ", " : "") + unknown[i];
+    if (unknown.size() > 5) list += ", ...";
+    throw Error(std::to_string(unknown.size()) +
+                    " keys are not LoRA weights sdtune applies (DoRA, LoHa, LoKr and SDXL "
+                    "adapters are not read): " +
+                    list,
+                path.string());
+  }
   if (layers.empty())
     throw Error(
         "no LoRA weights (expected kohya lora_unet_*/lora_te_* or diffusers unet.*/"

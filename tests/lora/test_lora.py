@@ -203,3 +203,137 @@ def test_an_attention_processor_lora_gives_diffusers_outputs(tiny, peft_lora, fo
     assert (ref_unet - base_unet).abs().max() > 100 * 1e-4 * ref_unet.abs().max()
     bare, _ = sdtune_outputs(forward, tiny, str(files[""]))
     assert torch.equal(bare, unet)
+
+
+def kohya_name(component, module):
+    return ("lora_unet_" if component == "unet" else "lora_te_") + module.replace(".", "_")
+
+
+# LoCon files as kohya's sd-scripts and LyCORIS write them: linear and convolution layers (3×3
+# resnet convolutions, 1×1 projections) of both components, only some layers of the model.
+# (component, module, rank, alpha); alpha None: the file has none for the layer (scale 1).
+KOHYA_UNIFORM = [
+    ("unet", "down_blocks.0.attentions.0.transformer_blocks.0.ff.net.0.proj", 4, 2.0),
+    ("unet", "down_blocks.0.attentions.0.proj_in", 4, 2.0),
+    ("unet", "down_blocks.0.resnets.0.conv1", 4, 2.0),
+    ("unet", "up_blocks.1.resnets.0.conv_shortcut", 4, 2.0),
+    ("unet", "mid_block.resnets.0.time_emb_proj", 4, 2.0),
+    ("text_encoder", "text_model.encoder.layers.1.mlp.fc1", 4, 2.0),
+]
+KOHYA_MIXED = [
+    ("unet", "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q", 4, 2.0),
+    ("unet", "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k", 4, 8.0),
+    ("unet", "down_blocks.0.attentions.0.transformer_blocks.0.ff.net.0.proj", 2, 1.0),
+    ("unet", "down_blocks.0.attentions.0.proj_in", 4, 4.0),
+    ("unet", "down_blocks.0.resnets.0.conv1", 4, 1.0),
+    ("unet", "up_blocks.1.resnets.0.conv_shortcut", 2, None),
+    ("unet", "mid_block.resnets.0.time_emb_proj", 4, 3.0),
+    ("text_encoder", "text_model.encoder.layers.0.self_attn.q_proj", 2, 1.0),
+    ("text_encoder", "text_model.encoder.layers.1.mlp.fc1", 4, 2.0),
+]
+
+
+def submodule(model, module):
+    try:
+        return model.get_submodule(module)
+    except AttributeError:  # transformers 5's CLIPTextModel has no text_model level
+        return model.get_submodule(module.removeprefix("text_model."))
+
+
+def kohya_file(tiny, path, layers):
+    """A kohya LoRA file of random weights for `layers`; returns the path."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny, safety_checker=None, requires_safety_checker=False)
+    g = torch.Generator().manual_seed(5)
+    out = {}
+    for component, module, rank, alpha in layers:
+        w = submodule(getattr(pipe, component), module).weight
+        name = kohya_name(component, module)
+        if w.dim() == 4:  # LoCon: the down convolution has the layer's kernel, the up one is 1×1
+            out[name + ".lora_down.weight"] = torch.randn(rank, w.shape[1], *w.shape[2:], generator=g) * 0.3
+            out[name + ".lora_up.weight"] = torch.randn(w.shape[0], rank, 1, 1, generator=g) * 0.3
+        else:
+            out[name + ".lora_down.weight"] = torch.randn(rank, w.shape[1], generator=g) * 0.3
+            out[name + ".lora_up.weight"] = torch.randn(w.shape[0], rank, generator=g) * 0.3
+        if alpha is not None:
+            out[name + ".alpha"] = torch.tensor(alpha)
+    save_file(out, path)
+    return path
+
+
+def kohya_merged_outputs(tiny, lora_file, layers, multiplier):
+    """The reference by kohya's and A1111's rule, written out here: each layer's weight gains
+    multiplier · alpha / rank · up · down (alpha missing: alpha = rank); a LoCon up convolution is 1×1,
+    so up · down is the down kernel mixed across channels."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny, safety_checker=None, requires_safety_checker=False)
+    state = load_file(lora_file)
+    with torch.no_grad():
+        for component, module, rank, alpha in layers:
+            name = kohya_name(component, module)
+            down, up = state[name + ".lora_down.weight"], state[name + ".lora_up.weight"]
+            scale = multiplier * (state[name + ".alpha"].item() / rank if name + ".alpha" in state else 1.0)
+            w = submodule(getattr(pipe, component), module).weight
+            w += scale * (up.flatten(1) @ down.flatten(1)).reshape(w.shape)
+    x = inputs()
+    with torch.no_grad():
+        unet = pipe.unet(x["sample"], x["timestep"], x["encoder_hidden_states"]).sample
+        text = pipe.text_encoder(token_ids(tiny)).last_hidden_state
+    return unet, text
+
+
+def test_a_kohya_locon_file_gives_diffusers_outputs(tiny, forward, tmp_path):
+    """kohya/A1111 keys, LoCon convolutions, part of the model: sdtune's outputs are diffusers' with the
+    same file loaded by load_lora_weights (one alpha for all layers: see the next test)."""
+    lora = kohya_file(tiny, tmp_path / "locon.safetensors", KOHYA_UNIFORM)
+    ref_unet, ref_text = diffusers_outputs(tiny, lora, 0.6)
+    base_unet, base_text = diffusers_outputs(tiny, None)
+    unet, text = sdtune_outputs(forward, tiny, f"{lora}:0.6")
+    check("lora (kohya LoCon) unet", unet, ref_unet, 1e-4)
+    check("lora (kohya LoCon) text encoder", text, ref_text, 1e-4)
+    assert (ref_unet - base_unet).abs().max() > 100 * 1e-4 * ref_unet.abs().max()
+    assert (ref_text - base_text).abs().max() > 100 * 1e-4 * ref_text.abs().max()
+
+
+@pytest.mark.parametrize("multiplier", [1.0, 0.6])
+def test_kohya_alphas_mean_what_they_mean_in_kohya(tiny, forward, tmp_path, multiplier):
+    """Per-layer alphas (scale alpha / rank) and a layer without one (scale 1), as sd-scripts and A1111
+    apply them. diffusers 0.42 is not the reference here: its kohya loader gives attention layers and a
+    layer without alpha another scale, and under transformers 5 it drops the text encoder's attention
+    layers. The reference merges the file by kohya's rule instead (kohya_merged_outputs)."""
+    lora = kohya_file(tiny, tmp_path / "mixed.safetensors", KOHYA_MIXED)
+    ref_unet, ref_text = kohya_merged_outputs(tiny, lora, KOHYA_MIXED, multiplier)
+    unet, text = sdtune_outputs(forward, tiny, f"{lora}:{multiplier}")
+    check("lora (kohya alphas) unet", unet, ref_unet, 1e-4)
+    check("lora (kohya alphas) text encoder", text, ref_text, 1e-4)
+
+
+def test_a_peft_adapter_file_and_keys_sdtune_cannot_read(tiny, peft_lora, forward, run_sdtune, tmp_path):
+    """PEFT's own adapter_model.safetensors (PeftModel.save_pretrained of the UNet or the text encoder:
+    "base_model.model.<module>.lora_A.weight") reads as the diffusers file's layers. Keys of adapter kinds
+    sdtune does not apply (DoRA's magnitude, LoHa) are an error that names them, never silently dropped."""
+    state = load_file(peft_lora)
+    for component in ("unet", "text_encoder"):
+        peft = {"base_model.model." + k[len(component) + 1:]: v for k, v in state.items() if k.startswith(component + ".")}
+        if component == "text_encoder":  # transformers' module paths start with text_model.
+            peft = {k if k.startswith("base_model.model.text_model.") else
+                    k.replace("base_model.model.", "base_model.model.text_model.", 1): v for k, v in peft.items()}
+        save_file(peft, tmp_path / f"{component}_adapter.safetensors")
+    only = {k: v for k, v in state.items()}
+    save_file(only, tmp_path / "both.safetensors")
+    want = sdtune_outputs(forward, tiny, str(tmp_path / "both.safetensors"))
+    got = sdtune_outputs(forward, tiny, str(tmp_path / "unet_adapter.safetensors"),
+                         str(tmp_path / "text_encoder_adapter.safetensors"))
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+    x = tmp_path / "in.safetensors"
+    save_file(inputs(), x)
+    dora = dict(state)
+    dora["unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_magnitude_vector"] = torch.ones(32)
+    save_file(dora, tmp_path / "dora.safetensors")
+    proc = run_sdtune("forward", "--model", tiny, "--component", "unet", "--inputs", x, "--out", tmp_path / "o.st",
+                      "--lora", tmp_path / "dora.safetensors", check=False)
+    assert proc.returncode == 1 and "lora_magnitude_vector" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

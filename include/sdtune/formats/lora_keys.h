@@ -4,7 +4,8 @@
 //    "unet.<module>.lora_A.weight" (down) / ".lora_B.weight" (up), "text_encoder.<module>...";
 //    the older "<module>.lora_linear_layer.down/up.weight" and "<module>.lora.down/up.weight"
 //    spellings are read too, and diffusers' attention processors' (0.13-0.16)
-//    "<attention>.processor.to_q_lora.down.weight" (with or without "unet.");
+//    "<attention>.processor.to_q_lora.down.weight" (with or without "unet."), and PEFT's own
+//    adapter files, "base_model.model.<module>.lora_A.weight" (one model per file);
 //  - kohya (A1111, ComfyUI, sd-scripts): "lora_unet_<module with _ for .>.lora_down.weight",
 //    ".lora_up.weight", ".alpha"; "lora_te_<module>" for the text encoder.
 #include <optional>
