@@ -5,9 +5,13 @@
 #include <string>
 
 #include "cli/commands.h"
+#include "sdtune/error.h"
+#include "sdtune/formats/single_file_configs.h"
 #include "sdtune/formats/single_file_keys.h"
 #include "sdtune/io/model_folder.h"
+#include "sdtune/io/pickle_checkpoint.h"
 #include "sdtune/io/safetensors.h"
+#include "sdtune/io/tensor.h"
 #include "sdtune/text/clip_tokenizer.h"
 
 namespace sdtune::cli {
@@ -70,26 +74,42 @@ void print_config(const io::ModelFolder& folder, const io::Component& c) {
   std::printf("    config: %s\n", line.c_str());
 }
 
-// A single-file checkpoint: its components by key prefix, the architecture its text encoder and
-// cross-attention width show, and what else it carries.
+// A single-file checkpoint (.safetensors, or a pickle read by io/pickle_checkpoint): its
+// components by key prefix, the architecture its text encoder and cross-attention width show, the
+// configs sdtune reads it with, and what else it carries.
 void inspect_single_file(const std::filesystem::path& path) {
-  const io::SafetensorsFile file = io::SafetensorsFile::open(path);
+  struct Tensor {
+    std::string name;
+    io::DType dtype;
+    std::vector<int64_t> shape;
+    int64_t numel;
+  };
+  std::vector<Tensor> tensors;
+  if (io::pickle_checkpoint_name(path)) {
+    for (const auto& [name, t] : io::read_pickle_checkpoint(path).tensors)
+      tensors.push_back({name, io::from_scalar_type(t.scalar_type()), t.sizes().vec(), t.numel()});
+  } else {
+    const io::SafetensorsFile file = io::SafetensorsFile::open(path);
+    for (const auto& t : file.tensors()) tensors.push_back({t.name, t.dtype, t.shape, t.numel()});
+  }
   struct Count {
     int64_t tensors = 0, params = 0;
     std::map<std::string, int64_t> dtypes;
   };
   std::map<std::string, Count> parts;
   std::vector<std::string> names;
+  std::map<std::string, std::vector<int64_t>> shapes;
   int64_t context = 0;
-  for (const auto& t : file.tensors()) {
+  for (const auto& t : tensors) {
     names.push_back(t.name);
+    shapes[t.name] = t.shape;
     const auto c = formats::single_file_component(t.name);
     std::string part = c ? formats::component_name(*c) : "";
     if (!c) part = t.name.starts_with("model_ema.") ? "EMA copy (model_ema.*)" : "other";
     Count& n = parts[part];
     ++n.tensors;
-    n.params += t.numel();
-    n.dtypes[std::string(io::dtype_name(t.dtype))] += t.numel();
+    n.params += t.numel;
+    n.dtypes[std::string(io::dtype_name(t.dtype))] += t.numel;
     // The UNet's cross-attention reads the text encoder's width: 768 in SD 1.x, 1024 in SD 2.x.
     if (t.name.ends_with(".attn2.to_k.weight") && t.shape.size() == 2) context = t.shape[1];
   }
@@ -106,6 +126,23 @@ void inspect_single_file(const std::filesystem::path& path) {
     std::printf("  %s: %lld tensors, %s parameters (%lld), dtypes: %s\n", part.c_str(),
                 static_cast<long long>(n.tensors), human_count(n.params).c_str(),
                 static_cast<long long>(n.params), dtypes.c_str());
+  }
+  // What --model FILE reads it as (formats/single_file_configs.h).
+  try {
+    const auto c = formats::infer_single_file_configs(shapes, "", path.string());
+    std::printf(
+        "  read as: %s; unet block_out_channels=%s, layers_per_block=%s, "
+        "attention_head_dim=%s, cross_attention_dim=%s; vae block_out_channels=%s; text "
+        "encoder %s layers of width %s; prediction_type=%s (--prediction-type to change)\n",
+        c.architecture.c_str(), c.unet["block_out_channels"].dump().c_str(),
+        c.unet["layers_per_block"].dump().c_str(), c.unet["attention_head_dim"].dump().c_str(),
+        c.unet["cross_attention_dim"].dump().c_str(), c.vae["block_out_channels"].dump().c_str(),
+        c.text_encoder["num_hidden_layers"].dump().c_str(),
+        c.text_encoder["hidden_size"].dump().c_str(),
+        c.scheduler["prediction_type"].get<std::string>().c_str());
+  } catch (const Error& e) {
+    std::printf("  read as: not without --config (%s%s%s)\n", e.message().c_str(),
+                e.key().empty() ? "" : ": ", e.key().c_str());
   }
 }
 

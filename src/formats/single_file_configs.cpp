@@ -38,8 +38,7 @@ class Reader {
   int64_t heads_64_wide(int64_t width, const std::string& key) const {
     if (width % 64 != 0)
       fail("width " + std::to_string(width) +
-               " is no multiple of 64, so its attention heads cannot be SD 2.x's (64 wide): give "
-               "--config DIR",
+               " is no multiple of 64, the width of SD's attention heads here: give --config DIR",
            key);
     return width / 64;
   }
@@ -190,7 +189,8 @@ json text_config(const Reader& r, bool sd2) {
       {"hidden_size", hidden},
       {"intermediate_size", intermediate},
       {"num_hidden_layers", layers},
-      {"num_attention_heads", r.heads_64_wide(hidden, p + "token_embedding")},
+      {"num_attention_heads",
+       r.heads_64_wide(hidden, p + (sd2 ? "" : "embeddings.") + "token_embedding.weight")},
       {"max_position_embeddings", positions},
       {"hidden_act", sd2 ? "gelu" : "quick_gelu"},
       {"layer_norm_eps", 1e-5},

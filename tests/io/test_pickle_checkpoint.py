@@ -78,6 +78,10 @@ def test_a_bare_state_dict_and_generate_on_a_ckpt(pipeline, sdtune_bin, tmp_path
         assert proc.returncode == 0, proc.stderr
         outs.append(np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(out)))
     assert np.array_equal(outs[0], outs[1])
+    proc = sdtune(sdtune_bin, "inspect", ckpt)
+    assert proc.returncode == 0, proc.stderr
+    assert "single-file checkpoint: SD 1.x (CLIP text encoder), cross-attention width 64" in proc.stdout
+    assert "read as: SD 1.x; unet block_out_channels=[32,64]" in proc.stdout, proc.stdout
 
 
 class RunsAShell:

@@ -193,6 +193,9 @@ def test_inspect_a_single_file(pipeline, sdtune_bin, tmp_path, kind):
         assert f"  {name}: {len(getattr(pipe, name).state_dict())} tensors, " in proc.stdout, proc.stdout
         assert f"parameters ({n})" in proc.stdout
     assert "  EMA copy (model_ema.*): 1 tensors" in proc.stdout
+    # How --model would read it: the tiny pipelines' 32-wide layers cannot hold SD's 64-wide heads
+    # (test_a_file_alone_reads_as_its_pipeline covers the ones that can).
+    assert "read as: not without --config (width 32 is no multiple of 64" in proc.stdout, proc.stdout
 
 
 def cached_env(tmp_path):
