@@ -5,11 +5,14 @@ issue's bound is about 1.3 times the weights. The same command on the tiny pipel
 
     python3 bench/single_file_memory.py [--sdtune build/sdtune] [--work DIR]
 
-Cases: folder -> file (fp32, and --dtype fp16), file -> folder (fp32 file, and the fp16 file).
+Cases: folder -> file (fp32, and --dtype fp16), file -> folder (fp32 file, and the fp16 file), the
+fp32 file with its configs read from the tensors (no --config: they must equal the folder's), and a
+PyTorch .ckpt of the fp16 weights (read through the restricted pickle machine).
 The file's own pages count while they are read; writing goes through the page cache, which is
 not the process's."""
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -53,9 +56,22 @@ def main():
     rows.append(("file (fp32) -> folder, --dtype fp16",
                  convert(out / "fp32.safetensors", out / "back32to16", "--dtype", "fp16", config=folders["fp32"]),
                  (out / "fp32.safetensors").stat().st_size))
-    print(f"{'case':32}{'weights':>12}{'peak RSS - baseline':>22}{'ratio':>8}")
+    rows.append(("file (fp32) -> folder, no --config",
+                 convert(out / "fp32.safetensors", out / "inferred"), (out / "fp32.safetensors").stat().st_size))
+    for part in ("unet", "vae"):  # SD 1.5's configs, read from SD 1.5-shaped tensors
+        ours = json.loads((out / "inferred" / part / "config.json").read_text())
+        theirs = json.loads((folders["fp32"] / part / "config.json").read_text())
+        differ = {k: (ours.get(k), v) for k, v in theirs.items() if not k.startswith("_") and k in ours
+                  and ours[k] != v}
+        print(f"inferred {part} config differs from the folder's in: {differ or 'nothing'}")
+    ckpt = out / "fp16.ckpt"
+    import torch
+    from safetensors.torch import load_file
+    torch.save({"state_dict": load_file(half), "global_step": 1}, ckpt)
+    rows.append((".ckpt (fp16) -> folder", convert(ckpt, out / "from-ckpt"), ckpt.stat().st_size))
+    print(f"{'case':36}{'weights':>12}{'peak RSS - baseline':>22}{'ratio':>8}")
     for name, peak, nbytes in rows:
-        print(f"{name:32}{nbytes / 2**30:10.2f} GiB{(peak - base) / 2**30:18.2f} GiB{(peak - base) / nbytes:8.2f}")
+        print(f"{name:36}{nbytes / 2**30:10.2f} GiB{(peak - base) / 2**30:18.2f} GiB{(peak - base) / nbytes:8.2f}")
 
 
 if __name__ == "__main__":
