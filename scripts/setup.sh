@@ -8,6 +8,7 @@ APT_PACKAGES=(cmake ninja-build g++ ccache nlohmann-json3-dev libcli11-dev libto
               libgtest-dev clang-format libutf8proc-dev libpcre2-dev libvips-dev pkg-config fonts-dejavu-core
               libprotobuf-dev protobuf-compiler libxxhash-dev
               clang libclang-rt-dev  # clang + libFuzzer: the fuzz targets (fuzz/)
+              libyaml-dev  # the LDM .yaml configs A1111 keeps beside single-file checkpoints
               libgloo-dev)  # Gloo's headers for c10d's Gloo process group (the wheel has its library)
 # Python: torch supplies LibTorch (its bundled C++ library). diffusers/transformers/open-clip-torch
 # are test-only references; open-clip-torch also carries the real CLIP BPE vocabulary; tensorboard

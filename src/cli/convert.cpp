@@ -41,9 +41,10 @@ void convert(const ConvertArgs& a) {
   }
   if (src_is_file && !single_file_name(a.dst)) {
     const models::SingleFileReport r = models::read_single_file(a.src, a.dst, a.file, dtype);
-    std::printf("wrote %s (%s): %lld tensors, %lld other keys ignored\n", a.dst.c_str(),
-                r.architecture.c_str(), static_cast<long long>(r.tensors),
-                static_cast<long long>(r.ignored));
+    std::printf("wrote %s (%s, configs from %s): %lld tensors, %lld other keys ignored\n",
+                a.dst.c_str(), r.architecture.c_str(),
+                r.configs_from.empty() ? "the tensors" : r.configs_from.c_str(),
+                static_cast<long long>(r.tensors), static_cast<long long>(r.ignored));
     return;
   }
   throw Error(src_is_file ? "both are single files: DST must be a folder name (not *.safetensors)"

@@ -35,12 +35,12 @@ class Reader {
   [[noreturn]] void fail(const std::string& what, const std::string& key = "") const {
     throw Error(what, source_, key);
   }
-  int64_t heads_64_wide(int64_t width, const std::string& key) const {
-    if (width % 64 != 0)
-      fail("width " + std::to_string(width) +
-               " is no multiple of 64, the width of SD's attention heads here: give --config DIR",
+  int64_t heads_of_width(int64_t width, int64_t head_width, const std::string& key) const {
+    if (head_width <= 0 || width % head_width != 0)
+      fail("width " + std::to_string(width) + " is no multiple of " + std::to_string(head_width) +
+               ", the width of SD's attention heads here: give --config DIR",
            key);
-    return width / 64;
+    return width / head_width;
   }
 
  private:
@@ -48,12 +48,21 @@ class Reader {
   std::string source_;
 };
 
+// What the tensors cannot show: SD's published settings, or a sidecar LDM config's.
+struct Settings {
+  bool v_prediction = false;
+  int64_t sample_size = 64;   // latent pixels; the VAE's is 8 times it
+  int64_t heads = 0;          // the UNet's heads per block (SD 1.x: 8), or
+  int64_t head_channels = 0;  // the width of each head (SD 2.x: 64)
+  double scaling_factor = 0.18215;
+};
+
 struct Level {
   int64_t channels = 0, layers = 0;
   bool attention = false;
 };
 
-json unet_config(const Reader& r, bool sd2, bool v_prediction) {
+json unet_config(const Reader& r, bool sd2, const Settings& s) {
   const std::string p = "model.diffusion_model.";
   if (r.has(p + "label_emb.0.0.weight"))
     r.fail("a class-conditioned UNet (SD 2.x upscaler, unCLIP or SDXL) is not SD 1.x/2.x",
@@ -96,13 +105,14 @@ json unet_config(const Reader& r, bool sd2, bool v_prediction) {
     down.push_back(level.attention ? "CrossAttnDownBlock2D" : "DownBlock2D");
     layers.push_back(level.layers);
     equal_layers = equal_layers && level.layers == levels[0].layers;
-    if (sd2) heads.push_back(r.heads_64_wide(level.channels, p + "input_blocks"));
+    if (s.head_channels > 0)
+      heads.push_back(r.heads_of_width(level.channels, s.head_channels, p + "input_blocks"));
   }
   for (auto it = levels.rbegin(); it != levels.rend(); ++it)
     up.push_back(it->attention ? "CrossAttnUpBlock2D" : "UpBlock2D");
   return {
       {"_class_name", "UNet2DConditionModel"},
-      {"sample_size", sd2 && v_prediction ? 96 : 64},
+      {"sample_size", s.sample_size},
       {"in_channels", r.dim(conv_in, 1)},
       {"out_channels", r.dim(p + "out.2.weight", 0)},
       {"center_input_sample", false},
@@ -120,14 +130,14 @@ json unet_config(const Reader& r, bool sd2, bool v_prediction) {
       {"norm_eps", 1e-5},
       {"cross_attention_dim", r.dim(to_k, 1)},
       // diffusers' legacy name: the number of heads (SD 1.x: 8 everywhere).
-      {"attention_head_dim", sd2 ? heads : json(8)},
+      {"attention_head_dim", s.head_channels > 0 ? heads : json(s.heads)},
       {"use_linear_projection", r.rank(proj_in) == 2},
       // The 768-v models attend in fp32 (their fp16 softmax overflows); diffusers' SD 2.1 config.
-      {"upcast_attention", sd2 && v_prediction},
+      {"upcast_attention", sd2 && s.v_prediction},
   };
 }
 
-json vae_config(const Reader& r, bool sd2, bool v_prediction) {
+json vae_config(const Reader& r, const Settings& s) {
   const std::string p = "first_stage_model.";
   json blocks = json::array();
   int64_t layers = 0;
@@ -154,8 +164,8 @@ json vae_config(const Reader& r, bool sd2, bool v_prediction) {
       {"act_fn", "silu"},
       {"latent_channels", r.dim(p + "decoder.conv_in.weight", 1)},
       {"norm_num_groups", 32},
-      {"sample_size", sd2 && v_prediction ? 768 : 512},
-      {"scaling_factor", 0.18215},
+      {"sample_size", 8 * s.sample_size},
+      {"scaling_factor", s.scaling_factor},
   };
 }
 
@@ -190,7 +200,7 @@ json text_config(const Reader& r, bool sd2) {
       {"intermediate_size", intermediate},
       {"num_hidden_layers", layers},
       {"num_attention_heads",
-       r.heads_64_wide(hidden, p + (sd2 ? "" : "embeddings.") + "token_embedding.weight")},
+       r.heads_of_width(hidden, 64, p + (sd2 ? "" : "embeddings.") + "token_embedding.weight")},
       {"max_position_embeddings", positions},
       {"hidden_act", sd2 ? "gelu" : "quick_gelu"},
       {"layer_norm_eps", 1e-5},
@@ -238,11 +248,44 @@ json tokenizer_config(const std::string& pad) {
           {"unk_token", token("<|endoftext|>")}};
 }
 
+// A sidecar LDM config's settings in place of SD's: model.params.parameterization ("v"; absent:
+// noise), image_size and scale_factor, and unet_config.params.num_heads / num_head_channels.
+void apply_ldm_config(const json& ldm, Settings& s, const Reader& r) {
+  const json* params = &ldm;
+  for (const char* key : {"model", "params"}) {
+    if (!params->is_object() || !params->contains(key) || !(*params)[key].is_object())
+      r.fail("the sidecar config has no model.params (not an LDM config?)");
+    params = &(*params)[key];
+  }
+  auto number = [&](const json& j, const char* key, int64_t fallback) {
+    if (!j.is_object() || !j.contains(key) || j[key].is_null()) return fallback;
+    if (!j[key].is_number_integer())
+      r.fail(std::string("the sidecar config's ") + key + " is not an integer");
+    return j[key].get<int64_t>();
+  };
+  s.v_prediction = params->value("parameterization", json("eps")) == json("v");
+  if (params->contains("scale_factor") && (*params)["scale_factor"].is_number())
+    s.scaling_factor = (*params)["scale_factor"].get<double>();
+  const json none = json::object();
+  const json& unet = params->contains("unet_config") ? (*params)["unet_config"] : none;
+  const json& up = unet.is_object() && unet.contains("params") ? unet["params"] : none;
+  // The latent size is model.params.image_size (the UNet's own image_size is marked unused).
+  s.sample_size = number(*params, "image_size", s.sample_size);
+  const int64_t channels = number(up, "num_head_channels", -1), heads = number(up, "num_heads", -1);
+  if (channels > 0) {
+    s.head_channels = channels;
+    s.heads = 0;
+  } else if (heads > 0) {
+    s.heads = heads;
+    s.head_channels = 0;
+  }
+}
+
 }  // namespace
 
 SingleFileConfigs infer_single_file_configs(const Shapes& shapes,
                                             const std::string& prediction_type,
-                                            const std::string& source) {
+                                            const std::string& source, const json* ldm) {
   const Reader r(shapes, source);
   const bool sd2 = r.has("cond_stage_model.model.token_embedding.weight");
   if (!sd2 && !r.has("cond_stage_model.transformer.text_model.embeddings.token_embedding.weight")) {
@@ -254,14 +297,20 @@ SingleFileConfigs infer_single_file_configs(const Shapes& shapes,
   }
   if (!prediction_type.empty() && prediction_type != "epsilon" && prediction_type != "v_prediction")
     r.fail("unknown prediction type '" + prediction_type + "' (epsilon or v_prediction)");
-  const std::string prediction =
-      prediction_type.empty() ? (sd2 ? "v_prediction" : "epsilon") : prediction_type;
-  const bool v = prediction == "v_prediction";
+  // SD's own settings; SD 2.x files are taken as the 768-v models, as diffusers does.
+  Settings settings;
+  settings.v_prediction = sd2;
+  settings.heads = sd2 ? 0 : 8;
+  settings.head_channels = sd2 ? 64 : 0;
+  if (ldm) apply_ldm_config(*ldm, settings, r);
+  if (!prediction_type.empty()) settings.v_prediction = prediction_type == "v_prediction";
+  if (!ldm) settings.sample_size = sd2 && settings.v_prediction ? 96 : 64;
+  const std::string prediction = settings.v_prediction ? "v_prediction" : "epsilon";
 
   SingleFileConfigs c;
   c.architecture = sd2 ? "SD 2.x" : "SD 1.x";
-  c.unet = unet_config(r, sd2, v);
-  c.vae = vae_config(r, sd2, v);
+  c.unet = unet_config(r, sd2, settings);
+  c.vae = vae_config(r, settings);
   c.text_encoder = text_config(r, sd2);
   c.scheduler = scheduler_config(sd2, prediction);
   // SD 2.x pads with "!" (id 0), as OpenCLIP does; SD 1.x with the end token.

@@ -22,6 +22,7 @@
 #include "sdtune/io/safetensors.h"
 #include "sdtune/io/tensor.h"
 #include "sdtune/io/tensor_cache.h"
+#include "sdtune/io/yaml_document.h"
 #include "sdtune/models/component_loader.h"
 #include "sdtune/text/clip_vocabulary.h"
 
@@ -169,6 +170,13 @@ void write_config_folder(const formats::SingleFileConfigs& c, const fs::path& di
   write_text(dir / "tokenizer/merges.txt", text::clip_merges_txt());
 }
 
+// A1111 keeps a file's original LDM config beside it as MODEL.yaml; empty when there is none.
+fs::path sidecar_config(const fs::path& file) {
+  fs::path yaml = file;
+  yaml.replace_extension(".yaml");
+  return fs::is_regular_file(yaml) ? yaml : fs::path();
+}
+
 struct RemovedAtExit {
   fs::path path;
   ~RemovedAtExit() {
@@ -195,15 +203,22 @@ SingleFileReport read_single_file(const fs::path& file, const fs::path& out,
     const bool open_clip = f.find("cond_stage_model.model.token_embedding.weight") != nullptr;
     report.architecture = open_clip ? "SD 2.x" : "SD 1.x";
     if (options.config.empty()) {
-      // Configs from the tensors, written beside `out` for save_pipeline to copy.
-      const formats::SingleFileConfigs c =
-          formats::infer_single_file_configs(f.shapes(), options.prediction_type, file.string());
+      // Configs from the tensors (and the sidecar LDM config), written beside `out` for
+      // save_pipeline to copy.
+      std::optional<nlohmann::json> ldm;
+      if (const fs::path yaml = sidecar_config(file); !yaml.empty()) {
+        ldm = io::read_yaml_file(yaml);
+        report.configs_from = yaml.filename().string();
+      }
+      const formats::SingleFileConfigs c = formats::infer_single_file_configs(
+          f.shapes(), options.prediction_type, file.string(), ldm ? &*ldm : nullptr);
       inferred.path = out.string() + ".configs-" + std::to_string(::getpid());
       io::remove_tree(inferred.path);
       write_config_folder(c, inferred.path);
       config = io::ModelFolder::open(inferred.path);
     } else {
       config = io::ModelFolder::open(options.config);
+      report.configs_from = options.config.string();
     }
     const SingleFileLayout layout = layout_of(*config);
     const SingleFileKeys keys(layout);
@@ -306,6 +321,10 @@ io::ModelFolder open_model(const fs::path& path, const SingleFileOptions& option
   key.field(static_cast<int64_t>(fs::last_write_time(file).time_since_epoch().count()));
   key.field(options.config.empty() ? "" : fs::canonical(options.config).string());
   key.field(options.prediction_type).field(options.ema_weights ? "ema" : "");
+  if (const fs::path yaml = sidecar_config(file); !yaml.empty() && options.config.empty()) {
+    key.field(static_cast<int64_t>(fs::file_size(yaml)));
+    key.field(static_cast<int64_t>(fs::last_write_time(yaml).time_since_epoch().count()));
+  }
   const fs::path dir = io::default_cache_dir() / "single-file" /
                        (file.stem().string() + "-" + key.hex().substr(0, 16));
   if (!fs::exists(dir / "model_index.json")) {

@@ -218,7 +218,7 @@ def test_a_file_alone_reads_as_its_pipeline(pipeline, sdtune_bin, tmp_path, kind
     one = converted(sdtune_bin, folder, tmp_path / "one.safetensors")
     proc = sdtune(sdtune_bin, "convert", one, tmp_path / "back")
     assert proc.returncode == 0, proc.stderr
-    assert f"({'SD 2.x' if kind == 'file-sd2' else 'SD 1.x'})" in proc.stdout, proc.stdout
+    assert f"({'SD 2.x' if kind == 'file-sd2' else 'SD 1.x'}, configs from the tensors)" in proc.stdout, proc.stdout
     got = StableDiffusionPipeline.from_pretrained(tmp_path / "back")
     assert_same_components(got, ref)
     for name in ("unet", "vae"):
@@ -245,15 +245,71 @@ def test_a_file_alone_reads_as_its_pipeline(pipeline, sdtune_bin, tmp_path, kind
         assert torch.equal(got.text_encoder(ids)[0], ref.text_encoder(ids)[0])
 
 
-def test_prediction_type_settles_what_an_sd2_file_cannot_tell(pipeline, sdtune_bin, tmp_path):
-    """An SD 2.x file is taken as a 768-v model, as diffusers does; --prediction-type epsilon makes it
-    a 512-base one (noise prediction, 64-latent sample size, no fp32 attention upcast)."""
+# The original LDM config of a 768-v SD 2.x model (Stability's v2-inference-v.yaml), as A1111 keeps
+# it beside the file, with the tiny pipeline's widths.
+LDM_YAML = """model:
+  base_learning_rate: 1.0e-4
+  target: ldm.models.diffusion.ddpm.LatentDiffusion
+  params:
+    parameterization: "v"
+    linear_start: 0.00085
+    linear_end: 0.0120
+    timesteps: 1000
+    first_stage_key: "jpg"
+    image_size: 96
+    channels: 4
+    cond_stage_trainable: false
+    conditioning_key: crossattn
+    scale_factor: 0.18215
+    use_ema: False # we set this to false because this is an inference only config
+
+    unet_config:
+      target: ldm.modules.diffusionmodules.openaimodel.UNetModel
+      params:
+        image_size: 32 # unused
+        model_channels: 64
+        attention_resolutions: [ 4, 2 ]
+        channel_mult: [ 1, 2 ]
+        num_head_channels: 64 # need to fix for flash-attn
+        use_linear_in_transformer: True
+        context_dim: 64
+        legacy: False
+"""
+
+
+def configs_of(folder):
+    return (json.loads((folder / "scheduler/scheduler_config.json").read_text())["prediction_type"],
+            json.loads((folder / "unet/config.json").read_text()),
+            json.loads((folder / "vae/config.json").read_text()))
+
+
+def test_what_an_sd2_file_cannot_tell_comes_from_its_yaml_or_the_flag(pipeline, sdtune_bin, tmp_path):
+    """An SD 2.x file alone is taken as a 768-v model, as diffusers does. A1111's sidecar MODEL.yaml
+    (the original LDM config) says otherwise where it does: a 512-base one has no parameterization
+    (noise prediction) and image_size 64. --prediction-type wins over both."""
     one = converted(sdtune_bin, pipeline("file-sd2")[0], tmp_path / "one.safetensors")
-    proc = sdtune(sdtune_bin, "convert", one, tmp_path / "base", "--prediction-type", "epsilon")
-    assert proc.returncode == 0, proc.stderr
-    sched = json.loads((tmp_path / "base/scheduler/scheduler_config.json").read_text())
-    unet = json.loads((tmp_path / "base/unet/config.json").read_text())
-    assert (sched["prediction_type"], unet["sample_size"], unet["upcast_attention"]) == ("epsilon", 64, False)
+
+    def convert(out, *extra):
+        proc = sdtune(sdtune_bin, "convert", one, tmp_path / out, *extra)
+        assert proc.returncode == 0, proc.stderr
+        pred, unet, vae = configs_of(tmp_path / out)
+        return pred, unet["sample_size"], unet["upcast_attention"], unet["attention_head_dim"], vae["scaling_factor"], \
+            proc.stdout
+
+    assert convert("alone")[:5] == ("v_prediction", 96, True, [1, 2], 0.18215)
+    assert convert("eps", "--prediction-type", "epsilon")[:3] == ("epsilon", 64, False)
+    (tmp_path / "one.yaml").write_text(LDM_YAML)
+    got = convert("yaml-v")
+    assert got[:5] == ("v_prediction", 96, True, [1, 2], 0.18215) and "configs from one.yaml" in got[5], got
+    base = LDM_YAML.replace('    parameterization: "v"\n', "").replace("image_size: 96", "image_size: 64") \
+        .replace("scale_factor: 0.18215", "scale_factor: 0.13025").replace("num_head_channels: 64", "num_heads: 2")
+    (tmp_path / "one.yaml").write_text(base)
+    assert convert("yaml-base")[:5] == ("epsilon", 64, False, 2, 0.13025)
+    assert convert("yaml-flag", "--prediction-type", "v_prediction")[:3] == ("v_prediction", 64, True)
+    # An alias (which can make a small YAML file expand without bound) is refused, naming the file.
+    (tmp_path / "one.yaml").write_text("a: &x [1, 2]\nb: *x\n")
+    proc = sdtune(sdtune_bin, "convert", one, tmp_path / "alias")
+    assert proc.returncode == 1 and "one.yaml: YAML anchors are not read" in proc.stderr, proc.stderr
     proc = sdtune(sdtune_bin, "convert", one, tmp_path / "x", "--prediction-type", "sample")
     assert proc.returncode != 0 and "--prediction-type" in proc.stderr
 

@@ -7,7 +7,8 @@
 //   heads 64 wide;
 // - 32 groups in every GroupNorm, VAE scaling factor 0.18215, the scaled-linear noise schedule;
 // - prediction type: SD 1.x predicts the noise; SD 2.x files are taken as the 768-v models
-//   (v-prediction, as diffusers does), unless told otherwise (the 512-base models predict noise).
+//   (v-prediction, as diffusers does), unless told otherwise (the 512-base models predict noise)
+//   by --prediction-type or by the LDM config A1111 keeps beside the file.
 #include <map>
 #include <string>
 #include <vector>
@@ -23,11 +24,13 @@ struct SingleFileConfigs {
 };
 
 // `shapes`: every tensor of the file by name. `prediction_type`: "epsilon", "v_prediction" or ""
-// (the architecture's default). Errors name `source` and the key that does not fit: a component
-// missing, levels of unequal channels, a UNet of another kind (SDXL, class-conditioned), a width
-// that is no multiple of 64 where heads are 64 wide.
+// (the architecture's default, or the LDM config's). `ldm`: the original LDM config of the file
+// (A1111's sidecar MODEL.yaml, io/yaml_document.h) or null; its parameterization, latent image size,
+// heads (num_heads / num_head_channels) and scale factor replace SD's defaults. Errors name
+// `source` and the key that does not fit: a component missing, levels of unequal channels, a UNet
+// of another kind (SDXL, class-conditioned), a width that is no multiple of the heads' width.
 SingleFileConfigs infer_single_file_configs(
     const std::map<std::string, std::vector<int64_t>>& shapes, const std::string& prediction_type,
-    const std::string& source);
+    const std::string& source, const nlohmann::json* ldm = nullptr);
 
 }  // namespace sdtune::formats

@@ -27,11 +27,14 @@ struct SingleFileReport {
   int64_t tensors = 0;       // taken into the folder
   int64_t ignored = 0;       // keys of no component (EMA copies, schedule buffers, ...)
   std::string architecture;  // "SD 1.x" or "SD 2.x"
+  // Where the configs came from: --config's folder, the sidecar MODEL.yaml, or "" (SD's own).
+  std::string configs_from;
 };
 
 // How a single file becomes a pipeline. Files carry weights only; the rest comes from `config`,
 // or, without one, from the tensors and sdtune's own SD 1.x/2.x configs, tokenizer and scheduler
-// (formats/single_file_configs.h, text/clip_vocabulary.h).
+// (formats/single_file_configs.h, text/clip_vocabulary.h), with the settings of the original LDM
+// config where A1111 keeps one beside the file (MODEL.yaml for MODEL.safetensors).
 struct SingleFileOptions {
   // A diffusers folder of the same architecture: its configs, tokenizer and scheduler (its weights
   // are not read). Empty: inferred.
