@@ -130,7 +130,7 @@ Outputs unet(const io::ModelFolder& folder, const models::LoadOptions& opts, con
 void add_forward(CLI::App& app) {
   auto a = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("forward", "Run one component on tensors from a safetensors file");
-  cmd->add_option("--model", a->model, "Pipeline folder")->required();
+  cmd->add_option("--model", a->model, "Pipeline folder or single file")->required();
   cmd->add_option("--component", a->component, "text-encoder | vae-encoder | vae-decoder | unet")
       ->required()
       ->check(CLI::IsMember({"text-encoder", "vae-encoder", "vae-decoder", "unet"}));

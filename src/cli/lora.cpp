@@ -82,7 +82,8 @@ void add_lora(CLI::App& app) {
 
   auto* c = cmd->add_subcommand("convert", "Rewrite a LoRA file in kohya or diffusers layout");
   auto ca = std::make_shared<ConvertArgs>();
-  c->add_option("--model", ca->model, "The pipeline the LoRA belongs to")->required();
+  c->add_option("--model", ca->model, "The pipeline (folder or single file) the LoRA belongs to")
+      ->required();
   c->add_option("--lora", ca->lora, "Input LoRA file")->required();
   c->add_option("--out", ca->out, "Output .safetensors")->required();
   c->add_option("--format", ca->format, "kohya or diffusers")->required();

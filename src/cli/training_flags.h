@@ -28,8 +28,9 @@ void add_training_options(CLI::App* cmd, TrainingFlags& f, Options& o,
   cmd->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   cmd->add_option("--config", f.config,
                   "TOML file of options (keys are the flag names); flags given win over it");
-  cmd->add_option("--model,--pretrained-model-name-or-path", f.model,
-                  "Base pipeline folder (required)");
+  cmd->add_option(
+      "--model,--pretrained-model-name-or-path", f.model,
+      "Base pipeline folder, or single-file checkpoint (.safetensors, .ckpt) (required)");
   cmd->add_option(data_flags, f.data, data_help);
   cmd->add_option("--out,--output-dir", f.out, out_help);
   cmd->add_option("--variant", o.variant, "Base weights variant (fp16)");
