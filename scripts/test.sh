@@ -75,4 +75,9 @@ SDTUNE_BIN=build-asan/sdtune python3 -m pytest -q -p no:cacheprovider tests/cli/
   tests/train/test_latent_cache.py::test_bad_images_and_options \
   tests/train/test_dreambooth.py::test_bad_dreambooth_input tests/lora/test_lora.py::test_bad_lora_files \
   tests/train/test_lora_training.py::test_bad_lora_options tests/train/test_vae_trainer.py::test_bad_vae_options \
-  tests/cli/test_init.py::test_init_needs_every_config
+  tests/cli/test_init.py::test_init_needs_every_config \
+  tests/io/test_pickle_checkpoint.py::test_a_pickle_that_would_run_code_is_refused_and_nothing_runs \
+  tests/io/test_pickle_checkpoint.py::test_broken_archives_are_named_errors \
+  tests/models/test_single_file.py::test_wrong_files_are_named_errors \
+  tests/models/test_single_file.py::test_what_an_sd2_file_cannot_tell_comes_from_its_yaml_or_the_flag \
+  tests/lora/test_lora.py::test_a_peft_adapter_file_and_keys_sdtune_cannot_read
