@@ -22,10 +22,10 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --tar
 export LD_LIBRARY_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export PATH=/tmp/deps/usr/bin:$PATH
 TORCH_PREFIX=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
-section "build (${BUILD_TYPE:-Release}; no libvips, no Arrow: tensors in and out only)"
+section "build (${BUILD_TYPE:-Release}; no libvips, no Arrow, no libcurl: tensors in and out only)"
 # SDTUNE_WERROR=OFF: that machine's compiler is not CI's, and its new warnings must not stop a run.
 # BUILD_TYPE=RelWithDebInfo gives cuda-gdb line numbers when a crash is being chased.
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=${BUILD_TYPE:-Release} -DSDTUNE_TESTS=OFF -DSDTUNE_IMAGES=OFF \
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=${BUILD_TYPE:-Release} -DSDTUNE_TESTS=OFF -DSDTUNE_IMAGES=OFF -DSDTUNE_HTTP=OFF \
   -DSDTUNE_PYTHON=false -DSDTUNE_WERROR=OFF -DCMAKE_PREFIX_PATH="$TORCH_PREFIX;/tmp/deps/usr" \
   -DCMAKE_LIBRARY_ARCHITECTURE=x86_64-linux-gnu > "$OUT/configure.log" 2>&1 \
   || { tail -60 "$OUT/configure.log"; exit 1; }

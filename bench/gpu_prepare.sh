@@ -15,7 +15,8 @@ grep -qx '/.fixture/' .git/info/exclude 2>/dev/null || echo '/.fixture/' >> .git
 rm -rf .deps .whl .fixture && mkdir -p .deps .whl
 (cd .deps && apt-get download nlohmann-json3-dev libcli11-dev libutf8proc-dev libutf8proc2 libpcre2-dev libpcre2-8-0 \
   libprotobuf-dev protobuf-compiler libprotobuf32 libprotoc32 libtomlplusplus-dev libtomlplusplus3 \
-  libxxhash-dev libxxhash0 libgloo-dev)  # libgloo-dev: Gloo's headers, for data-parallel runs
+  libxxhash-dev libxxhash0 libyaml-dev libyaml-0-2 \
+  libgloo-dev)  # libgloo-dev: Gloo's headers, for data-parallel runs
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform any -d .whl \
   diffusers==0.42.1 open-clip-torch==3.3.0

@@ -9,6 +9,7 @@ APT_PACKAGES=(cmake ninja-build g++ ccache nlohmann-json3-dev libcli11-dev libto
               libprotobuf-dev protobuf-compiler libxxhash-dev
               clang libclang-rt-dev  # clang + libFuzzer: the fuzz targets (fuzz/)
               libyaml-dev  # the LDM .yaml configs A1111 keeps beside single-file checkpoints
+              libcurl4-openssl-dev  # sdtune caption: OpenAI-compatible vision-language APIs
               libgloo-dev)  # Gloo's headers for c10d's Gloo process group (the wheel has its library)
 # Python: torch supplies LibTorch (its bundled C++ library). diffusers/transformers/open-clip-torch
 # are test-only references; open-clip-torch also carries the real CLIP BPE vocabulary; tensorboard

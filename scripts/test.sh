@@ -80,4 +80,6 @@ SDTUNE_BIN=build-asan/sdtune python3 -m pytest -q -p no:cacheprovider tests/cli/
   tests/io/test_pickle_checkpoint.py::test_broken_archives_are_named_errors \
   tests/models/test_single_file.py::test_wrong_files_are_named_errors \
   tests/models/test_single_file.py::test_what_an_sd2_file_cannot_tell_comes_from_its_yaml_or_the_flag \
-  tests/lora/test_lora.py::test_a_peft_adapter_file_and_keys_sdtune_cannot_read
+  tests/lora/test_lora.py::test_a_peft_adapter_file_and_keys_sdtune_cannot_read \
+  tests/caption/test_caption_api.py::test_a_server_that_never_succeeds \
+  tests/caption/test_caption_api.py::test_bad_arguments

@@ -16,5 +16,6 @@ void add_train_vae(CLI::App& app);
 void add_init(CLI::App& app);
 void add_lora(CLI::App& app);
 void add_convert(CLI::App& app);
+void add_caption(CLI::App& app);
 
 }  // namespace sdtune::cli

@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
   sdtune::cli::add_init(app);
   sdtune::cli::add_lora(app);
   sdtune::cli::add_convert(app);
+  sdtune::cli::add_caption(app);
   sdtune::cli::checks::check_every_number(app);
   try {
     app.parse(argc, argv);

@@ -1,6 +1,7 @@
 #include "sdtune/io/image.h"
 
 #include <algorithm>
+#include <memory>
 #include <mutex>
 
 #include <vips/vips8>
@@ -286,6 +287,13 @@ at::Tensor labelled_grid(const std::vector<at::Tensor>& cells, int64_t rows, int
     grid = join_below(grid, row);
   }
   return to_tensor(pad_to(grid, grid.width() + 2 * kGap, grid.height() + 2 * kGap));
+}
+
+std::string png_data_url(const at::Tensor& rgb) {
+  const std::string png = encode_png(rgb);
+  std::unique_ptr<gchar, decltype(&g_free)> text(
+      g_base64_encode(reinterpret_cast<const guchar*>(png.data()), png.size()), g_free);
+  return std::string("data:image/png;base64,") + text.get();
 }
 
 std::string encode_png(const at::Tensor& rgb) {

@@ -43,6 +43,10 @@ std::string encode_png(const at::Tensor&) {
   unavailable("PNG");
 }
 
+std::string png_data_url(const at::Tensor&) {
+  unavailable("PNG");
+}
+
 at::Tensor labelled_grid(const std::vector<at::Tensor>&, int64_t, int64_t,
                          const std::vector<std::string>&, const std::vector<std::string>&) {
   unavailable("grid");

@@ -78,6 +78,10 @@ void write_png(const std::filesystem::path& path, const at::Tensor& rgb,
 // images in TensorBoard event files.
 std::string encode_png(const at::Tensor& rgb);
 
+// uint8 [H,W,3] as a PNG data URL ("data:image/png;base64,..."; glib's base64), as chat APIs take
+// images inline.
+std::string png_data_url(const at::Tensor& rgb);
+
 // One image of `rows` × `cols` cells (uint8 [H,W,3] each, row-major), white background, with a
 // text label left of each row and above each column: the side-by-side comparisons users make
 // (base against fine-tuned model, plain against engineered prompt, several seeds). An empty label
