@@ -8,9 +8,11 @@
 #include <c10/core/InferenceMode.h>
 
 #include "cli/commands.h"
+#include "sdtune/caption/blip_decoding.h"
 #include "sdtune/error.h"
 #include "sdtune/io/tensor.h"
 #include "sdtune/lora/lora.h"
+#include "sdtune/models/blip.h"
 #include "sdtune/models/component_loader.h"
 #include "sdtune/models/single_file.h"
 
@@ -125,15 +127,41 @@ Outputs unet(const io::ModelFolder& folder, const models::LoadOptions& opts, con
                                     context.to(opts.device, opts.dtype))}};
 }
 
+// BLIP captioning (a transformers model folder, not a pipeline): "blip-vision" gives the image
+// embeddings of pixel_values; "blip-text" the decoder's logits for input_ids over image_embeds;
+// "blip-generate" greedy caption ids for pixel_values and the prompt's input_ids (scalars
+// max_length and min_length optional).
+Outputs blip(const Tensors& in, const Args& a) {
+  auto model = models::load_blip(a.model);
+  if (a.component == "blip-vision")
+    return {{"image_embeds", model->encode_image(input(in, a.inputs, "pixel_values", 4))}};
+  at::Tensor ids = input(in, a.inputs, "input_ids", 2);
+  if (ids.scalar_type() != at::kLong)
+    throw Error("expected int64 token ids", a.inputs, "input_ids");
+  if (ids.numel() > 0 &&
+      (ids.min().item<int64_t>() < 0 || ids.max().item<int64_t>() >= model->config.vocab_size))
+    throw Error("token id outside the vocabulary", a.inputs, "input_ids");
+  if (a.component == "blip-text")
+    return {{"logits", model->decode(ids, input(in, a.inputs, "image_embeds", 3))}};
+  caption::BlipDecoding d;
+  if (in.count("max_length")) d.max_length = in.at("max_length").item<int64_t>();
+  if (in.count("min_length")) d.min_length = in.at("min_length").item<int64_t>();
+  return {
+      {"sequences", caption::blip_generate(model, input(in, a.inputs, "pixel_values", 4), ids, d)}};
+}
+
 }  // namespace
 
 void add_forward(CLI::App& app) {
   auto a = std::make_shared<Args>();
   auto* cmd = app.add_subcommand("forward", "Run one component on tensors from a safetensors file");
   cmd->add_option("--model", a->model, "Pipeline folder or single file")->required();
-  cmd->add_option("--component", a->component, "text-encoder | vae-encoder | vae-decoder | unet")
+  cmd->add_option("--component", a->component,
+                  "text-encoder | vae-encoder | vae-decoder | unet | blip-vision | blip-text | "
+                  "blip-generate")
       ->required()
-      ->check(CLI::IsMember({"text-encoder", "vae-encoder", "vae-decoder", "unet"}));
+      ->check(CLI::IsMember({"text-encoder", "vae-encoder", "vae-decoder", "unet", "blip-vision",
+                             "blip-text", "blip-generate"}));
   cmd->add_option("--inputs", a->inputs, "Input tensors (.safetensors)")->required();
   cmd->add_option("--out", a->out, "Output tensors (.safetensors), float32")->required();
   cmd->add_option("--device", a->device, "cpu or cuda")
@@ -152,9 +180,15 @@ void add_forward(CLI::App& app) {
     models::LoadOptions opts;
     opts.device = c10::Device(a->device);
     opts.dtype = models::parse_dtype(a->dtype);
-    auto folder = models::open_model(a->model);
     Tensors in = io::read_tensors(a->inputs);
     c10::InferenceMode guard;
+    if (a->component.starts_with("blip")) {
+      Outputs out = blip(in, *a);
+      for (auto& [name, t] : out) t = t.is_floating_point() ? t.to(at::kFloat) : t;
+      io::write_tensors(a->out, out);
+      return;
+    }
+    auto folder = models::open_model(a->model);
     Outputs out = a->component == "text-encoder"  ? text_encoder(folder, opts, in, *a)
                   : a->component == "vae-encoder" ? vae_encoder(folder, opts, in, *a)
                   : a->component == "vae-decoder" ? vae_decoder(folder, opts, in, *a)
