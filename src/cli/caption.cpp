@@ -1,5 +1,6 @@
 // sdtune caption: a folder of raw images into a training set. Each image without a caption is
-// sent to a vision-language model behind an OpenAI-compatible chat-completions API; the captions
+// captioned by BLIP (in-process, as the seed's Naruto set was) or sent to a vision-language model
+// behind an OpenAI-compatible chat-completions API; the captions
 // go to DIR/metadata.jsonl (or NAME.txt sidecars), which `sdtune train --data DIR` reads.
 // Existing captions are kept unless --overwrite, so a rerun captions only what is missing.
 #include <algorithm>
@@ -9,16 +10,19 @@
 #include <cstdlib>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <sstream>
 #include <thread>
 
 #include "cli/commands.h"
 #include "cli/number_checks.h"
 #include "cli/progress.h"
+#include "sdtune/caption/blip_captioner.h"
 #include "sdtune/caption/caption_store.h"
 #include "sdtune/caption/chat_captioner.h"
 #include "sdtune/error.h"
 #include "sdtune/io/image.h"
+#include "sdtune/models/component_loader.h"
 #include "sdtune/warning.h"
 
 namespace sdtune::cli {
@@ -26,9 +30,11 @@ namespace {
 namespace fs = std::filesystem;
 
 struct Args {
-  std::string data, blip, api_key_env = "OPENAI_API_KEY", prefix, suffix;
+  std::string data, blip, blip_prompt, api_key_env = "OPENAI_API_KEY", prefix, suffix;
+  std::string device = "cpu", dtype = "fp32";
   caption::ChatOptions chat;
-  int64_t max_side = 1024, jobs = 4;
+  caption::BlipDecoding decoding;
+  int64_t max_side = 1024, jobs = 4, batch_size = 8;
   bool overwrite = false, sidecar = false, quiet = false, key_env_given = false;
 };
 
@@ -53,17 +59,22 @@ std::string image_for_api(const fs::path& path, int64_t max_side) {
 }
 
 void run(Args& a) {
-  if (!a.blip.empty())
-    throw Error(
-        "captioning with BLIP in C++ is not built yet; use a vision-language model over "
-        "the API (--api-base URL --api-model NAME)");
-  if (a.chat.base_url.empty() || a.chat.model.empty())
-    throw Error("--api-base URL and --api-model NAME are required");
+  const bool blip = !a.blip.empty();
+  if (blip && !a.chat.base_url.empty()) throw Error("--blip and --api-base: choose one");
+  if (!blip && (a.chat.base_url.empty() || a.chat.model.empty()))
+    throw Error("--blip MODEL_DIR, or --api-base URL and --api-model NAME, is required");
   // The key comes from the environment only; it is never printed (errors mask it).
   if (const char* key = std::getenv(a.api_key_env.c_str()); key && *key)
     a.chat.api_key = key;
-  else if (a.key_env_given)
+  else if (a.key_env_given && !blip)
     throw Error("--api-key-env names " + a.api_key_env + ", which is not set");
+  std::optional<caption::BlipCaptioner> blip_model;
+  if (blip) {
+    const at::ScalarType dtype = models::parse_dtype(a.dtype);
+    if (a.device == "cpu" && dtype == at::kHalf)
+      throw Error("fp16 runs on the GPU only; use --dtype fp32 or bf16 on the CPU");
+    blip_model.emplace(a.blip, c10::Device(a.device), dtype);
+  }
 
   caption::CaptionStore store = caption::CaptionStore::open(a.data, a.sidecar);
   std::vector<fs::path> todo;
@@ -77,47 +88,73 @@ void run(Args& a) {
 
   Progress progress("caption", a.quiet);
   std::mutex mutex;  // the store, the counts and the progress display
-  std::atomic<size_t> next{0};
   int64_t captioned = 0, skipped = 0, failed = 0, done = 0;
   std::vector<int64_t> lengths;
   auto last_save = std::chrono::steady_clock::now();
-  auto worker = [&] {
-    for (size_t i; (i = next++) < todo.size();) {
-      const fs::path& image = todo[i];
-      std::string text, problem;
-      bool unreadable = false;
-      try {
-        const std::string url = image_for_api(fs::path(a.data) / image, a.max_side);
+  // One image's outcome: its caption, or why it has none (`unreadable`: the image itself).
+  auto record = [&](const fs::path& image, const std::string& caption, const std::string& problem,
+                    bool unreadable) {
+    const std::lock_guard<std::mutex> lock(mutex);
+    if (problem.empty()) {
+      const std::string text = a.prefix + caption + a.suffix;
+      store.set(image, text);
+      ++captioned;
+      lengths.push_back(words(text));
+      // Saved every few seconds as well as at the end: a run stopped midway keeps its captions.
+      if (std::chrono::steady_clock::now() - last_save > std::chrono::seconds(2)) {
+        store.save();
+        last_save = std::chrono::steady_clock::now();
+      }
+    } else {
+      ++(unreadable ? skipped : failed);
+      warn((unreadable ? "skipping " : "no caption for ") + image.string() + ": " + problem);
+    }
+    progress.update(++done, static_cast<int64_t>(todo.size()));
+  };
+  if (blip) {
+    // --batch-size images at a time through the model.
+    const auto batch_size = static_cast<size_t>(a.batch_size);
+    for (size_t start = 0; start < todo.size(); start += batch_size) {
+      std::vector<fs::path> batch;
+      std::vector<at::Tensor> images;
+      for (size_t i = start; i < std::min(todo.size(), start + batch_size); ++i) {
         try {
-          text = a.prefix + caption::caption_image(url, a.chat) + a.suffix;
+          images.push_back(io::read_image_rgb(fs::path(a.data) / todo[i]));
+          batch.push_back(todo[i]);
         } catch (const Error& e) {
+          record(todo[i], "", e.message(), true);
+        }
+      }
+      if (batch.empty()) continue;
+      const auto captions = blip_model->caption(images, a.blip_prompt, a.decoding);
+      for (size_t i = 0; i < batch.size(); ++i)
+        record(batch[i], captions[i], captions[i].empty() ? "an empty caption" : "", false);
+    }
+  } else {
+    std::atomic<size_t> next{0};
+    auto worker = [&] {
+      for (size_t i; (i = next++) < todo.size();) {
+        std::string text, problem;
+        bool unreadable = false;
+        try {
+          const std::string url = image_for_api(fs::path(a.data) / todo[i], a.max_side);
+          try {
+            text = caption::caption_image(url, a.chat);
+          } catch (const Error& e) {
+            problem = e.message();
+          }
+        } catch (const Error& e) {
+          unreadable = true;
           problem = e.message();
         }
-      } catch (const Error& e) {
-        unreadable = true;
-        problem = e.message();
+        record(todo[i], text, problem, unreadable);
       }
-      const std::lock_guard<std::mutex> lock(mutex);
-      if (problem.empty()) {
-        store.set(image, text);
-        ++captioned;
-        lengths.push_back(words(text));
-        // Saved every few seconds as well as at the end: a run stopped midway keeps its captions.
-        if (std::chrono::steady_clock::now() - last_save > std::chrono::seconds(2)) {
-          store.save();
-          last_save = std::chrono::steady_clock::now();
-        }
-      } else {
-        ++(unreadable ? skipped : failed);
-        warn((unreadable ? "skipping " : "no caption for ") + image.string() + ": " + problem);
-      }
-      progress.update(++done, static_cast<int64_t>(todo.size()));
-    }
-  };
-  std::vector<std::thread> threads;
-  const int64_t n = std::min<int64_t>(a.jobs, std::max<size_t>(todo.size(), 1));
-  for (int64_t t = 0; t < n; ++t) threads.emplace_back(worker);
-  for (auto& t : threads) t.join();
+    };
+    std::vector<std::thread> threads;
+    const int64_t n = std::min<int64_t>(a.jobs, std::max<size_t>(todo.size(), 1));
+    for (int64_t t = 0; t < n; ++t) threads.emplace_back(worker);
+    for (auto& t : threads) t.join();
+  }
   progress.finish();
   store.save();
 
@@ -148,11 +185,32 @@ void add_caption(CLI::App& app) {
   auto a = std::make_shared<Args>();
   auto* cmd = app.add_subcommand(
       "caption",
-      "Caption a folder of images for training, with a vision-language model over an "
+      "Caption a folder of images for training, with BLIP or a vision-language model over an "
       "OpenAI-compatible API (writes metadata.jsonl)");
   cmd->add_option("--data", a->data, "Folder of images (captions go to its metadata.jsonl)")
       ->required();
-  cmd->add_option("--blip", a->blip, "BLIP model folder (not built yet)");
+  cmd->add_option("--blip", a->blip,
+                  "BLIP captioning model folder in transformers' layout "
+                  "(Salesforce/blip-image-captioning-base or -large)");
+  cmd->add_option(
+      "--blip-prompt", a->blip_prompt,
+      "BLIP: text every caption starts from (conditional captioning: \"a picture of\")");
+  cmd->add_option("--max-length", a->decoding.max_length,
+                  "BLIP: longest caption in tokens, the prompt's included")
+      ->capture_default_str()
+      ->check(checks::in_range(2, 512));
+  cmd->add_option("--min-length", a->decoding.min_length, "BLIP: shortest caption in tokens")
+      ->capture_default_str()
+      ->check(checks::in_range(0, 512));
+  cmd->add_option("--batch-size", a->batch_size, "BLIP: images per batch")
+      ->capture_default_str()
+      ->check(checks::in_range(1, 1024));
+  cmd->add_option("--device", a->device, "BLIP: cpu or cuda")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  cmd->add_option("--dtype", a->dtype, "BLIP: fp32, fp16 (GPU only) or bf16")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"fp32", "fp16", "bf16"}));
   cmd->add_option("--api-base", a->chat.base_url,
                   "Base URL of an OpenAI-compatible API, e.g. http://127.0.0.1:8080/v1");
   cmd->add_option("--api-model", a->chat.model, "Model name the server knows");

@@ -8,6 +8,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include "cli/commands.h"
+#include "sdtune/caption/blip_captioner.h"
 #include "sdtune/caption/blip_decoding.h"
 #include "sdtune/error.h"
 #include "sdtune/io/tensor.h"
@@ -130,8 +131,15 @@ Outputs unet(const io::ModelFolder& folder, const models::LoadOptions& opts, con
 // BLIP captioning (a transformers model folder, not a pipeline): "blip-vision" gives the image
 // embeddings of pixel_values; "blip-text" the decoder's logits for input_ids over image_embeds;
 // "blip-generate" greedy caption ids for pixel_values and the prompt's input_ids (scalars
-// max_length and min_length optional).
+// max_length and min_length optional); "blip-pixels" the image processor's pixel_values of a
+// uint8 [H,W,3] image.
 Outputs blip(const Tensors& in, const Args& a) {
+  if (a.component == "blip-pixels") {
+    const at::Tensor image = input(in, a.inputs, "image", 3);
+    if (image.scalar_type() != at::kByte || image.size(2) != 3)
+      throw Error("expected uint8 [H,W,3]", a.inputs, "image");
+    return {{"pixel_values", caption::BlipImageProcessor::load(a.model)({image})}};
+  }
   auto model = models::load_blip(a.model);
   if (a.component == "blip-vision")
     return {{"image_embeds", model->encode_image(input(in, a.inputs, "pixel_values", 4))}};
@@ -158,10 +166,10 @@ void add_forward(CLI::App& app) {
   cmd->add_option("--model", a->model, "Pipeline folder or single file")->required();
   cmd->add_option("--component", a->component,
                   "text-encoder | vae-encoder | vae-decoder | unet | blip-vision | blip-text | "
-                  "blip-generate")
+                  "blip-generate | blip-pixels")
       ->required()
       ->check(CLI::IsMember({"text-encoder", "vae-encoder", "vae-decoder", "unet", "blip-vision",
-                             "blip-text", "blip-generate"}));
+                             "blip-text", "blip-generate", "blip-pixels"}));
   cmd->add_option("--inputs", a->inputs, "Input tensors (.safetensors)")->required();
   cmd->add_option("--out", a->out, "Output tensors (.safetensors), float32")->required();
   cmd->add_option("--device", a->device, "cpu or cuda")

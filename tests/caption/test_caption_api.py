@@ -208,8 +208,10 @@ def test_bad_arguments(sdtune_bin, tmp_path):
     assert proc.returncode == 1 and "--api-model" in proc.stderr
     proc = run("--api-base", "http://127.0.0.1:9/v1", "--api-model", "m", "--api-key-env", "SDTUNE_UNSET_KEY")
     assert proc.returncode == 1 and "SDTUNE_UNSET_KEY, which is not set" in proc.stderr
-    proc = run("--blip", tmp_path)
-    assert proc.returncode == 1 and "BLIP" in proc.stderr
+    proc = run("--blip", tmp_path)  # no BLIP model there
+    assert proc.returncode == 1 and f"{tmp_path / 'config.json'}: cannot open" in proc.stderr, proc.stderr
+    proc = run("--blip", tmp_path, "--api-base", "http://127.0.0.1:9/v1")
+    assert proc.returncode == 1 and "choose one" in proc.stderr
     # Nothing listens on the discard port: each image fails, named, and nothing is written.
     proc = run("--api-base", "http://127.0.0.1:9/v1", "--api-model", "m", "--retries", 0, "--quiet")
     assert proc.returncode == 1 and "failed 3" in proc.stdout and "request failed" in proc.stderr, proc.stderr
