@@ -202,6 +202,15 @@ void add_caption(CLI::App& app) {
   cmd->add_option("--min-length", a->decoding.min_length, "BLIP: shortest caption in tokens")
       ->capture_default_str()
       ->check(checks::in_range(0, 512));
+  cmd->add_option("--num-beams", a->decoding.num_beams, "BLIP: beam search width (1: greedy)")
+      ->capture_default_str()
+      ->check(checks::in_range(1, 64));
+  cmd->add_option("--length-penalty", a->decoding.length_penalty,
+                  "BLIP beam search: finished captions score log-probability / length^this")
+      ->capture_default_str()
+      ->check(checks::in_range(-10, 10));
+  cmd->add_flag("--early-stopping", a->decoding.early_stopping,
+                "BLIP beam search: stop once --num-beams captions are finished");
   cmd->add_option("--batch-size", a->batch_size, "BLIP: images per batch")
       ->capture_default_str()
       ->check(checks::in_range(1, 1024));

@@ -130,9 +130,9 @@ Outputs unet(const io::ModelFolder& folder, const models::LoadOptions& opts, con
 
 // BLIP captioning (a transformers model folder, not a pipeline): "blip-vision" gives the image
 // embeddings of pixel_values; "blip-text" the decoder's logits for input_ids over image_embeds;
-// "blip-generate" greedy caption ids for pixel_values and the prompt's input_ids (scalars
-// max_length and min_length optional); "blip-pixels" the image processor's pixel_values of a
-// uint8 [H,W,3] image.
+// "blip-generate" caption ids for pixel_values and the prompt's input_ids (scalars max_length,
+// min_length, num_beams, length_penalty and early_stopping optional); "blip-pixels" the image
+// processor's pixel_values of a uint8 [H,W,3] image.
 Outputs blip(const Tensors& in, const Args& a) {
   if (a.component == "blip-pixels") {
     const at::Tensor image = input(in, a.inputs, "image", 3);
@@ -154,6 +154,9 @@ Outputs blip(const Tensors& in, const Args& a) {
   caption::BlipDecoding d;
   if (in.count("max_length")) d.max_length = in.at("max_length").item<int64_t>();
   if (in.count("min_length")) d.min_length = in.at("min_length").item<int64_t>();
+  if (in.count("num_beams")) d.num_beams = in.at("num_beams").item<int64_t>();
+  if (in.count("length_penalty")) d.length_penalty = in.at("length_penalty").item<double>();
+  if (in.count("early_stopping")) d.early_stopping = in.at("early_stopping").item<bool>();
   return {
       {"sequences", caption::blip_generate(model, input(in, a.inputs, "pixel_values", 4), ids, d)}};
 }

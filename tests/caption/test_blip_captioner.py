@@ -78,21 +78,22 @@ def test_pixels_equal_the_processors(blip_folder, run_sdtune, tmp_path):
         assert ours.shape == ref.shape and torch.equal(ours, ref), (f.name, (ours - ref).abs().max())
 
 
-@pytest.mark.parametrize("prompt", ["", "a picture of"])
-def test_captions_equal_transformers(blip_folder, sdtune_bin, tmp_path, prompt):
+@pytest.mark.parametrize("prompt,beams", [("", 1), ("a picture of", 1), ("a picture of", 3)])
+def test_captions_equal_transformers(blip_folder, sdtune_bin, tmp_path, prompt, beams):
     folder, model, processor = blip_folder
     files = images(tmp_path / "data")
     want = {}
     for f in files:
         inputs = processor(images=Image.open(f).convert("RGB"), text=prompt or None, return_tensors="pt")
         with torch.no_grad():
-            ids = model.generate(**inputs, max_length=16)
+            ids = model.generate(**inputs, max_length=16, num_beams=beams)
         want[f.name] = processor.decode(ids[0], skip_special_tokens=True)
     assert all(len(v.split()) >= 10 for v in want.values()), want
     if prompt:
         assert all(v.startswith(prompt + " ") for v in want.values())
     proc = subprocess.run([str(sdtune_bin), "caption", "--data", str(tmp_path / "data"), "--blip", str(folder),
-                           "--blip-prompt", prompt, "--max-length", "16", "--batch-size", "3", "--quiet"],
+                           "--blip-prompt", prompt, "--max-length", "16", "--num-beams", str(beams),
+                           "--batch-size", "3", "--quiet"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "images: 4 (captioned 4, kept 0, skipped 0, failed 0)" in proc.stdout

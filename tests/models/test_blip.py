@@ -101,3 +101,31 @@ def test_decoding_stops_at_sep_and_not_before_min_length(blip, run_sdtune, tmp_p
                            max_length=torch.tensor(14), min_length=torch.tensor(min_length))["sequences"]
         assert ours.tolist() == ref.tolist()
         assert ours.shape[1] == max(min_length, 1) + 1 and (ours[:, -1] == 102).all()
+
+
+@pytest.mark.parametrize("num_beams,length_penalty,early_stopping,min_length",
+                         [(3, 1.0, False, 0), (4, 0.6, True, 0), (3, 2.0, False, 5), (2, -1.0, True, 3)])
+def test_beam_search_ids(blip, run_sdtune, tmp_path, num_beams, length_penalty, early_stopping, min_length):
+    """transformers' beam search: scores length-normalised by generated length ^ length_penalty, its
+    early-stop heuristic or early_stopping, min_length; captions ending at [SEP] at different lengths
+    (a decoder leaning to [SEP]) and padding as transformers pads."""
+    from transformers import BlipForConditionalGeneration
+
+    folder, _ = blip
+    model = BlipForConditionalGeneration.from_pretrained(folder).eval()
+    with torch.no_grad():
+        model.text_decoder.cls.predictions.decoder.bias[102] += 7.0
+    lean = tmp_path / "lean"
+    model.save_pretrained(lean, safe_serialization=True)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    ids = torch.tensor([[101, 1037, 102]] * 3)
+    kw = dict(max_length=12, min_length=min_length, num_beams=num_beams, length_penalty=length_penalty,
+              early_stopping=early_stopping)
+    with torch.no_grad():
+        ref = model.generate(pixel_values=x, input_ids=ids.clone(), **kw)
+    ours = run_forward(run_sdtune, lean, "blip-generate", tmp_path, pixel_values=x, input_ids=ids,
+                       max_length=torch.tensor(12), min_length=torch.tensor(min_length),
+                       num_beams=torch.tensor(num_beams), length_penalty=torch.tensor(length_penalty),
+                       early_stopping=torch.tensor(early_stopping))["sequences"]
+    assert ours.tolist() == ref.tolist()
+    assert (ref == 102).any()  # some caption ended
