@@ -2,10 +2,12 @@
 
 #include "sdtune/error.h"
 #include "sdtune/io/model_folder.h"
+#include "sdtune/io/pickle_checkpoint.h"
 #include "sdtune/io/state_dict.h"
 
 namespace sdtune::models {
 namespace nn = torch::nn;
+namespace fs = std::filesystem;
 namespace {
 
 nn::LayerNorm layer_norm(int64_t d, double eps) {
@@ -214,7 +216,16 @@ at::Tensor BlipForConditionalGenerationImpl::decode(const at::Tensor& input_ids,
 BlipForConditionalGeneration load_blip(const std::filesystem::path& dir) {
   const io::JsonConfig json = io::JsonConfig::load(dir / "config.json");
   BlipForConditionalGeneration model(BlipConfig::from_json(json));
-  io::StateDict state = io::read_state_dict(io::find_weight_files(dir));
+  // Safetensors; else the pytorch_model.bin older repositories publish, read without running its
+  // pickle (io/pickle_checkpoint).
+  io::StateDict state;
+  if (fs::exists(dir / "pytorch_model.bin") && !fs::exists(dir / "model.safetensors") &&
+      !fs::exists(dir / "model.safetensors.index.json")) {
+    for (auto& [name, t] : io::read_pickle_checkpoint(dir / "pytorch_model.bin").tensors)
+      state[name] = t;
+  } else {
+    state = io::read_state_dict(io::find_weight_files(dir));
+  }
   // transformers saves tied weights once: the decoder's are the word embeddings and the bias.
   const std::string p = "text_decoder.cls.predictions.";
   if (!state.count(p + "decoder.weight") &&

@@ -129,3 +129,18 @@ def test_beam_search_ids(blip, run_sdtune, tmp_path, num_beams, length_penalty, 
                        early_stopping=torch.tensor(early_stopping))["sequences"]
     assert ours.tolist() == ref.tolist()
     assert (ref == 102).any()  # some caption ended
+
+
+def test_a_pytorch_model_bin_loads_as_the_safetensors(blip, run_sdtune, tmp_path):
+    """Older BLIP repositories publish pytorch_model.bin: read through the restricted pickle reader."""
+    import shutil
+
+    folder, model = blip
+    old = tmp_path / "bin"
+    old.mkdir()
+    shutil.copy(folder / "config.json", old / "config.json")
+    torch.save(model.state_dict(), old / "pytorch_model.bin")
+    x = pixels()
+    a = run_forward(run_sdtune, folder, "blip-vision", tmp_path, pixel_values=x)["image_embeds"]
+    b = run_forward(run_sdtune, old, "blip-vision", tmp_path, pixel_values=x)["image_embeds"]
+    assert torch.equal(a, b)

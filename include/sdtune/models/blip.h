@@ -58,7 +58,8 @@ class BlipForConditionalGenerationImpl : public torch::nn::Module {
 };
 TORCH_MODULE(BlipForConditionalGeneration);
 
-// Builds the model from DIR/config.json and loads DIR's safetensors strictly. The decoder's output
+// Builds the model from DIR/config.json and loads DIR's safetensors (or its pytorch_model.bin,
+// through the restricted pickle reader) strictly. The decoder's output
 // weights, which transformers leaves out of the file when they are tied to the word embeddings,
 // are taken from those.
 BlipForConditionalGeneration load_blip(const std::filesystem::path& dir);
