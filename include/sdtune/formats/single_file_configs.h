@@ -25,8 +25,8 @@ struct SingleFileConfigs {
 
 // `shapes`: every tensor of the file by name. `prediction_type`: "epsilon", "v_prediction" or ""
 // (the architecture's default, or the LDM config's). `ldm`: the original LDM config of the file
-// (A1111's sidecar MODEL.yaml, io/yaml_document.h) or null; its parameterization, latent image size,
-// heads (num_heads / num_head_channels) and scale factor replace SD's defaults. Errors name
+// (A1111's sidecar MODEL.yaml, io/yaml_document.h) or null; its parameterization, latent image
+// size, heads (num_heads / num_head_channels) and scale factor replace SD's defaults. Errors name
 // `source` and the key that does not fit: a component missing, levels of unequal channels, a UNet
 // of another kind (SDXL, class-conditioned), a width that is no multiple of the heads' width.
 SingleFileConfigs infer_single_file_configs(
