@@ -45,7 +45,9 @@ class Storages {
       if (!reader_.hasRecord(record)) throw Error("no storage record " + record, file_, key);
       const size_t bytes = reader_.getRecordSize(record);
       const at::ScalarType dtype = scalar_type(s.dtype);
-      if (bytes != static_cast<size_t>(s.numel) * at::elementSize(dtype))
+      // numel · element size must not overflow into a match: numel cannot exceed the bytes.
+      if (static_cast<uint64_t>(s.numel) > bytes ||
+          bytes != static_cast<size_t>(s.numel) * at::elementSize(dtype))
         throw Error("storage record " + record + " holds " + std::to_string(bytes) +
                         " bytes, not the " + std::to_string(s.numel) + " elements it declares",
                     file_, key);

@@ -3,6 +3,7 @@
 #include <utf8proc.h>
 
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -15,6 +16,9 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr size_t kMaxWordChars = 100;  // longer words are [UNK], as WordPiece's default
+// Ids index a table: a file naming id 10^12 must not make us allocate it. BERT's vocabulary has
+// 30,522 entries; multilingual ones a few hundred thousand.
+constexpr int64_t kMaxTokenId = 1 << 24;
 
 std::string read_file(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
@@ -22,6 +26,16 @@ std::string read_file(const fs::path& path) {
   std::stringstream s;
   s << in.rdbuf();
   return s.str();
+}
+
+// A token id from JSON: an integer within int64 (a float or a huge number is an Error, never a
+// conversion of it).
+int64_t token_id(const nlohmann::json& j, const fs::path& file) {
+  if (!j.is_number_integer() ||
+      (j.is_number_unsigned() &&
+       j.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())))
+    throw Error("a token id that is not an integer: " + j.dump(), file.string());
+  return j.get<int64_t>();
 }
 
 std::vector<int32_t> code_points(std::string_view text) {
@@ -112,6 +126,15 @@ std::vector<int32_t> normalize(std::string_view text, bool lowercase) {
 BertTokenizer::BertTokenizer(std::unordered_map<std::string, int64_t> vocab,
                              std::vector<std::pair<std::string, int64_t>> special, bool lowercase)
     : vocab_(std::move(vocab)), special_(std::move(special)), lowercase_(lowercase) {
+  // An empty special token would match everywhere and nowhere advance.
+  for (const auto& [t, id] : special_)
+    if (t.empty()) throw Error("an empty special token (id " + std::to_string(id) + ")");
+  for (const auto& [t, id] : vocab_)
+    if (id < 0 || id >= kMaxTokenId)
+      throw Error("token id " + std::to_string(id) + " of '" + t + "' is outside [0, 2^24)");
+  for (const auto& [t, id] : special_)
+    if (id < 0 || id >= kMaxTokenId)
+      throw Error("token id " + std::to_string(id) + " of '" + t + "' is outside [0, 2^24)");
   int64_t size = 0;
   for (const auto& [t, id] : vocab_) size = std::max(size, id + 1);
   for (const auto& [t, id] : special_) size = std::max(size, id + 1);
@@ -245,13 +268,14 @@ BertTokenizer BertTokenizer::load(const fs::path& dir) {
       if (j.at("model").value("type", "") != "WordPiece")
         throw Error("not a WordPiece tokenizer", tokenizer_json.string(), "model.type");
       for (const auto& [token, id] : j.at("model").at("vocab").items())
-        vocab[token] = id.get<int64_t>();
+        vocab[token] = token_id(id, tokenizer_json);
       if (j.contains("normalizer") && j["normalizer"].is_object())
         lowercase = j["normalizer"].value("lowercase", true);
       if (j.contains("added_tokens") && j["added_tokens"].is_array())
         for (const auto& t : j["added_tokens"])
           if (t.value("special", false))
-            special.emplace_back(t.at("content").get<std::string>(), t.at("id").get<int64_t>());
+            special.emplace_back(t.at("content").get<std::string>(),
+                                 token_id(t.at("id"), tokenizer_json));
     } catch (const nlohmann::json::exception& e) {
       throw Error(std::string("malformed tokenizer: ") + e.what(), tokenizer_json.string());
     }
@@ -268,14 +292,19 @@ BertTokenizer BertTokenizer::load(const fs::path& dir) {
       try {
         const nlohmann::json tokens =
             nlohmann::json::parse(read_file(added), io::json_depth_limit(added.string()));
+        if (!tokens.is_object()) throw Error("expected a JSON object", added.string());
         for (const auto& [token, tid] : tokens.items())
-          special.emplace_back(token, tid.get<int64_t>());
+          special.emplace_back(token, token_id(tid, added));
       } catch (const nlohmann::json::exception& e) {
         throw Error(std::string("malformed: ") + e.what(), added.string());
       }
     }
   }
-  return BertTokenizer(std::move(vocab), std::move(special), lowercase);
+  try {
+    return BertTokenizer(std::move(vocab), std::move(special), lowercase);
+  } catch (const Error& e) {
+    throw e.with_file(dir.string());
+  }
 }
 
 }  // namespace sdtune::text
