@@ -9,19 +9,12 @@
 #include "sdtune/error.h"
 #include "sdtune/io/atomic_write.h"
 #include "sdtune/io/json_config.h"
+#include "sdtune/io/read_file.h"
 #include "sdtune/warning.h"
 
 namespace sdtune::caption {
 namespace fs = std::filesystem;
 namespace {
-
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error("cannot read", path.string());
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 bool non_empty_caption(const nlohmann::json& v) {
   if (v.is_string()) return v.get<std::string>().find_first_not_of(" \t\r\n") != std::string::npos;
@@ -58,7 +51,7 @@ CaptionStore CaptionStore::open(const fs::path& dir, bool sidecar) {
   if (!sidecar && fs::exists(metadata)) {
     if (const std::string why = root.refusal(metadata); !why.empty())
       throw Error("the dataset's metadata.jsonl is " + why, metadata.string());
-    std::istringstream in(read_file(metadata));
+    std::istringstream in(io::read_file(metadata));
     std::string line;
     for (int64_t number = 1; std::getline(in, line); ++number) {
       if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
@@ -80,7 +73,8 @@ CaptionStore CaptionStore::open(const fs::path& dir, bool sidecar) {
     for (const auto& image : s.images_) {
       fs::path txt = dir / image;
       txt.replace_extension(".txt");
-      if (fs::is_regular_file(txt) && root.refusal(txt).empty()) s.text_[image] = read_file(txt);
+      if (fs::is_regular_file(txt) && root.refusal(txt).empty())
+        s.text_[image] = io::read_file(txt);
     }
   return s;
 }

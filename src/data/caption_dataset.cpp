@@ -11,6 +11,7 @@
 #include "sdtune/error.h"
 #include "sdtune/io/json_config.h"
 #include "sdtune/io/parquet.h"
+#include "sdtune/io/read_file.h"
 #include "sdtune/warning.h"
 
 namespace sdtune::data {
@@ -33,11 +34,7 @@ std::vector<fs::path> find_images(const fs::path& dir) {
 }
 
 std::string read_text(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error("cannot read caption file", path.string());
-  std::stringstream s;
-  s << in.rdbuf();
-  std::string text = s.str();
+  std::string text = io::read_file(path, std::uintmax_t{1} << 20);
   // Editors leave a trailing newline; kohya strips the caption too.
   const auto not_space = [](unsigned char c) { return !std::isspace(c); };
   text.erase(std::find_if(text.rbegin(), text.rend(), not_space).base(), text.end());

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "sdtune/error.h"
+#include "sdtune/io/read_file.h"
 
 namespace sdtune::io {
 namespace {
@@ -85,12 +86,8 @@ nlohmann::json::parser_callback_t json_depth_limit(std::string source) {
 }
 
 JsonConfig JsonConfig::load(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error("cannot open file (missing or unreadable)", path.string());
-  std::stringstream buffer;
-  buffer << in.rdbuf();
   nlohmann::json json =
-      nlohmann::json::parse(quote_non_finite(buffer.str()), json_depth_limit(path.string()),
+      nlohmann::json::parse(quote_non_finite(read_file(path)), json_depth_limit(path.string()),
                             /*allow_exceptions=*/false);
   if (json.is_discarded()) throw Error("not valid JSON", path.string());
   restore_non_finite(json);

@@ -11,6 +11,7 @@
 
 #include "sdtune/error.h"
 #include "sdtune/io/json_config.h"
+#include "sdtune/io/read_file.h"
 
 namespace sdtune::io {
 namespace {
@@ -148,15 +149,7 @@ json parse_yaml(const std::string& text, const std::string& source) {
 }
 
 json read_yaml_file(const std::filesystem::path& path) {
-  std::error_code ec;
-  const std::uintmax_t size = std::filesystem::file_size(path, ec);
-  if (ec) throw Error("cannot read: " + ec.message(), path.string());
-  if (size > kMaxYamlBytes) throw Error("YAML file larger than 1 MiB", path.string());
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream buf;
-  buf << in.rdbuf();
-  if (!in && !in.eof()) throw Error("cannot read", path.string());
-  return parse_yaml(buf.str(), path.string());
+  return parse_yaml(read_file(path, kMaxYamlBytes), path.string());
 }
 
 }  // namespace sdtune::io

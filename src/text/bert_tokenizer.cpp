@@ -10,6 +10,7 @@
 
 #include "sdtune/error.h"
 #include "sdtune/io/json_config.h"
+#include "sdtune/io/read_file.h"
 
 namespace sdtune::text {
 namespace fs = std::filesystem;
@@ -19,14 +20,6 @@ constexpr size_t kMaxWordChars = 100;  // longer words are [UNK], as WordPiece's
 // Ids index a table: a file naming id 10^12 must not make us allocate it. BERT's vocabulary has
 // 30,522 entries; multilingual ones a few hundred thousand.
 constexpr int64_t kMaxTokenId = 1 << 24;
-
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error("cannot read", path.string());
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 // A token id from JSON: an integer within int64 (a float or a huge number is an Error, never a
 // conversion of it).
@@ -263,7 +256,7 @@ BertTokenizer BertTokenizer::load(const fs::path& dir) {
   if (fs::exists(tokenizer_json)) {
     nlohmann::json j;
     try {
-      j = nlohmann::json::parse(read_file(tokenizer_json),
+      j = nlohmann::json::parse(io::read_file(tokenizer_json),
                                 io::json_depth_limit(tokenizer_json.string()));
       if (j.at("model").value("type", "") != "WordPiece")
         throw Error("not a WordPiece tokenizer", tokenizer_json.string(), "model.type");
@@ -281,7 +274,7 @@ BertTokenizer BertTokenizer::load(const fs::path& dir) {
     }
   } else {
     const fs::path vocab_txt = dir / "vocab.txt";
-    std::istringstream in(read_file(vocab_txt));
+    std::istringstream in(io::read_file(vocab_txt));
     int64_t id = 0;
     for (std::string line; std::getline(in, line); ++id) {
       if (!line.empty() && line.back() == '\r') line.pop_back();
@@ -291,7 +284,7 @@ BertTokenizer BertTokenizer::load(const fs::path& dir) {
     if (fs::exists(added)) {
       try {
         const nlohmann::json tokens =
-            nlohmann::json::parse(read_file(added), io::json_depth_limit(added.string()));
+            nlohmann::json::parse(io::read_file(added), io::json_depth_limit(added.string()));
         if (!tokens.is_object()) throw Error("expected a JSON object", added.string());
         for (const auto& [token, tid] : tokens.items())
           special.emplace_back(token, token_id(tid, added));
