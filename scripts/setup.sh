@@ -18,7 +18,8 @@ APT_PACKAGES=(cmake ninja-build g++ ccache nlohmann-json3-dev libcli11-dev libto
 # Face parquet datasets.
 PY_PACKAGES=(torch==2.15.0 diffusers==0.42.1 transformers==5.23.0 open-clip-torch==3.3.0
              safetensors numpy pillow pytest accelerate pyarrow==26.0.1
-             tensorboard==2.21.0 peft==0.21.2)
+             tensorboard==2.21.0 peft==0.21.2
+             torchvision)  # test-only: transformers 5's BLIP image processor resizes through it
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
