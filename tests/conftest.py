@@ -15,6 +15,19 @@ from binaries import built_binary
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session", autouse=True)
+def single_file_cache(tmp_path_factory):
+    """Single files read by any test are unpacked under the session's tmp, never the user's
+    ~/.cache/sdtune, so a test run leaves nothing behind (and cannot reuse a stale unpacking)."""
+    folder = tmp_path_factory.mktemp("single-file-cache")
+    old = os.environ.get("SDTUNE_CACHE_DIR")
+    os.environ["SDTUNE_CACHE_DIR"] = str(folder)
+    yield folder
+    if old is None:
+        os.environ.pop("SDTUNE_CACHE_DIR", None)
+    else:
+        os.environ["SDTUNE_CACHE_DIR"] = old
+
 
 def pytest_terminal_summary(terminalreporter):
     from parity import WORST

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <sstream>
 #include <vector>
 
@@ -39,14 +40,24 @@ bool scalar_text(const toml::node& node, std::string& out) {
   return true;
 }
 
-// Whether TOML reads `v` (a number to strtod, holding no quote, '#' or newline) as a number.
-bool is_toml_number(const std::string& v) {
+// The text apply_toml_config gives an option for `v` written bare, when TOML reads it as a
+// number (`v` is a number to strtod, holding no quote, '#' or newline): "+6" reads back as "6",
+// "1e-4" as "0.0001"; nullopt when TOML refuses it ("1.", ".5", "01", 2^64).
+std::optional<std::string> toml_number_text(const std::string& v) {
   try {
     const toml::table table = toml::parse("v = " + v);
-    return table["v"].is_integer() || table["v"].is_floating_point();
+    std::string text;
+    if ((table["v"].is_integer() || table["v"].is_floating_point()) &&
+        scalar_text(*table.get("v"), text))
+      return text;
   } catch (const toml::parse_error&) {
-    return false;
   }
+  return std::nullopt;
+}
+
+bool is_numeric(const CLI::Option* opt) {
+  const std::string type = opt->get_type_name();
+  return type.find("INT") != std::string::npos || type.find("FLOAT") != std::string::npos;
 }
 
 bool is_flag(const CLI::Option* opt) {
@@ -133,16 +144,19 @@ std::string effective_config(const CLI::App* cmd, const std::set<std::string>& s
     }
     return out + "\"";
   };
-  // Numbers and booleans bare, everything else as a string. A number is bare only when TOML reads
-  // it back as one: strtod and CLI11 take "1.", ".5", "01" and 2^64, which TOML refuses.
-  auto literal = [&](const std::string& v) {
+  // Numbers and booleans bare, everything else as a string, so that the file applies the same
+  // text again. A number is bare only when TOML reads it back as one: strtod and CLI11 take "1.",
+  // ".5", "01" and 2^64, which TOML refuses. TOML reads "+6" as 6: a numeric option is written
+  // as TOML will read it (the same number), a text option keeps its text in quotes.
+  auto literal = [&](const std::string& v, bool numeric) {
     char* end = nullptr;
     if (!v.empty()) {
       std::strtod(v.c_str(), &end);
       const bool special = v.find_first_of("xXnNiI") != std::string::npos;  // hex, nan, inf
-      if (*end == '\0' && !special && v.find_first_not_of("0123456789+-.eE") == std::string::npos &&
-          is_toml_number(v))
-        return v;
+      if (*end == '\0' && !special && v.find_first_not_of("0123456789+-.eE") == std::string::npos) {
+        const std::optional<std::string> reread = toml_number_text(v);
+        if (reread && (*reread == v || numeric)) return *reread;
+      }
     }
     if (v == "true" || v == "false") return v;
     return quoted(v);
@@ -161,10 +175,11 @@ std::string effective_config(const CLI::App* cmd, const std::set<std::string>& s
     if (values.empty()) continue;
     if (opt->get_items_expected_max() > 1) {
       s << name << " = [";
-      for (size_t i = 0; i < values.size(); ++i) s << (i ? ", " : "") << literal(values[i]);
+      for (size_t i = 0; i < values.size(); ++i)
+        s << (i ? ", " : "") << literal(values[i], is_numeric(opt));
       s << "]\n";
     } else {
-      s << name << " = " << literal(values.back()) << "\n";
+      s << name << " = " << literal(values.back(), is_numeric(opt)) << "\n";
     }
   }
   return s.str();
