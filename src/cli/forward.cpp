@@ -56,8 +56,10 @@ Outputs text_encoder(const io::ModelFolder& folder, const models::LoadOptions& o
   at::Tensor ids = input(in, a.inputs, "input_ids", 2);
   if (ids.scalar_type() != at::kLong)
     throw Error("expected int64 token ids", a.inputs, "input_ids");
-  auto model = models::load_text_encoder(folder, opts);
-  lora::apply_lora_arguments(a.loras, {{"text_encoder", model.ptr().get()}});
+  const bool second = a.component == "text-encoder-2";
+  auto model = models::load_text_encoder(folder, opts, second ? "text_encoder_2" : "text_encoder");
+  lora::apply_lora_arguments(a.loras,
+                             {{second ? "text_encoder_2" : "text_encoder", model.ptr().get()}});
   // Checked here so that the error names the inputs file, not just the model's limit.
   if (ids.size(1) > model->config.max_position_embeddings)
     throw Error("has " + std::to_string(ids.size(1)) +
@@ -73,6 +75,7 @@ Outputs text_encoder(const io::ModelFolder& folder, const models::LoadOptions& o
   }
   auto r = model->forward(ids.to(opts.device), a.output_hidden_states);
   Outputs out{{"last_hidden_state", r.last_hidden_state}, {"pooler_output", r.pooler_output}};
+  if (r.text_embeds.defined()) out.emplace_back("text_embeds", r.text_embeds);
   // hidden_states.0 is the embedding output, hidden_states.i the output of layer i (clip skip k
   // uses hidden_states.{N-k} through the final layer norm).
   for (size_t i = 0; i < r.hidden_states.size(); ++i)
@@ -124,8 +127,15 @@ Outputs unet(const io::ModelFolder& folder, const models::LoadOptions& opts, con
                 a.inputs, "encoder_hidden_states");
   check_channels(sample, model->config.in_channels, a.inputs, "sample");
   at::Tensor t = timestep.is_floating_point() ? timestep.to(at::kFloat) : timestep.to(at::kLong);
-  return {{"sample", model->forward(sample.to(opts.device, opts.dtype), t.to(opts.device),
-                                    context.to(opts.device, opts.dtype))}};
+  // SDXL's added conditions, given when the inputs hold them (the model says if it needs them).
+  std::optional<models::AddedConditions> added;
+  if (in.count("text_embeds") || in.count("time_ids"))
+    added =
+        models::AddedConditions{input(in, a.inputs, "text_embeds", 2).to(opts.device, opts.dtype),
+                                input(in, a.inputs, "time_ids", 2).to(opts.device, at::kFloat)};
+  return {
+      {"sample", model->forward(sample.to(opts.device, opts.dtype), t.to(opts.device),
+                                context.to(opts.device, opts.dtype), added ? &*added : nullptr)}};
 }
 
 // BLIP captioning (a transformers model folder, not a pipeline): "blip-vision" gives the image
@@ -168,11 +178,11 @@ void add_forward(CLI::App& app) {
   auto* cmd = app.add_subcommand("forward", "Run one component on tensors from a safetensors file");
   cmd->add_option("--model", a->model, "Pipeline folder or single file")->required();
   cmd->add_option("--component", a->component,
-                  "text-encoder | vae-encoder | vae-decoder | unet | blip-vision | blip-text | "
-                  "blip-generate | blip-pixels")
+                  "text-encoder | text-encoder-2 | vae-encoder | vae-decoder | unet | "
+                  "blip-vision | blip-text | blip-generate | blip-pixels")
       ->required()
-      ->check(CLI::IsMember({"text-encoder", "vae-encoder", "vae-decoder", "unet", "blip-vision",
-                             "blip-text", "blip-generate", "blip-pixels"}));
+      ->check(CLI::IsMember({"text-encoder", "text-encoder-2", "vae-encoder", "vae-decoder", "unet",
+                             "blip-vision", "blip-text", "blip-generate", "blip-pixels"}));
   cmd->add_option("--inputs", a->inputs, "Input tensors (.safetensors)")->required();
   cmd->add_option("--out", a->out, "Output tensors (.safetensors), float32")->required();
   cmd->add_option("--device", a->device, "cpu or cuda")
@@ -200,10 +210,10 @@ void add_forward(CLI::App& app) {
       return;
     }
     auto folder = models::open_model(a->model);
-    Outputs out = a->component == "text-encoder"  ? text_encoder(folder, opts, in, *a)
-                  : a->component == "vae-encoder" ? vae_encoder(folder, opts, in, *a)
-                  : a->component == "vae-decoder" ? vae_decoder(folder, opts, in, *a)
-                                                  : unet(folder, opts, in, *a);
+    Outputs out = a->component.starts_with("text-encoder") ? text_encoder(folder, opts, in, *a)
+                  : a->component == "vae-encoder"          ? vae_encoder(folder, opts, in, *a)
+                  : a->component == "vae-decoder"          ? vae_decoder(folder, opts, in, *a)
+                                                           : unet(folder, opts, in, *a);
     for (auto& [name, t] : out) t = t.to(at::kCPU, at::kFloat);
     io::write_tensors(a->out, out);
   });

@@ -1,5 +1,7 @@
 #include "sdtune/models/clip_text_model.h"
 
+#include <algorithm>
+
 #include "sdtune/error.h"
 
 namespace sdtune::models {
@@ -16,6 +18,15 @@ CLIPTextConfig CLIPTextConfig::from_json(const io::JsonConfig& j) {
   c.layer_norm_eps = j.get_double("layer_norm_eps", c.layer_norm_eps);
   c.hidden_act = parse_activation(j.get_string("hidden_act", "quick_gelu"));
   c.eos_token_id = j.get_int("eos_token_id", c.eos_token_id);
+  if (j.has("architectures")) {
+    const auto archs = j.get_string_list("architectures");
+    if (std::find(archs.begin(), archs.end(), "CLIPTextModelWithProjection") != archs.end()) {
+      c.projection_dim = j.get_int("projection_dim", 512);  // transformers' default
+      if (c.projection_dim < 1)
+        throw Error("must be positive, got " + std::to_string(c.projection_dim), j.source(),
+                    "projection_dim");
+    }
+  }
   for (const auto& [key, value] : {std::pair<const char*, int64_t>{"hidden_size", c.hidden_size},
                                    {"num_attention_heads", c.num_attention_heads}})
     if (value < 1) throw Error("must be positive, got " + std::to_string(value), j.source(), key);
@@ -70,6 +81,10 @@ CLIPTextModelImpl::CLIPTextModelImpl(const CLIPTextConfig& c) : config(c) {
   final_layer_norm = text_model->register_module(
       "final_layer_norm",
       nn::LayerNorm(nn::LayerNormOptions({c.hidden_size}).eps(c.layer_norm_eps)));
+  if (c.projection_dim > 0)
+    text_projection =
+        register_module("text_projection",
+                        nn::Linear(nn::LinearOptions(c.hidden_size, c.projection_dim).bias(false)));
 }
 
 CLIPTextOutput CLIPTextModelImpl::forward(const at::Tensor& input_ids, bool output_hidden_states) {
@@ -96,6 +111,7 @@ CLIPTextOutput CLIPTextModelImpl::forward(const at::Tensor& input_ids, bool outp
   const int64_t B = input_ids.size(0), D = config.hidden_size;
   at::Tensor index = eos_pos.to(at::kLong).view({B, 1, 1}).expand({B, 1, D});
   out.pooler_output = out.last_hidden_state.gather(1, index).squeeze(1);
+  if (text_projection) out.text_embeds = text_projection->forward(out.pooler_output);
   return out;
 }
 

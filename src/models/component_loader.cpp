@@ -55,10 +55,11 @@ AutoencoderKL load_vae(const io::ModelFolder& folder, const LoadOptions& options
       folder, "vae", [&] { return AutoencoderKL(config); }, options);
 }
 
-CLIPTextModel load_text_encoder(const io::ModelFolder& folder, const LoadOptions& options) {
-  auto config = CLIPTextConfig::from_json(folder.component_config("text_encoder"));
+CLIPTextModel load_text_encoder(const io::ModelFolder& folder, const LoadOptions& options,
+                                const std::string& component) {
+  auto config = CLIPTextConfig::from_json(folder.component_config(component));
   return load_component(
-      folder, "text_encoder", [&] { return CLIPTextModel(config); }, options,
+      folder, component, [&] { return CLIPTextModel(config); }, options,
       formats::clip_text_ignored_keys(), formats::canonical_clip_text_keys);
 }
 

@@ -10,9 +10,9 @@ namespace nn = torch::nn;
 UNet2DConditionConfig UNet2DConditionConfig::from_json(const io::JsonConfig& j) {
   auto unsupported_unless = [&](const char* key, bool ok) {
     if (!ok)
-      throw Error(
-          "unsupported value " + j.json().at(key).dump() + " (sdtune implements SD 1.x/2.x UNets)",
-          j.source(), key);
+      throw Error("unsupported value " + j.json().at(key).dump() +
+                      " (sdtune implements SD 1.x/2.x/XL UNets)",
+                  j.source(), key);
   };
   UNet2DConditionConfig c;
   c.in_channels = j.get_int("in_channels", 4);
@@ -61,10 +61,21 @@ UNet2DConditionConfig UNet2DConditionConfig::from_json(const io::JsonConfig& j) 
   c.center_input_sample = j.get_bool("center_input_sample", false);
   c.act = parse_activation(j.get_string("act_fn", "silu"));
 
-  for (const char* key : {"class_embed_type", "addition_embed_type", "encoder_hid_dim",
-                          "num_class_embeds", "time_cond_proj_dim", "timestep_post_act",
-                          "projection_class_embeddings_input_dim", "time_embedding_dim"})
+  if (j.has("addition_embed_type")) {
+    unsupported_unless("addition_embed_type", j.get_string("addition_embed_type") == "text_time");
+    c.text_time_embedding = true;
+    c.addition_time_embed_dim = j.get_int("addition_time_embed_dim");
+    c.projection_class_embeddings_input_dim = j.get_int("projection_class_embeddings_input_dim");
+    for (const char* key : {"addition_time_embed_dim", "projection_class_embeddings_input_dim"})
+      if (j.get_int(key) < 1)
+        throw Error("must be positive, got " + std::to_string(j.get_int(key)), j.source(), key);
+  }
+  for (const char* key : {"class_embed_type", "encoder_hid_dim", "num_class_embeds",
+                          "time_cond_proj_dim", "timestep_post_act", "time_embedding_dim"})
     unsupported_unless(key, !j.has(key));
+  if (!c.text_time_embedding)
+    unsupported_unless("projection_class_embeddings_input_dim",
+                       !j.has("projection_class_embeddings_input_dim"));
   unsupported_unless("mid_block_type", j.get_string("mid_block_type", "UNetMidBlock2DCrossAttn") ==
                                            "UNetMidBlock2DCrossAttn");
   unsupported_unless("time_embedding_type",
@@ -88,6 +99,11 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNet2DConditionConfig& 
       register_module("conv_in", nn::Conv2d(nn::Conv2dOptions(c.in_channels, ch[0], 3).padding(1)));
   time_embedding =
       register_module("time_embedding", TimestepEmbedding(ch[0], time_embed_dim, c.act));
+  // diffusers builds add_embedding with its default SiLU, whatever act_fn says.
+  if (c.text_time_embedding)
+    add_embedding =
+        register_module("add_embedding", TimestepEmbedding(c.projection_class_embeddings_input_dim,
+                                                           time_embed_dim, Activation::SiLU));
 
   auto block_options = [&](int64_t i) {
     UNetBlockOptions o;
@@ -143,6 +159,30 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNet2DConditionConfig& 
                              nn::Conv2d(nn::Conv2dOptions(ch[0], c.out_channels, 3).padding(1)));
 }
 
+at::Tensor UNet2DConditionModelImpl::added_embedding(const AddedConditions* added, int64_t batch,
+                                                     at::ScalarType dtype) {
+  if (added == nullptr || !added->text_embeds.defined() || !added->time_ids.defined())
+    throw Error("this UNet (addition_embed_type text_time, SDXL) needs text_embeds and time_ids");
+  const at::Tensor& text = added->text_embeds;
+  const at::Tensor& ids = added->time_ids;
+  if (text.dim() != 2 || ids.dim() != 2 || text.size(0) != batch || ids.size(0) != batch)
+    throw Error("text_embeds and time_ids must be [B, n] with B = " + std::to_string(batch));
+  const int64_t width = text.size(1) + ids.size(1) * config.addition_time_embed_dim;
+  if (width != config.projection_class_embeddings_input_dim)
+    throw Error("text_embeds (" + std::to_string(text.size(1)) + ") + time_ids (" +
+                std::to_string(ids.size(1)) + " x " +
+                std::to_string(config.addition_time_embed_dim) + ") give " + std::to_string(width) +
+                " features, the UNet expects " +
+                std::to_string(config.projection_class_embeddings_input_dim) +
+                " (projection_class_embeddings_input_dim)");
+  // Each size/crop number gets its own sinusoidal embedding, as a timestep would (float32).
+  at::Tensor time_embeds = timestep_embedding(ids.flatten(), config.addition_time_embed_dim,
+                                              config.flip_sin_to_cos, config.freq_shift)
+                               .reshape({batch, -1});
+  at::Tensor features = at::cat({text.to(time_embeds.scalar_type()), time_embeds}, -1);
+  return add_embedding->forward(features.to(dtype));
+}
+
 void UNet2DConditionModelImpl::set_gradient_checkpointing(bool enabled) {
   for (const auto& block : *down_blocks) block->as<DownBlock>()->gradient_checkpointing = enabled;
   mid_block->gradient_checkpointing = enabled;
@@ -150,8 +190,8 @@ void UNet2DConditionModelImpl::set_gradient_checkpointing(bool enabled) {
 }
 
 at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample_in,
-                                             const at::Tensor& timestep,
-                                             const at::Tensor& context) {
+                                             const at::Tensor& timestep, const at::Tensor& context,
+                                             const AddedConditions* added) {
   const int64_t B = sample_in.size(0);
   // Latent sizes that are not multiples of 2^(number of upsamplers) need explicit upsample sizes
   // so that up-path states line up with their skip connections.
@@ -166,6 +206,10 @@ at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample_in,
       timestep_embedding(t, config.block_out_channels[0], config.flip_sin_to_cos, config.freq_shift)
           .to(sample.scalar_type());
   at::Tensor emb = time_embedding->forward(t_emb);
+  if (config.text_time_embedding)
+    emb = emb + added_embedding(added, B, emb.scalar_type());
+  else if (added != nullptr)
+    throw Error("this UNet takes no text_embeds/time_ids (its config has no text_time embedding)");
 
   sample = conv_in->forward(sample);
   std::vector<at::Tensor> skips{sample};

@@ -4,7 +4,9 @@ Three families (the parity matrix of the foundation issue):
 - "tiny":  the smallest SD 1.x-shaped pipeline (quick_gelu text encoder, conv projections);
 - "sd2":   SD 2.x-style (linear projections, per-block head counts, cross_attention_dim 1024,
            upcast_attention, gelu text encoder padding with "!");
-- "sd15":  SD 1.5's exact unet/vae/text_encoder configs with random weights.
+- "sd15":  SD 1.5's exact unet/vae/text_encoder configs with random weights;
+and "sdxl": SDXL's shape (no attention in the first level, deeper transformers further down,
+text_time conditioning, two text encoders whose widths add up to the context width).
 """
 
 from pathlib import Path
@@ -103,6 +105,8 @@ def _perturb_norms(module, generator):
 
 def build_pipeline(kind, directory, seed=0):
     """Saves a random pipeline of the given kind to `directory` (diffusers layout); returns it."""
+    if kind == "sdxl":
+        return build_sdxl_pipeline(directory, seed)
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -171,3 +175,71 @@ CONFIGS["file-sd2"] = dict(
     ),
     pad=SD2_PAD,
 )
+
+
+# SDXL's layout at toy size: SDXL's own unet config has down blocks [DownBlock2D, CrossAttn x2],
+# transformer depths [1, 2, 10], 64-wide heads, addition_time_embed_dim 256 and
+# projection_class_embeddings_input_dim 2816 = 1280 (pooled, projected text) + 6 x 256.
+SDXL_ADD_TIME_DIM = 8
+SDXL_TEXT_2 = dict(
+    vocab_size=49408, hidden_size=48, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+    max_position_embeddings=77, hidden_act="gelu", projection_dim=24, eos_token_id=2, pad_token_id=1,
+)
+CONFIGS["sdxl"] = dict(
+    unet=dict(
+        sample_size=16, block_out_channels=[32, 64, 64], layers_per_block=2, norm_num_groups=16,
+        down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+        transformer_layers_per_block=[1, 1, 2], attention_head_dim=[2, 4, 4], use_linear_projection=True,
+        cross_attention_dim=32 + 48, addition_embed_type="text_time", addition_embed_type_num_heads=64,
+        addition_time_embed_dim=SDXL_ADD_TIME_DIM,
+        projection_class_embeddings_input_dim=SDXL_TEXT_2["projection_dim"] + 6 * SDXL_ADD_TIME_DIM,
+    ),
+    vae=dict(
+        block_out_channels=[16, 32], layers_per_block=1, norm_num_groups=8, latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2, sample_size=32,
+        scaling_factor=0.13025, force_upcast=True,
+    ),
+    text=dict(
+        vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=77, hidden_act="quick_gelu", eos_token_id=2,
+    ),
+    text_2=SDXL_TEXT_2,
+    pad=SD1_PAD,
+    pad_2=SD2_PAD,
+)
+
+
+def build_sdxl_pipeline(directory, seed=0):
+    """Saves a random SDXL-shaped StableDiffusionXLPipeline to `directory`; returns it."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    cfg = CONFIGS["sdxl"]
+    directory = Path(directory)
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**cfg["unet"])
+    vae = AutoencoderKL(**cfg["vae"])
+    text_encoder = CLIPTextModel(CLIPTextConfig(**cfg["text"]))
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**cfg["text_2"]))
+    for m in (unet, vae, text_encoder, text_encoder_2):
+        _perturb_norms(m, g)
+        m.eval()
+    tokenizers = []
+    for name, pad in (("_tokenizer_src", cfg["pad"]), ("_tokenizer_2_src", cfg["pad_2"])):
+        write_clip_tokenizer(directory / name, pad_token=pad)
+        tokenizers.append(CLIPTokenizer.from_pretrained(directory / name))
+    # SDXL base's scheduler config.
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+        timestep_spacing="leading", prediction_type="epsilon", interpolation_type="linear",
+    )
+    pipe = StableDiffusionXLPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizers[0],
+        tokenizer_2=tokenizers[1], scheduler=scheduler, force_zeros_for_empty_prompt=True,
+    )
+    pipe.save_pretrained(directory, safe_serialization=True)
+    write_clip_tokenizer(directory / "tokenizer", pad_token=cfg["pad"])
+    write_clip_tokenizer(directory / "tokenizer_2", pad_token=cfg["pad_2"])
+    return pipe

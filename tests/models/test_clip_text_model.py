@@ -31,3 +31,18 @@ def test_hidden_states_for_clip_skip(pipeline, forward, kind):
     assert sorted(k for k in out if k.startswith("hidden_states.")) == sorted(f"hidden_states.{i}" for i in range(len(ref)))
     for i, r in enumerate(ref):
         check(f"text-encoder.hidden_states[{kind}]", out[f"hidden_states.{i}"], r)
+
+
+def test_text_encoder_2_with_projection(pipeline, forward):
+    """SDXL's second encoder (CLIPTextModelWithProjection): its penultimate layer (the context
+    SDXL uses) and the projected pooled output (text_embeds) equal transformers'."""
+    folder, pipe = pipeline("sdxl")
+    ids = pipe.tokenizer_2(PROMPTS, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        ref = pipe.text_encoder_2(ids, output_hidden_states=True)
+    out = forward(folder, "text-encoder-2", "--output-hidden-states", input_ids=ids)
+    assert ref.text_embeds.shape == (len(PROMPTS), pipe.text_encoder_2.config.projection_dim)
+    check("text-encoder-2.text_embeds", out["text_embeds"], ref.text_embeds)
+    check("text-encoder-2.hidden_states[-2]", out[f"hidden_states.{len(ref.hidden_states) - 2}"], ref.hidden_states[-2])
+    # The first encoder of the same folder is a plain CLIPTextModel: no projection.
+    assert "text_embeds" not in forward(folder, "text-encoder", input_ids=ids)

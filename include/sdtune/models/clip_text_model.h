@@ -1,6 +1,7 @@
 #pragma once
 // transformers' CLIPTextModel: the text encoder of SD 1.x (ViT-L/14, quick_gelu) and SD 2.x
-// (OpenCLIP ViT-H/14, gelu). Parameter names are transformers' keys ("text_model.encoder...").
+// (OpenCLIP ViT-H/14, gelu), and CLIPTextModelWithProjection (SDXL's second encoder, OpenCLIP
+// ViT-bigG/14). Parameter names are transformers' keys ("text_model.encoder...").
 #include <vector>
 
 #include <torch/nn/module.h>
@@ -25,6 +26,9 @@ struct CLIPTextConfig {
   double layer_norm_eps = 1e-5;
   Activation hidden_act = Activation::QuickGELU;
   int64_t eos_token_id = 2;  // 2: legacy configs; the pooled token is then argmax(input_ids)
+  // CLIPTextModelWithProjection (SDXL's text_encoder_2): text_projection maps the pooled token to
+  // projection_dim; 0 for the plain CLIPTextModel.
+  int64_t projection_dim = 0;
 
   static CLIPTextConfig from_json(const io::JsonConfig& json);
 };
@@ -32,6 +36,7 @@ struct CLIPTextConfig {
 struct CLIPTextOutput {
   at::Tensor last_hidden_state;  // [B,L,hidden] after final_layer_norm
   at::Tensor pooler_output;      // [B,hidden]: last_hidden_state at the end-of-text token
+  at::Tensor text_embeds;        // [B,projection_dim]: text_projection(pooler_output), if any
   // hidden_states[0] = embeddings, hidden_states[i] = output of layer i (before the final norm);
   // filled only when requested.
   std::vector<at::Tensor> hidden_states;
@@ -62,6 +67,7 @@ class CLIPTextModelImpl : public torch::nn::Module {
   torch::nn::Embedding token_embedding{nullptr}, position_embedding{nullptr};
   torch::nn::ModuleList layers;
   torch::nn::LayerNorm final_layer_norm{nullptr};
+  torch::nn::Linear text_projection{nullptr};  // only with projection_dim > 0
 };
 TORCH_MODULE(CLIPTextModel);
 

@@ -22,7 +22,9 @@ struct LoadOptions {
 
 UNet2DConditionModel load_unet(const io::ModelFolder& folder, const LoadOptions& options = {});
 AutoencoderKL load_vae(const io::ModelFolder& folder, const LoadOptions& options = {});
-CLIPTextModel load_text_encoder(const io::ModelFolder& folder, const LoadOptions& options = {});
+// `component`: "text_encoder", or SDXL's "text_encoder_2" (CLIPTextModelWithProjection).
+CLIPTextModel load_text_encoder(const io::ModelFolder& folder, const LoadOptions& options = {},
+                                const std::string& component = "text_encoder");
 
 // Parses "fp32" / "fp16" / "bf16"; an Error otherwise.
 c10::ScalarType parse_dtype(const std::string& name);

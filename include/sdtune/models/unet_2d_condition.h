@@ -35,6 +35,13 @@ struct UNet2DConditionConfig {
   bool upcast_attention = false;  // SD 2.1; SDPA already accumulates in fp32
   bool center_input_sample = false;
   Activation act = Activation::SiLU;
+  // SDXL's micro-conditioning (addition_embed_type "text_time"): the pooled text embedding and
+  // the six size/crop numbers, each number embedded sinusoidally to addition_time_embed_dim,
+  // are concatenated (projection_class_embeddings_input_dim wide) and lifted to the time
+  // embedding's width, then added to it.
+  bool text_time_embedding = false;
+  int64_t addition_time_embed_dim = 0;
+  int64_t projection_class_embeddings_input_dim = 0;
 
   // Reads unet/config.json. attention_head_dim is, by a historical naming accident in diffusers,
   // the number of heads whenever num_attention_heads is absent (SD 1.5: 8 heads; SD 2.x:
@@ -43,22 +50,33 @@ struct UNet2DConditionConfig {
   static UNet2DConditionConfig from_json(const io::JsonConfig& json);
 };
 
+// The extra conditioning an SDXL UNet (text_time) takes besides the timestep and the context.
+struct AddedConditions {
+  at::Tensor text_embeds;  // [B, P]: text_encoder_2's projected pooled output
+  at::Tensor time_ids;     // [B, K]: (original h, w, crop top, left, target h, w), K = 6 for SDXL
+};
+
 class UNet2DConditionModelImpl : public torch::nn::Module {
  public:
   explicit UNet2DConditionModelImpl(const UNet2DConditionConfig& config);
 
   // sample [B,in,h,w] (any h, w), timestep [B] or scalar (int or float), context [B,L,D]
-  // -> predicted noise (or v) [B,out,h,w].
+  // -> predicted noise (or v) [B,out,h,w]. `added` is required exactly when the config has
+  // text_time conditioning (SDXL).
   at::Tensor forward(const at::Tensor& sample, const at::Tensor& timestep,
-                     const at::Tensor& context);
+                     const at::Tensor& context, const AddedConditions* added = nullptr);
 
   // Gradient checkpointing of every resnet and transformer in the down, mid and up blocks (in
   // effect while training with grad mode on): less activation memory for one more forward.
   void set_gradient_checkpointing(bool enabled);
 
+  // add_embedding(cat(text_embeds, sinusoidal(time_ids))) for the text_time conditioning.
+  at::Tensor added_embedding(const AddedConditions* added, int64_t batch, at::ScalarType dtype);
+
   UNet2DConditionConfig config;
   torch::nn::Conv2d conv_in{nullptr}, conv_out{nullptr};
   TimestepEmbedding time_embedding{nullptr};
+  TimestepEmbedding add_embedding{nullptr};  // text_time only
   torch::nn::ModuleList down_blocks, up_blocks;
   MidBlockCrossAttn mid_block{nullptr};
   torch::nn::GroupNorm conv_norm_out{nullptr};
