@@ -49,7 +49,7 @@ void run(Args& a) {
   const double load_seconds = progress.elapsed();
 
   bool truncated = false;
-  const at::Tensor embeddings = pipe.encode_prompt(g, &truncated);
+  const pipeline::PromptEmbeddings embeddings = pipe.encode_prompt(g, &truncated);
   if (truncated)
     std::fprintf(stderr,
                  "sdtune: warning: the prompt is longer than 77 CLIP tokens; the rest was cut off, "

@@ -1,6 +1,7 @@
 #include "cli/generation_options.h"
 
 #include <cstdio>
+#include <tuple>
 
 #include "cli/number_checks.h"
 #include "sdtune/error.h"
@@ -11,6 +12,26 @@ void add_generation_options(CLI::App* cmd, GenerationFlags& f) {
   auto& g = f.gen;
   cmd->add_option("--negative-prompt", g.negative_prompt, "What to steer away from")
       ->capture_default_str();
+  cmd->add_option("--prompt-2", g.prompt_2,
+                  "SDXL: the second text encoder's prompt (default: the prompt)");
+  cmd->add_option("--negative-prompt-2", g.negative_prompt_2,
+                  "SDXL: the second text encoder's negative prompt (default: the negative prompt)");
+  // SDXL's micro-conditioning, as StableDiffusionXLPipeline's arguments of the same names.
+  for (auto [name, value, help] :
+       {std::tuple{"--original-size", &g.original_size,
+                   "SDXL: HEIGHT WIDTH the image is conditioned as coming from (default: the "
+                   "output size)"},
+        {"--crops-coords-top-left", &g.crops_coords_top_left,
+         "SDXL: TOP LEFT of the crop it is conditioned as (default: 0 0)"},
+        {"--target-size", &g.target_size,
+         "SDXL: HEIGHT WIDTH asked for (default: the output size)"},
+        {"--negative-original-size", &g.negative_original_size,
+         "SDXL: HEIGHT WIDTH for the unconditional half (with --negative-target-size)"},
+        {"--negative-crops-coords-top-left", &g.negative_crops_coords_top_left,
+         "SDXL: TOP LEFT for the unconditional half"},
+        {"--negative-target-size", &g.negative_target_size,
+         "SDXL: HEIGHT WIDTH for the unconditional half (with --negative-original-size)"}})
+    cmd->add_option(name, *value, help)->expected(2)->check(checks::non_negative());
   cmd->add_option("--steps", g.steps, "Denoising steps")
       ->capture_default_str()
       ->check(checks::at_least(1));

@@ -20,7 +20,8 @@ struct GenerationFlags {
   models::SingleFileOptions model_file;  // --prediction-type, --ema-weights: a single-file --model
 };
 
-// Registers --negative-prompt, --steps, --guidance-scale, --scheduler, --karras, --eta, --width,
+// Registers --negative-prompt, SDXL's --prompt-2, --negative-prompt-2 and size/crop conditioning,
+// --steps, --guidance-scale, --scheduler, --karras, --eta, --width,
 // --height, --clip-skip, --device, --dtype, --quiet and, for a single-file --model,
 // --prediction-type and --ema-weights on `cmd`.
 void add_generation_options(CLI::App* cmd, GenerationFlags& flags);

@@ -30,6 +30,11 @@ AutoencoderKLConfig AutoencoderKLConfig::from_json(const io::JsonConfig& j) {
   c.scaling_factor = j.get_double("scaling_factor", 0.18215);
   c.use_quant_conv = j.get_bool("use_quant_conv", true);
   c.use_post_quant_conv = j.get_bool("use_post_quant_conv", true);
+  c.force_upcast = j.get_bool("force_upcast", false);
+  // Per-channel latent statistics (Playground-style VAEs) change what the UNet sees; not taken
+  // rather than ignored.
+  for (const char* key : {"latents_mean", "latents_std"})
+    if (j.has(key)) throw Error("per-channel latent statistics are not supported", j.source(), key);
   return c;
 }
 

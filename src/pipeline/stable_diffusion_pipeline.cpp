@@ -14,7 +14,14 @@ StableDiffusionPipeline::StableDiffusionPipeline(const io::ModelFolder& folder,
     : load_(options), tokenizer_(text::ClipTokenizer::from_pipeline(folder)) {
   text_encoder_ = models::load_text_encoder(folder, options);
   unet_ = models::load_unet(folder, options);
-  vae_ = models::load_vae(folder, options);
+  models::LoadOptions vae_options = options;
+  // diffusers runs a force_upcast VAE (SDXL's, which overflows in fp16) in fp32 when the pipeline
+  // is fp16; here it is loaded in fp32 straight from its file.
+  if (options.dtype == at::kHalf &&
+      models::AutoencoderKLConfig::from_json(folder.component_config("vae")).force_upcast)
+    vae_options.dtype = at::kFloat;
+  vae_ = models::load_vae(folder, vae_options);
+  load_xl_parts(folder);
   auto config = schedulers::SchedulerConfig::from_json(folder.component_config("scheduler"));
   scheduler_name_ = schedulers::resolve_scheduler_name(scheduler, config);
   scheduler_ = schedulers::make_scheduler(scheduler_name_, std::move(config), karras);
@@ -31,9 +38,22 @@ StableDiffusionPipeline::StableDiffusionPipeline(const io::ModelFolder& folder,
       text_encoder_(std::move(text_encoder)),
       unet_(std::move(unet)),
       vae_(std::move(vae)) {
+  load_xl_parts(folder);
   auto config = schedulers::SchedulerConfig::from_json(folder.component_config("scheduler"));
   scheduler_name_ = schedulers::resolve_scheduler_name(scheduler, config);
   scheduler_ = schedulers::make_scheduler(scheduler_name_, std::move(config), false);
+}
+
+void StableDiffusionPipeline::load_xl_parts(const io::ModelFolder& folder) {
+  vae_dtype_ = vae_->parameters().front().scalar_type();
+  if (!is_xl()) return;
+  tokenizer_2_ = text::ClipTokenizer::load(folder.component_dir("tokenizer_2"));
+  text_encoder_2_ = models::load_text_encoder(folder, load_, "text_encoder_2");
+  if (text_encoder_2_->config.projection_dim == 0)
+    throw Error("an SDXL pipeline's second text encoder must be a CLIPTextModelWithProjection",
+                (folder.root() / "text_encoder_2" / "config.json").string(), "architectures");
+  force_zeros_for_empty_prompt_ =
+      folder.model_index().get_bool("force_zeros_for_empty_prompt", true);
 }
 
 int64_t StableDiffusionPipeline::vae_scale_factor() const {
@@ -44,7 +64,16 @@ std::string StableDiffusionPipeline::sampler_label() const {
   return schedulers::sampler_label(scheduler_name_, scheduler_->config());
 }
 
-at::Tensor StableDiffusionPipeline::encode_prompt(const GenerateOptions& o, bool* truncated) {
+PromptEmbeddings StableDiffusionPipeline::encode_prompt(const GenerateOptions& o, bool* truncated) {
+  if (is_xl()) return encode_prompt_xl(o, truncated);
+  // SDXL's options would be silently ignored by an SD 1.x/2.x model.
+  if (!o.prompt_2.empty() || !o.negative_prompt_2.empty() || !o.original_size.empty() ||
+      !o.crops_coords_top_left.empty() || !o.target_size.empty() ||
+      !o.negative_original_size.empty() || !o.negative_crops_coords_top_left.empty() ||
+      !o.negative_target_size.empty())
+    throw Error(
+        "the second prompts and the size/crop conditioning apply to SDXL models only; this "
+        "model's UNet has no text_time conditioning");
   c10::InferenceMode inference;
   const int64_t layers = text_encoder_->config.num_hidden_layers;
   if (o.clip_skip < 0 || o.clip_skip >= layers)
@@ -60,10 +89,88 @@ at::Tensor StableDiffusionPipeline::encode_prompt(const GenerateOptions& o, bool
         out.hidden_states[out.hidden_states.size() - 1 - clip_skip]);
   };
   at::Tensor positive = encode(o.prompt, o.clip_skip, truncated).repeat({o.num_images, 1, 1});
-  if (o.guidance_scale <= 1.0) return positive;
+  if (o.guidance_scale <= 1.0) return {positive, {}};
   // diffusers encodes the negative prompt without clip skip.
   at::Tensor negative = encode(o.negative_prompt, 0, nullptr).repeat({o.num_images, 1, 1});
-  return at::cat({negative, positive});
+  return {at::cat({negative, positive}), {}};
+}
+
+PromptEmbeddings StableDiffusionPipeline::encode_prompt_xl(const GenerateOptions& o,
+                                                           bool* truncated) {
+  c10::InferenceMode inference;
+  const int64_t layers =
+      std::min(text_encoder_->config.num_hidden_layers, text_encoder_2_->config.num_hidden_layers);
+  if (o.clip_skip < 0 || o.clip_skip >= layers)
+    throw Error("clip skip " + std::to_string(o.clip_skip) + " out of range [0, " +
+                std::to_string(layers) + ")");
+  // SDXL's context is both encoders' hidden states clip_skip + 1 layers before the last (the
+  // penultimate layer by default), without the final layer norm, side by side; the pooled vector
+  // is the second encoder's projected end-of-text token.
+  auto encode = [&](const std::string& text, const std::string& text_2, int64_t clip_skip,
+                    bool* cut) {
+    PromptEmbeddings e;
+    std::vector<at::Tensor> parts;
+    for (const bool second : {false, true}) {
+      bool cut_here = false;
+      const auto ids = (second ? *tokenizer_2_ : tokenizer_)
+                           .encode_padded(second ? text_2 : text, cut ? &cut_here : nullptr);
+      if (cut) *cut = *cut || cut_here;
+      auto& encoder = second ? text_encoder_2_ : text_encoder_;
+      auto out = encoder->forward(at::tensor(ids, at::kLong).unsqueeze(0).to(load_.device),
+                                  /*output_hidden_states=*/true);
+      parts.push_back(out.hidden_states[out.hidden_states.size() - 2 - clip_skip]);
+      if (second) e.pooled = out.text_embeds;
+    }
+    e.context = at::cat(parts, -1).repeat({o.num_images, 1, 1});
+    e.pooled = e.pooled.repeat({o.num_images, 1});
+    return e;
+  };
+  if (truncated) *truncated = false;
+  PromptEmbeddings positive =
+      encode(o.prompt, o.prompt_2.empty() ? o.prompt : o.prompt_2, o.clip_skip, truncated);
+  if (o.guidance_scale <= 1.0) return positive;
+  // No negative prompt: zeros where the model asks for them (force_zeros_for_empty_prompt, as
+  // SDXL base does), otherwise the encoded empty prompt; never with clip skip.
+  PromptEmbeddings negative =
+      o.negative_prompt.empty() && force_zeros_for_empty_prompt_
+          ? PromptEmbeddings{at::zeros_like(positive.context), at::zeros_like(positive.pooled)}
+          : encode(o.negative_prompt,
+                   o.negative_prompt_2.empty() ? o.negative_prompt : o.negative_prompt_2, 0,
+                   nullptr);
+  return {at::cat({negative.context, positive.context}),
+          at::cat({negative.pooled, positive.pooled})};
+}
+
+at::Tensor StableDiffusionPipeline::time_ids(const GenerateOptions& o, int64_t height,
+                                             int64_t width) const {
+  auto pair = [](const std::vector<int64_t>& v, const char* name, int64_t h, int64_t w) {
+    if (v.empty()) return std::vector<int64_t>{h, w};
+    if (v.size() != 2)
+      throw Error(std::string(name) + " takes two numbers (height, width), got " +
+                  std::to_string(v.size()));
+    return v;
+  };
+  // (original h, w, crop top, left, target h, w) in the pipeline's dtype, as diffusers makes it.
+  auto row = [&](const std::vector<int64_t>& original, const std::vector<int64_t>& crop,
+                 const std::vector<int64_t>& target, const char* prefix) {
+    std::vector<int64_t> ids =
+        pair(original, (std::string(prefix) + "original size").c_str(), height, width);
+    for (const auto& part :
+         {pair(crop, (std::string(prefix) + "crops coords top left").c_str(), 0, 0),
+          pair(target, (std::string(prefix) + "target size").c_str(), height, width)})
+      ids.insert(ids.end(), part.begin(), part.end());
+    return at::tensor(ids, at::kLong).to(load_.dtype).unsqueeze(0).repeat({o.num_images, 1});
+  };
+  at::Tensor positive = row(o.original_size, o.crops_coords_top_left, o.target_size, "");
+  if (o.guidance_scale <= 1.0) return positive.to(load_.device);
+  const bool own_negative = !o.negative_original_size.empty() && !o.negative_target_size.empty();
+  at::Tensor negative = own_negative
+                            ? row(o.negative_original_size, o.negative_crops_coords_top_left,
+                                  o.negative_target_size, "negative ")
+                            : positive;
+  // [negative × N; positive × N], the order the context is stacked in. (diffusers repeats the
+  // two rows as a pair, which pairs them wrongly for N > 1 when the negative ids differ.)
+  return at::cat({negative, positive}).to(load_.device);
 }
 
 at::Tensor StableDiffusionPipeline::generate(const GenerateOptions& o,
@@ -72,7 +179,7 @@ at::Tensor StableDiffusionPipeline::generate(const GenerateOptions& o,
 }
 
 at::Tensor StableDiffusionPipeline::generate(const GenerateOptions& o,
-                                             const at::Tensor& prompt_embeddings,
+                                             const PromptEmbeddings& prompt_embeddings,
                                              const StepCallback& on_step) {
   c10::InferenceMode inference;
   const int64_t f = vae_scale_factor();
@@ -91,7 +198,10 @@ at::Tensor StableDiffusionPipeline::generate(const GenerateOptions& o,
     throw Error("width and height must be multiples of 8, got " + std::to_string(width) + "x" +
                 std::to_string(height));
 
-  const at::Tensor& embeddings = prompt_embeddings;
+  const at::Tensor& embeddings = prompt_embeddings.context;
+  std::optional<models::AddedConditions> added;
+  if (is_xl())
+    added = models::AddedConditions{prompt_embeddings.pooled, time_ids(o, height, width)};
   const bool guidance = o.guidance_scale > 1.0;
   // One CPU generator makes every draw, in diffusers' order, so a seed means the same image there.
   at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(o.seed);
@@ -118,8 +228,8 @@ at::Tensor StableDiffusionPipeline::generate(const GenerateOptions& o,
       throw Error("strength " + std::to_string(o.strength) + " leaves no denoising step");
     const at::Tensor image =
         io::pixels_to_tensor(o.init_image->slice(0, 0, height).slice(1, 0, width)).unsqueeze(0);
-    at::Tensor init = vae_->encode(image.to(load_.device, load_.dtype)).sample(generator);
-    init = (init * vae_->config.scaling_factor).repeat({o.num_images, 1, 1, 1});
+    at::Tensor init = vae_->encode(image.to(load_.device, vae_dtype_)).sample(generator);
+    init = (init * vae_->config.scaling_factor).to(load_.dtype).repeat({o.num_images, 1, 1, 1});
     at::Tensor noise = at::randn(init.sizes(), generator, cpu).to(load_.device);
     latents = sched.add_noise(init, noise, timesteps.slice(0, 0, 1).repeat({o.num_images}));
   }
@@ -129,7 +239,7 @@ at::Tensor StableDiffusionPipeline::generate(const GenerateOptions& o,
     at::Tensor t = timesteps[i];
     at::Tensor input = guidance ? at::cat({latents, latents}) : latents;
     input = sched.scale_model_input(input, t);
-    at::Tensor noise_pred = unet_->forward(input, t, embeddings);
+    at::Tensor noise_pred = unet_->forward(input, t, embeddings, added ? &*added : nullptr);
     if (guidance) {
       // Classifier-free guidance: ε = ε_uncond + s · (ε_text − ε_uncond).
       auto parts = noise_pred.chunk(2);
@@ -139,7 +249,7 @@ at::Tensor StableDiffusionPipeline::generate(const GenerateOptions& o,
     if (on_step) on_step(i, n);
   }
 
-  return io::tensor_to_pixels(vae_->decode(latents / vae_->config.scaling_factor));
+  return io::tensor_to_pixels(vae_->decode((latents / vae_->config.scaling_factor).to(vae_dtype_)));
 }
 
 }  // namespace sdtune::pipeline

@@ -17,6 +17,9 @@ struct AutoencoderKLConfig {
   double scaling_factor = 0.18215;
   bool use_quant_conv = true;
   bool use_post_quant_conv = true;
+  // SDXL's VAE overflows in fp16: a pipeline loaded in fp16 runs it in fp32 (as diffusers'
+  // upcast_vae does).
+  bool force_upcast = false;
 
   // Reads vae/config.json; block types other than DownEncoderBlock2D/UpDecoderBlock2D are an Error.
   static AutoencoderKLConfig from_json(const io::JsonConfig& json);
