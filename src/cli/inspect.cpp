@@ -1,5 +1,6 @@
 // sdtune inspect DIR|FILE: what a pipeline folder or a single-file checkpoint holds, read from
 // configs and safetensors headers alone (no weights are loaded).
+#include <algorithm>
 #include <cstdio>
 #include <map>
 #include <string>
@@ -56,11 +57,15 @@ void print_config(const io::ModelFolder& folder, const io::Component& c) {
   static const std::map<std::string, std::vector<std::string>> keys{
       {"unet",
        {"sample_size", "block_out_channels", "layers_per_block", "attention_head_dim",
-        "num_attention_heads", "cross_attention_dim", "use_linear_projection", "upcast_attention"}},
-      {"vae", {"block_out_channels", "latent_channels", "scaling_factor"}},
+        "num_attention_heads", "transformer_layers_per_block", "cross_attention_dim",
+        "use_linear_projection", "upcast_attention", "addition_embed_type"}},
+      {"vae", {"block_out_channels", "latent_channels", "scaling_factor", "force_upcast"}},
       {"text_encoder",
        {"hidden_size", "num_hidden_layers", "num_attention_heads", "hidden_act",
         "max_position_embeddings"}},
+      {"text_encoder_2",
+       {"hidden_size", "num_hidden_layers", "num_attention_heads", "hidden_act",
+        "max_position_embeddings", "projection_dim"}},
       {"scheduler",
        {"num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type",
         "timestep_spacing", "steps_offset"}},
@@ -72,6 +77,20 @@ void print_config(const io::ModelFolder& folder, const io::Component& c) {
   for (const auto& k : it->second)
     if (config.has(k)) line += (line.empty() ? "" : ", ") + k + "=" + config.json().at(k).dump();
   std::printf("    config: %s\n", line.c_str());
+}
+
+// The family a folder's configs show: SDXL's text_time conditioning in the UNet, else the text
+// encoder's activation (SD 1.x's CLIP ViT-L uses quick_gelu, SD 2.x's OpenCLIP ViT-H gelu).
+std::string family(const io::ModelFolder& folder) {
+  if (folder.component_config("unet").get_string("addition_embed_type", "") == "text_time")
+    return "SDXL";
+  const auto& components = folder.components();
+  if (std::none_of(components.begin(), components.end(),
+                   [](const io::Component& c) { return c.name == "text_encoder"; }))
+    return "unknown (no text encoder)";
+  const std::string act =
+      folder.component_config("text_encoder").get_string("hidden_act", "quick_gelu");
+  return act == "quick_gelu" ? "SD 1.x" : act == "gelu" ? "SD 2.x" : "unknown (" + act + ")";
 }
 
 // A single-file checkpoint (.safetensors, or a pickle read by io/pickle_checkpoint): its
@@ -163,17 +182,21 @@ void add_inspect(CLI::App& app) {
     std::printf("  pipeline: %s (diffusers %s)\n",
                 folder.model_index().get_string("_class_name", "?").c_str(),
                 folder.model_index().get_string("_diffusers_version", "?").c_str());
+    const auto components = folder.components();
+    if (std::any_of(components.begin(), components.end(),
+                    [](const io::Component& c) { return c.name == "unet"; }))
+      std::printf("  family: %s\n", family(folder).c_str());
     for (const auto& c : folder.components()) {
       std::printf("  %s: %s.%s\n", c.name.c_str(), c.library.c_str(), c.class_name.c_str());
-      if (c.name == "tokenizer") {
-        auto tok = text::ClipTokenizer::load(folder.component_dir("tokenizer"));
+      if (c.name == "tokenizer" || c.name == "tokenizer_2") {
+        auto tok = text::ClipTokenizer::load(folder.component_dir(c.name));
         std::printf("    vocab: %zu tokens, max length %lld, pad id %lld\n", tok.vocab_size(),
                     static_cast<long long>(tok.max_length()), static_cast<long long>(tok.pad_id()));
         continue;
       }
       print_config(folder, c);
       if (c.name == "unet" || c.name == "vae" || c.name == "text_encoder" ||
-          c.name == "safety_checker")
+          c.name == "text_encoder_2" || c.name == "safety_checker")
         print_weights(folder.component_dir(c.name));
     }
   });

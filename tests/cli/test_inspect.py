@@ -70,6 +70,22 @@ def test_inspect_counts_match_diffusers(run_sdtune, pipeline, kind):
         assert info["tensors"] == len(load_file(folder / name / next(
             p.name for p in (folder / name).iterdir() if p.suffix == ".safetensors")))
     assert "vocab: 49408 tokens, max length 77" in stdout
+    assert f"family: {'SD 2.x' if kind == 'sd2' else 'SD 1.x'}" in stdout
+
+
+def test_inspect_sdxl(run_sdtune, pipeline):
+    """An SDXL folder: named as SDXL, and both text encoders and tokenizers are shown, their counts
+    equal to the transformers modules'."""
+    folder, pipe = pipeline("sdxl")
+    stdout, shown = inspect(run_sdtune, folder)
+    assert "pipeline: StableDiffusionXLPipeline" in stdout and "family: SDXL" in stdout
+    assert set(shown) == set(declared_components(folder)), stdout
+    for name in ["unet", "vae", "text_encoder", "text_encoder_2"]:
+        assert shown[name]["params"] == numel(getattr(pipe, name)), (name, stdout)
+    assert shown["text_encoder_2"]["class"] == "CLIPTextModelWithProjection"
+    assert stdout.count("vocab: 49408 tokens, max length 77") == 2
+    assert '"addition_embed_type"' not in stdout and 'addition_embed_type="text_time"' in stdout
+    assert "force_upcast=true" in stdout and "projection_dim=24" in stdout
 
 
 def test_inspect_fp16_variant_only(run_sdtune, pipeline, copy_pipeline, tmp_path):

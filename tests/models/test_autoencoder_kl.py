@@ -4,7 +4,9 @@ import pytest
 import torch
 from parity import check
 
-CASES = [("tiny", 2, 32, 32), ("tiny", 1, 24, 40), ("sd2", 1, 32, 48), ("sd15", 1, 64, 64), ("sd15", 1, 48, 64)]
+CASES = [("tiny", 2, 32, 32), ("tiny", 1, 24, 40), ("sd2", 1, 32, 48), ("sd15", 1, 64, 64), ("sd15", 1, 48, 64),
+         # SDXL's VAE config (scaling_factor 0.13025, force_upcast) on SD's architecture
+         ("sdxl", 1, 24, 40)]
 
 
 @pytest.mark.parametrize("kind,batch,H,W", CASES)
