@@ -107,11 +107,23 @@ void run(const Args& a) {
     in["timesteps"] =
         at::randint(0, scheduler.num_train_timesteps, {b}, gen, at::TensorOptions(at::kLong));
     in["encoder_hidden_states"] = at::randn({b, 77, unet->config.cross_attention_dim}, gen);
+    if (unet->config.text_time_embedding) {  // SDXL: a pooled vector and 1024² time ids
+      const auto& c = unet->config;
+      in["text_embeds"] = at::randn(
+          {b, c.projection_class_embeddings_input_dim - 6 * c.addition_time_embed_dim}, gen);
+      in["time_ids"] =
+          at::tensor({1024.f, 1024.f, 0.f, 0.f, 1024.f, 1024.f}).unsqueeze(0).repeat({b, 1});
+    }
   }
   const at::Tensor latents = input(in, "latents").to(device, at::kFloat);
   const at::Tensor noise = input(in, "noise").to(device, at::kFloat);
   const at::Tensor timesteps = input(in, "timesteps").to(device, at::kLong);
   const at::Tensor context = input(in, "encoder_hidden_states").to(device, at::kFloat);
+  at::Tensor text_embeds, time_ids;
+  if (unet->config.text_time_embedding) {
+    text_embeds = input(in, "text_embeds").to(device, at::kFloat);
+    time_ids = input(in, "time_ids").to(device, at::kFloat);
+  }
   const int64_t batch = latents.size(0);
 
   unet->train();
@@ -160,10 +172,15 @@ void run(const Args& a) {
   const train::LossScaler no_scaling({.enabled = false}, device);
   auto step = [&] {
     if (reducer) reducer->arm();
-    train::StepLoss loss = train::training_step(
-        unet, nullptr, /*text_encoder_trains=*/false,
-        {.latents = latents, .noise = noise, .timesteps = timesteps, .context = context}, options,
-        no_scaling);
+    train::StepLoss loss = train::training_step(unet, nullptr, nullptr,
+                                                /*text_encoder_trains=*/false,
+                                                {.latents = latents,
+                                                 .noise = noise,
+                                                 .timesteps = timesteps,
+                                                 .context = context,
+                                                 .text_embeds = text_embeds,
+                                                 .time_ids = time_ids},
+                                                options, no_scaling);
     if (reducer) {  // as the trainer: gradients averaged, the loss summed over the ranks
       reducer->finish();
       loss.loss = group->sum(loss.loss) / static_cast<double>(group->size());

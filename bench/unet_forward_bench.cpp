@@ -4,6 +4,7 @@
 // Prints one JSON line: {"seconds_per_forward": ...}.
 #include <chrono>
 #include <cstdio>
+#include <optional>
 #include <string>
 
 #include <c10/core/InferenceMode.h>
@@ -34,12 +35,25 @@ void run(const Args& a) {
   at::Tensor sample = at::randn({batch, unet->config.in_channels, h, w}, options);
   at::Tensor context = at::randn({batch, 77, unet->config.cross_attention_dim}, options);
   at::Tensor t = at::full({batch}, 500, at::TensorOptions().device(opts.device).dtype(at::kLong));
+  // SDXL (text_time): a pooled vector and 1024² time ids, as the bench's Python side passes them.
+  std::optional<models::AddedConditions> added;
+  if (unet->config.text_time_embedding) {
+    const auto& c = unet->config;
+    added = models::AddedConditions{
+        at::randn({batch, c.projection_class_embeddings_input_dim - 6 * c.addition_time_embed_dim},
+                  options),
+        at::tensor({1024.f, 1024.f, 0.f, 0.f, 1024.f, 1024.f})
+            .unsqueeze(0)
+            .repeat({batch, 1})
+            .to(opts.device)};
+  }
+  const models::AddedConditions* extra = added ? &*added : nullptr;
 
   at::Tensor out;
-  for (int i = 0; i < warmup; ++i) out = unet->forward(sample, t, context);
+  for (int i = 0; i < warmup; ++i) out = unet->forward(sample, t, context, extra);
   out.sum().item<float>();  // waits for the device
   auto start = std::chrono::steady_clock::now();
-  for (int i = 0; i < iters; ++i) out = unet->forward(sample, t, context);
+  for (int i = 0; i < iters; ++i) out = unet->forward(sample, t, context, extra);
   out.sum().item<float>();
   double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::printf("{\"seconds_per_forward\": %.6f}\n", seconds / iters);

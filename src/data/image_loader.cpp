@@ -7,7 +7,8 @@ namespace sdtune::data {
 
 std::optional<at::Tensor> load_training_image(const Example& example,
                                               const TransformOptions& options, at::Generator& gen,
-                                              std::vector<Skipped>& skipped) {
+                                              std::vector<Skipped>& skipped,
+                                              CropPlacement* placement) {
   io::FittedImage image;
   try {
     image = read_training_image(example, options);
@@ -15,7 +16,7 @@ std::optional<at::Tensor> load_training_image(const Example& example,
     skip(skipped, example.image, e.message());
     return std::nullopt;
   }
-  return transform_image(image, options, gen);
+  return transform_image(image, options, gen, placement);
 }
 
 io::ImageSource image_source(const Example& example) {

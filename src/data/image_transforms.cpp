@@ -131,20 +131,38 @@ CropBox crop_box(io::ImageSize source, const TransformOptions& options, at::Gene
   return {top, left, r, r};
 }
 
-// The decoded image -> the crop (uint8).
-at::Tensor crop(const io::FittedImage& image, const TransformOptions& options, at::Generator* gen) {
+// The decoded image -> the crop (uint8), and where it lies.
+at::Tensor crop(const io::FittedImage& image, const TransformOptions& options, at::Generator* gen,
+                CropBox* box = nullptr) {
   const at::Tensor img = sized(image.rgb, resized_size(image.source, options));
   const CropBox c = crop_box(image.source, options, gen);
+  if (box) *box = c;
   return img.slice(0, c.top, c.top + c.height).slice(1, c.left, c.left + c.width).contiguous();
+}
+
+CropPlacement placement_of(io::ImageSize source, const TransformOptions& options, const CropBox& c,
+                           bool flipped) {
+  // Mirrored, the crop's left edge is as far from the resized image's left edge as its right
+  // edge was from the right one.
+  const int64_t resized_width = resized_size(source, options).width;
+  return {source, {c.width, c.height}, c.top, flipped ? resized_width - c.left - c.width : c.left};
 }
 
 }  // namespace
 
 at::Tensor transform_image(const io::FittedImage& image, const TransformOptions& options,
-                           at::Generator& gen) {
-  at::Tensor img = crop(image, options, &gen);
-  if (draw_flip(options, gen)) img = img.flip({1});
+                           at::Generator& gen, CropPlacement* placement) {
+  CropBox box;
+  at::Tensor img = crop(image, options, &gen, &box);
+  const bool flipped = draw_flip(options, gen);
+  if (flipped) img = img.flip({1});
+  if (placement) *placement = placement_of(image.source, options, box, flipped);
   return io::pixels_to_tensor(img);
+}
+
+CropPlacement fixed_crop_placement(io::ImageSize source, const TransformOptions& options,
+                                   bool flipped) {
+  return placement_of(source, options, crop_box(source, options, nullptr), flipped);
 }
 
 at::Tensor transform_image_unflipped(const io::FittedImage& image,

@@ -5,6 +5,7 @@
 
 #include "sdtune/error.h"
 #include "sdtune/io/pixels.h"
+#include "sdtune/models/sdxl_text_conditioning.h"
 
 namespace sdtune::pipeline {
 
@@ -103,27 +104,19 @@ PromptEmbeddings StableDiffusionPipeline::encode_prompt_xl(const GenerateOptions
   if (o.clip_skip < 0 || o.clip_skip >= layers)
     throw Error("clip skip " + std::to_string(o.clip_skip) + " out of range [0, " +
                 std::to_string(layers) + ")");
-  // SDXL's context is both encoders' hidden states clip_skip + 1 layers before the last (the
-  // penultimate layer by default), without the final layer norm, side by side; the pooled vector
-  // is the second encoder's projected end-of-text token.
   auto encode = [&](const std::string& text, const std::string& text_2, int64_t clip_skip,
                     bool* cut) {
-    PromptEmbeddings e;
-    std::vector<at::Tensor> parts;
-    for (const bool second : {false, true}) {
-      bool cut_here = false;
-      const auto ids = (second ? *tokenizer_2_ : tokenizer_)
-                           .encode_padded(second ? text_2 : text, cut ? &cut_here : nullptr);
-      if (cut) *cut = *cut || cut_here;
-      auto& encoder = second ? text_encoder_2_ : text_encoder_;
-      auto out = encoder->forward(at::tensor(ids, at::kLong).unsqueeze(0).to(load_.device),
-                                  /*output_hidden_states=*/true);
-      parts.push_back(out.hidden_states[out.hidden_states.size() - 2 - clip_skip]);
-      if (second) e.pooled = out.text_embeds;
-    }
-    e.context = at::cat(parts, -1).repeat({o.num_images, 1, 1});
-    e.pooled = e.pooled.repeat({o.num_images, 1});
-    return e;
+    bool cut_2 = false;
+    auto ids = [&](const text::ClipTokenizer& tokenizer, const std::string& t, bool* c) {
+      return at::tensor(tokenizer.encode_padded(t, c), at::kLong).unsqueeze(0).to(load_.device);
+    };
+    const at::Tensor ids_1 = ids(tokenizer_, text, cut);
+    const at::Tensor ids_2 = ids(*tokenizer_2_, text_2, cut ? &cut_2 : nullptr);
+    if (cut) *cut = *cut || cut_2;
+    auto c =
+        models::sdxl_text_conditioning(text_encoder_, text_encoder_2_, ids_1, ids_2, clip_skip);
+    return PromptEmbeddings{c.context.repeat({o.num_images, 1, 1}),
+                            c.pooled.repeat({o.num_images, 1})};
   };
   if (truncated) *truncated = false;
   PromptEmbeddings positive =

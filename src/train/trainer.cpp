@@ -352,6 +352,7 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
   TrainSummary summary;
   summary.rank = ranks.rank();
   summary.world_size = ranks.world();
+  check_sdxl_options(o, io::ModelFolder::open(o.model));
   if (o.dreambooth.enabled && o.dreambooth.with_prior_preservation)
     ensure_class_images(o, summary, hooks, ranks);
 
@@ -368,7 +369,8 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
   // Every rank reads the whole epoch in the same order and takes its micro-batches from it in
   // the loop; the caches are filled shard by shard.
   TrainingData data(o, m.base,
-                    {m.tokenizer, m.vae, m.text_encoder, m.device, m.weight_dtype, m.amp},
+                    {m.tokenizer, m.vae, m.text_encoder, m.device, m.weight_dtype, m.amp,
+                     m.tokenizer_2 ? &*m.tokenizer_2 : nullptr},
                     {ranks.rank(), ranks.world(), [&] { ranks.barrier(); }}, summary,
                     [&](const std::string& s) { hooks.say(s); });
   const StepOptions step_opts = step_options(o, m);
@@ -423,8 +425,9 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
       const StepInputs in = draw_step_inputs(batch, noise_gen, step_opts);
       if (!mine) continue;
       if (micro / ranks.world() == accumulation - 1) ranks.arm_gradients();  // this rank's last
-      const StepLoss l = training_step(m.unet, m.text_encoder, text_encoder_trains, in, step_opts,
-                                       opt.scaler, accumulation);
+      const StepLoss l =
+          training_step(m.unet, m.text_encoder, m.text_encoder_2, text_encoder_trains, in,
+                        step_opts, opt.scaler, accumulation);
       sum.loss += l.loss;
       sum.instance += l.instance;
       sum.prior += l.prior;

@@ -151,18 +151,22 @@ std::vector<int64_t> TrainingData::next_indices() {
 }
 
 Batch TrainingData::next_batch(at::Generator& gen) {
-  std::vector<at::Tensor> pixels, means, logvars, ids, contexts;
+  std::vector<at::Tensor> pixels, means, logvars, ids, ids_2, contexts;
+  std::vector<float> time_ids;
   for (int64_t i : next_indices()) {
     const data::Example& ex = examples_[i];
+    data::CropPlacement placement;
     if (o_.cache_latents) {
       // The flip is drawn as for an uncached image, so that both runs see the same data.
-      const auto& d = data::draw_flip(transform_, gen) ? cached_latents_[i].flipped
-                                                       : cached_latents_[i].posterior;
+      const bool flipped = data::draw_flip(transform_, gen);
+      const auto& d = flipped ? cached_latents_[i].flipped : cached_latents_[i].posterior;
       means.push_back(d.mean);
       logvars.push_back(d.logvar);
+      placement = data::fixed_crop_placement({cached_latents_[i].width, cached_latents_[i].height},
+                                             transform_, flipped);
     } else {
       std::vector<data::Skipped> unreadable;
-      auto image = data::load_training_image(ex, transform_, gen, unreadable);
+      auto image = data::load_training_image(ex, transform_, gen, unreadable, &placement);
       if (!image)
         throw Error("training image became unreadable during training", ex.image.string());
       pixels.push_back(*image);
@@ -171,6 +175,13 @@ Batch TrainingData::next_batch(at::Generator& gen) {
       contexts.push_back(cached_text_[i]);
     else
       ids.push_back(at::tensor(enc_.tokenizer.encode_padded(ex.caption), at::kLong));
+    if (enc_.tokenizer_2) {
+      ids_2.push_back(at::tensor(enc_.tokenizer_2->encode_padded(ex.caption), at::kLong));
+      // SDXL's micro-conditioning: (original h, w, crop top, left, target h, w).
+      for (const int64_t v : {placement.source.height, placement.source.width, placement.top,
+                              placement.left, placement.crop.height, placement.crop.width})
+        time_ids.push_back(static_cast<float>(v));
+    }
   }
   Batch b;
   if (o_.cache_latents) {
@@ -186,6 +197,10 @@ Batch TrainingData::next_batch(at::Generator& gen) {
     b.context = at::stack(contexts).to(enc_.device);
   else
     b.input_ids = at::stack(ids).to(enc_.device);
+  if (enc_.tokenizer_2) {
+    b.input_ids_2 = at::stack(ids_2).to(enc_.device);
+    b.time_ids = at::tensor(time_ids).view({-1, 6}).to(enc_.device);
+  }
   return b;
 }
 

@@ -2,6 +2,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include "sdtune/error.h"
 #include "sdtune/train/train_state.h"
 
 namespace sdtune::train {
@@ -42,6 +43,11 @@ TrainingModels::TrainingModels(const TrainOptions& o)
   for (auto& p : unet->parameters()) p.set_requires_grad(!lora_on);
   for (auto& p : text_encoder->parameters()) p.set_requires_grad(full_text_encoder);
   o.train_text_encoder ? text_encoder->train() : text_encoder->eval();
+  if (unet->config.text_time_embedding) {
+    tokenizer_2 = text::ClipTokenizer::load(base.component_dir("tokenizer_2"));
+    text_encoder_2 = models::load_text_encoder(base, frozen, "text_encoder_2");
+    for (auto& p : text_encoder_2->parameters()) p.set_requires_grad(false);
+  }
   unet->train();
   // LoRA adapters, initialized as PEFT does from their own generator (seeded by the run's seed).
   if (lora_on) {
@@ -62,6 +68,22 @@ TrainingModels::TrainingModels(const TrainOptions& o)
 void TrainingModels::freeze_text_encoder() {
   for (const auto& p : te_params) p.set_requires_grad(false);
   text_encoder->eval();
+}
+
+void check_sdxl_options(const TrainOptions& o, const io::ModelFolder& base) {
+  if (base.component_config("unet").get_string("addition_embed_type", "") != "text_time") return;
+  const std::pair<bool, const char*> unsupported[] = {
+      {o.lora.enabled(), "--lora-rank"},
+      {o.dreambooth.enabled, "DreamBooth"},
+      {o.train_text_encoder, "--train-text-encoder"},
+      {o.cache_text_encoder_outputs, "--cache-text-encoder-outputs"},
+      {o.save_single_file, "--save-single-file"}};
+  for (const auto& [on, what] : unsupported)
+    if (on)
+      throw Error(std::string(what) +
+                      " is not implemented for SDXL yet; SDXL trains as full fine-tuning of the "
+                      "UNet",
+                  base.root().string());
 }
 
 StepOptions step_options(const TrainOptions& o, const TrainingModels& m) {

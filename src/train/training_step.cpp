@@ -1,6 +1,8 @@
 #include "sdtune/train/training_step.h"
 
+#include "sdtune/error.h"
 #include "sdtune/models/autocast.h"
+#include "sdtune/models/sdxl_text_conditioning.h"
 #include "sdtune/train/diffusion_loss.h"
 
 namespace sdtune::train {
@@ -12,24 +14,41 @@ StepInputs draw_step_inputs(const Batch& batch, at::Generator& gen, const StepOp
   in.timesteps = sample_timesteps(in.latents.size(0), o.num_train_timesteps, gen);
   in.context = batch.context;
   in.input_ids = batch.input_ids;
+  in.input_ids_2 = batch.input_ids_2;
+  in.time_ids = batch.time_ids;
   return in;
 }
 
 StepLoss training_step(models::UNet2DConditionModel unet, models::CLIPTextModel text_encoder,
-                       bool text_encoder_trains, const StepInputs& in, const StepOptions& o,
-                       const LossScaler& scaler, int64_t divisor) {
+                       models::CLIPTextModel text_encoder_2, bool text_encoder_trains,
+                       const StepInputs& in, const StepOptions& o, const LossScaler& scaler,
+                       int64_t divisor) {
   const at::Tensor noisy = schedulers::add_noise(o.schedule, in.latents, in.noise, in.timesteps);
   StepLoss out;
   at::Tensor loss;
   {
     models::AutocastGuard autocast(in.latents.device().type(), o.autocast);
     at::Tensor context = in.context;
-    if (!context.defined()) {
+    std::optional<models::AddedConditions> added;
+    if (unet->config.text_time_embedding) {
+      if (!in.time_ids.defined()) throw Error("internal: an SDXL training step without time ids");
+      at::Tensor pooled = in.text_embeds;
+      if (!context.defined()) {
+        std::optional<at::NoGradGuard> frozen;
+        if (!text_encoder_trains) frozen.emplace();
+        auto c = models::sdxl_text_conditioning(text_encoder, text_encoder_2, in.input_ids,
+                                                in.input_ids_2);
+        context = c.context;
+        pooled = c.pooled;
+      }
+      added = models::AddedConditions{pooled, in.time_ids};
+    } else if (!context.defined()) {
       std::optional<at::NoGradGuard> frozen;
       if (!text_encoder_trains) frozen.emplace();
       context = text_encoder->forward(in.input_ids).last_hidden_state;
     }
-    const at::Tensor model_pred = unet->forward(noisy, in.timesteps, context);
+    const at::Tensor model_pred =
+        unet->forward(noisy, in.timesteps, context, added ? &*added : nullptr);
     const at::Tensor target =
         training_target(o.prediction_type, in.latents, in.noise, in.timesteps, o.schedule);
     std::optional<at::Tensor> weights;

@@ -6,7 +6,9 @@
 //       [--seed S] [--image-column C] [--caption-column C] [--repeat K] --out out.safetensors
 //
 // Outputs: "image.N" (float [3,R,R] in [-1, 1]) for the N-th usable example (with --repeat K,
-// each example is drawn K times: "image.N" then holds [K,3,R,R]), and __metadata__ entries
+// each example is drawn K times: "image.N" then holds [K,3,R,R]), "placement.N" (int64 [6] or
+// [K,6]: where each draw's crop came from, data::CropPlacement as SDXL's time ids order it:
+// source height, width, crop top, left, crop height, width), and __metadata__ entries
 // "caption.N", "file.N", "count" and "skipped" (a JSON list of {"path", "reason"}). No usable
 // image at all is an error.
 #include <map>
@@ -57,15 +59,20 @@ void run(const Args& a) {
   std::map<std::string, std::string> metadata;
   int64_t n = 0;
   for (const auto& example : dataset.examples()) {
-    std::vector<at::Tensor> draws;
+    std::vector<at::Tensor> draws, placements;
     for (int64_t k = 0; k < repeat; ++k) {
-      auto image = data::load_training_image(example, options, gen, skipped);
+      data::CropPlacement p;
+      auto image = data::load_training_image(example, options, gen, skipped, &p);
       if (!image) break;
       draws.push_back(*image);
+      placements.push_back(
+          at::tensor({p.source.height, p.source.width, p.top, p.left, p.crop.height, p.crop.width},
+                     at::kLong));
     }
     if (draws.empty()) continue;
     const std::string id = std::to_string(n++);
     tensors.emplace_back("image." + id, repeat == 1 ? draws[0] : at::stack(draws));
+    tensors.emplace_back("placement." + id, repeat == 1 ? placements[0] : at::stack(placements));
     metadata["caption." + id] = example.caption;
     metadata["file." + id] = example.image.string();
   }

@@ -60,5 +60,30 @@ TEST(Transforms, ShapeRangeAndSeed) {
   EXPECT_LE(x.max().item<float>(), 1.0f);
 }
 
+// The latent cache's crops (center or bucket) report the placement the drawing path would: the same
+// corner, mirrored the same way when flipped.
+TEST(Transforms, FixedCropPlacementIsTheDrawnOne) {
+  const at::Tensor img = at::randint(0, 256, {32, 45, 3}, at::kByte);  // 45 - 32 = 13: odd
+  for (const bool flip : {false, true}) {
+    TransformOptions options{.resolution = 32, .center_crop = true, .random_flip = flip};
+    const CropPlacement fixed = fixed_crop_placement({45, 32}, options, flip);
+    EXPECT_EQ(fixed.source.width, 45);
+    EXPECT_EQ(fixed.crop.width, 32);
+    EXPECT_EQ(fixed.top, 0);
+    EXPECT_EQ(fixed.left, flip ? 45 - 32 - 6 : 6);  // center offset round(6.5) = 6
+    // Draw until the flip comes out as asked, then compare with what the drawing path reports.
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(1);
+    for (int i = 0; i < 32; ++i) {
+      CropPlacement drawn;
+      transform_image(whole_image(img), options, gen, &drawn);
+      const bool was_flipped = drawn.left != 6;
+      if (was_flipped != flip) continue;
+      EXPECT_EQ(drawn.left, fixed.left);
+      EXPECT_EQ(drawn.top, fixed.top);
+      break;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace sdtune::data

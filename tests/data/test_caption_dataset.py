@@ -228,3 +228,35 @@ def test_empty_folder_is_an_error(dump, tmp_path):
     (folder / "readme.txt").write_text("no images here")
     proc = dump(folder, "--resolution", R, check=False)
     assert proc.returncode != 0 and "no usable image" in proc.stderr
+
+
+def test_crop_placement_names_the_crop(dump_bin, tmp_path):
+    """What SDXL is conditioned on (data::CropPlacement): for random crops with flips of images
+    already at the resolution's height (so that resizing is the identity), every draw's pixels are
+    the source's pixels at the placement it reports: (top, left) in the image, or, for a flipped
+    draw, in the mirrored image. Source and crop sizes are the file's and the resolution's."""
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    sources = {"a.png": (rng.random((R, R + 40, 3)) * 255).astype(np.uint8),  # wide: left varies
+               "b.png": (rng.random((R + 24, R, 3)) * 255).astype(np.uint8)}  # tall: top varies
+    for name, pixels in sources.items():
+        Image.fromarray(pixels).save(folder / name)
+    out = tmp_path / "dump.safetensors"
+    proc = subprocess.run([str(dump_bin), "--data", str(folder), "--out", str(out), "--resolution", str(R),
+                           "--random-flip", "--repeat", "40", "--seed", "2"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    flips, offsets = 0, set()
+    with safe_open(str(out), "pt") as f:
+        for i, name in enumerate(sorted(sources)):
+            src = sources[name]
+            draws, places = f.get_tensor(f"image.{i}"), f.get_tensor(f"placement.{i}")
+            for image, (h, w, top, left, ch, cw) in zip(draws, places.tolist()):
+                assert (h, w, ch, cw) == (src.shape[0], src.shape[1], R, R)
+                pixels = ((image.permute(1, 2, 0) + 1) * 127.5).round().to(torch.uint8).numpy()
+                plain = np.array_equal(pixels, src[top:top + R, left:left + R])
+                mirrored = np.array_equal(pixels, src[:, ::-1][top:top + R, left:left + R])
+                assert plain != mirrored, (name, top, left)  # exactly one reading holds
+                flips += mirrored
+                offsets.add((name, top, left))
+    assert 20 < flips < 60 and len(offsets) > 20

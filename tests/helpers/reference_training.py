@@ -64,8 +64,13 @@ def make_data(folder, captions=CAPTIONS, size=R):
 
 def reference_run(folder, images, captions, *, steps, batch, accum, lr, seed, use_ema, snr_gamma=None,
                   prediction_type=None, noise_offset=0.0, train_text_encoder=False, text_encoder_lr=None,
-                  lr_scheduler="constant", warmup=0, max_grad_norm=1.0, dtype=torch.float32):
-    """Returns (losses, UNet weights before, trained UNet, EMA UNet or None, text encoder or None)."""
+                  lr_scheduler="constant", warmup=0, max_grad_norm=1.0, dtype=torch.float32, sdxl_time_ids=None):
+    """Returns (losses, UNet weights before, trained UNet, EMA UNet or None, text encoder or None).
+
+    With `sdxl_time_ids` (one row of six per image) the folder is an SDXL pipeline, trained as
+    train_text_to_image_sdxl.py does: the context is both encoders' penultimate hidden states side
+    by side, and the UNet also gets the second encoder's pooled projection and the image's time ids.
+    `images` are then the training crops themselves."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel, compute_snr
@@ -97,6 +102,25 @@ def reference_run(folder, images, captions, *, steps, batch, accum, lr, seed, us
     pixels = [torch.from_numpy(im).permute(2, 0, 1).float().div(127.5).sub(1).to(dtype) for im in images]
     ids = tokenizer(captions, max_length=tokenizer.model_max_length, padding="max_length", truncation=True,
                     return_tensors="pt").input_ids
+    if sdxl_time_ids is not None:
+        from transformers import CLIPTextModelWithProjection
+
+        tokenizer_2 = CLIPTokenizer.from_pretrained(folder / "tokenizer_2")
+        text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2").to(dtype)
+        text_encoder_2.requires_grad_(False)
+        ids_2 = tokenizer_2(captions, max_length=tokenizer_2.model_max_length, padding="max_length",
+                            truncation=True, return_tensors="pt").input_ids
+        all_time_ids = torch.tensor(sdxl_time_ids, dtype=torch.float32).to(dtype)
+
+    def condition(idx):
+        """The UNet's context (and SDXL's added conditions) for the examples idx."""
+        with torch.set_grad_enabled(train_text_encoder):
+            if sdxl_time_ids is None:
+                return text_encoder(ids[idx], return_dict=False)[0], None
+            one = text_encoder(ids[idx], output_hidden_states=True)
+            two = text_encoder_2(ids_2[idx], output_hidden_states=True)
+            context = torch.cat([one.hidden_states[-2], two.hidden_states[-2]], dim=-1)
+            return context, {"text_embeds": two.text_embeds, "time_ids": all_time_ids[idx]}
 
     def randn(shape):  # float32 draws, whatever the run's dtype (see the top)
         return torch.randn(shape, generator=g).to(dtype)
@@ -127,13 +151,12 @@ def reference_run(folder, images, captions, *, steps, batch, accum, lr, seed, us
                 noise += noise_offset * randn((latents.shape[0], latents.shape[1], 1, 1))
             timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=g)
             noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-            with torch.set_grad_enabled(train_text_encoder):
-                context = text_encoder(ids[idx], return_dict=False)[0]
+            context, added = condition(idx)
             if noise_scheduler.config.prediction_type == "epsilon":
                 target = noise
             else:
                 target = noise_scheduler.get_velocity(latents, noise, timesteps)
-            pred = unet(noisy, timesteps, context, return_dict=False)[0]
+            pred = unet(noisy, timesteps, context, added_cond_kwargs=added, return_dict=False)[0]
             # The script's .float() upcasts half precision; here the run's own dtype is the upcast.
             if snr_gamma is None:
                 loss = F.mse_loss(pred.to(dtype), target.to(dtype), reduction="mean")

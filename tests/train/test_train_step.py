@@ -120,3 +120,71 @@ def test_gradient_checkpointing_same_gradients(pipeline, train_step_bin, tmp_pat
     assert set(plain) == set(checkpointed)
     for name in plain:
         check(f"train.checkpointing[{kind}]", checkpointed[name], plain[name], CHECKPOINT_TOLERANCE)
+
+
+def sdxl_inputs(unet_config, size, seed):
+    """make_inputs plus SDXL's pooled text vector and per-image time ids (two different images:
+    their own source sizes and crops, as a batch of random crops has)."""
+    g = torch.Generator().manual_seed(seed + 1)
+    text_dim = unet_config["projection_class_embeddings_input_dim"] - 6 * unet_config["addition_time_embed_dim"]
+    return {
+        **make_inputs(unet_config, size, seed),
+        "text_embeds": torch.randn(2, text_dim, generator=g),
+        "time_ids": torch.tensor([[1024.0, 768.0, 0.0, 128.0, 512.0, 512.0], [600.0, 900.0, 44.0, 7.0, 512.0, 512.0]]),
+    }
+
+
+def reference_sdxl_step(folder, inputs, snr_gamma):
+    """train_text_to_image_sdxl.py's step on the same batch: the UNet gets the pooled vector and
+    the time ids as added_cond_kwargs; epsilon target; MSE, optionally min-SNR-γ weighted."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from diffusers.training_utils import compute_snr
+
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
+    unet.train()
+    noise_scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
+    model_input, noise, timesteps = inputs["latents"], inputs["noise"], inputs["timesteps"]
+    noisy_model_input = noise_scheduler.add_noise(model_input, noise, timesteps)
+    unet_added_conditions = {"time_ids": inputs["time_ids"], "text_embeds": inputs["text_embeds"]}
+    model_pred = unet(noisy_model_input, timesteps, inputs["encoder_hidden_states"],
+                      added_cond_kwargs=unet_added_conditions).sample
+    assert noise_scheduler.config.prediction_type == "epsilon"
+    target = noise
+    if snr_gamma is None:
+        loss = F.mse_loss(model_pred.float(), target.float(), reduction="mean")
+    else:
+        snr = compute_snr(noise_scheduler, timesteps)
+        mse_loss_weights = torch.stack([snr, snr_gamma * torch.ones_like(timesteps)], dim=1).min(dim=1)[0] / snr
+        loss = F.mse_loss(model_pred.float(), target.float(), reduction="none")
+        loss = loss.mean(dim=list(range(1, len(loss.shape)))) * mse_loss_weights
+        loss = loss.mean()
+    loss.backward()
+    return loss.detach(), {name: p.grad for name, p in unet.named_parameters()}
+
+
+@pytest.mark.parametrize("snr_gamma", [None, 5.0])
+def test_sdxl_train_step_matches_diffusers(pipeline, train_step_bin, tmp_path, snr_gamma):
+    """The issue's bound: loss and every gradient within 1e-5 of diffusers' SDXL recipe, the
+    added-conditioning weights (add_embedding) included."""
+    folder, pipe = pipeline("sdxl")
+    inputs = sdxl_inputs(pipe.unet.config, 8, seed=3)
+    extra = [] if snr_gamma is None else ["--snr-gamma", snr_gamma]
+    ours = run_driver(train_step_bin, folder, inputs, tmp_path, *extra)
+    ref_loss, ref_grads = reference_sdxl_step(folder, inputs, snr_gamma)
+    case = "sdxl" if snr_gamma is None else "sdxl,min-snr"
+    check(f"train.loss[{case}]", ours["loss"], ref_loss, 1e-5)
+    assert {k[len("grad."):] for k in ours if k.startswith("grad.")} == set(ref_grads)
+    assert any(name.startswith("add_embedding.") for name in ref_grads)
+    for name, ref in ref_grads.items():
+        assert ref is not None and ref.abs().max() > 0, f"{name}: no reference gradient"
+        check(f"train.grad[{case}]", ours[f"grad.{name}"], ref, 1e-5)
+
+
+def test_sdxl_gradient_checkpointing_same_gradients(pipeline, train_step_bin, tmp_path):
+    folder, pipe = pipeline("sdxl")
+    inputs = sdxl_inputs(pipe.unet.config, 8, seed=4)
+    plain = run_driver(train_step_bin, folder, inputs, tmp_path)
+    checkpointed = run_driver(train_step_bin, folder, inputs, tmp_path, "--gradient-checkpointing")
+    assert set(plain) == set(checkpointed)
+    for name in plain:
+        check("train.checkpointing[sdxl]", checkpointed[name], plain[name], CHECKPOINT_TOLERANCE)

@@ -5,7 +5,8 @@
 //   sdtune_train_step --model DIR --inputs in.safetensors --out out.safetensors
 //       [--prediction-type epsilon|v_prediction|sample] [--snr-gamma G] [--gradient-checkpointing]
 //
-// Inputs: `latents` (x₀), `noise` (ε), `timesteps` (int64 [B]), `encoder_hidden_states`.
+// Inputs: `latents` (x₀), `noise` (ε), `timesteps` (int64 [B]), `encoder_hidden_states`; for an
+// SDXL UNet also `text_embeds` (the pooled vector) and `time_ids` [B, 6].
 // Outputs: `loss` and `grad.<parameter name>` for every UNet parameter. The prediction type
 // defaults to the scheduler config's.
 #include <map>
@@ -54,6 +55,11 @@ void run(const Args& a) {
   const at::Tensor latents = input(in, "latents"), noise = input(in, "noise");
   const at::Tensor timesteps = input(in, "timesteps").to(at::kLong);
   const at::Tensor context = input(in, "encoder_hidden_states");
+  at::Tensor text_embeds, time_ids;
+  if (unet->config.text_time_embedding) {
+    text_embeds = input(in, "text_embeds");
+    time_ids = input(in, "time_ids");
+  }
 
   unet->train();
   unet->set_gradient_checkpointing(a.gradient_checkpointing);
@@ -63,10 +69,15 @@ void run(const Args& a) {
                                    .num_train_timesteps = config.num_train_timesteps,
                                    .snr_gamma = a.snr_gamma};
   const train::LossScaler no_scaling({.enabled = false}, latents.device());
-  const train::StepLoss loss = train::training_step(
-      unet, nullptr, /*text_encoder_trains=*/false,
-      {.latents = latents, .noise = noise, .timesteps = timesteps, .context = context}, options,
-      no_scaling);
+  const train::StepLoss loss = train::training_step(unet, nullptr, nullptr,
+                                                    /*text_encoder_trains=*/false,
+                                                    {.latents = latents,
+                                                     .noise = noise,
+                                                     .timesteps = timesteps,
+                                                     .context = context,
+                                                     .text_embeds = text_embeds,
+                                                     .time_ids = time_ids},
+                                                    options, no_scaling);
 
   std::vector<std::pair<std::string, at::Tensor>> out{
       {"loss", at::scalar_tensor(loss.loss, at::kFloat)}};

@@ -13,10 +13,11 @@ namespace sdtune::data {
 // The example's image as transform_image makes it (float [3,R,R] in [-1, 1]), or nullopt when the
 // file is corrupt, truncated, unreadable or over options.max_image_pixels: then a one-line warning
 // naming it goes to stderr and it is added to `skipped`. Images smaller than the resolution are
-// upscaled.
+// upscaled. `placement` (optional) receives where its crop came from.
 std::optional<at::Tensor> load_training_image(const Example& example,
                                               const TransformOptions& options, at::Generator& gen,
-                                              std::vector<Skipped>& skipped);
+                                              std::vector<Skipped>& skipped,
+                                              CropPlacement* placement = nullptr);
 
 // Where the example's image file is: its file, or its parquet row's bytes.
 io::ImageSource image_source(const Example& example);

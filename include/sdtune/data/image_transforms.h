@@ -60,11 +60,26 @@ struct TransformOptions {
 // (read_training_image), so that a huge photo never sits in memory whole.
 io::ImageSize resized_size(io::ImageSize source, const TransformOptions& options);
 
+// Where a training image's crop came from: what SDXL is conditioned on (its size/crop time ids).
+// The source's size as displayed, the crop's size (the target size), and the crop's top-left
+// corner in the resized image, mirrored with the image when it is flipped (kohya's convention:
+// the corner the flipped crop has in the flipped image).
+struct CropPlacement {
+  io::ImageSize source, crop;
+  int64_t top = 0, left = 0;
+};
+
 // The decoded image (already resized_size(), or still the source's size) -> float [3,R,R] in
 // [-1, 1] (or the bucket's [3,h,w]; the bucket is chosen by the source's size). Random crops and
 // flips are drawn from `gen` (a CPU generator), crop offsets first, as torchvision draws them.
+// `placement`, when given, receives where the crop came from.
 at::Tensor transform_image(const io::FittedImage& image, const TransformOptions& options,
-                           at::Generator& gen);
+                           at::Generator& gen, CropPlacement* placement = nullptr);
+
+// The placement of a crop that draws nothing (a bucket's or the center crop: what the latent
+// cache holds), flipped or not.
+CropPlacement fixed_crop_placement(io::ImageSize source, const TransformOptions& options,
+                                   bool flipped);
 
 // The part of transform_image that draws nothing, unflipped: the bucket or the center crop. What
 // the latent cache encodes; an Error for random crops, which no cache can hold.

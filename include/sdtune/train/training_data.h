@@ -23,10 +23,13 @@
 namespace sdtune::train {
 
 // One micro-batch: the posterior of its images (from the VAE, or the latent cache) and its
-// captions (token ids, or the cached embeddings: `context`).
+// captions (token ids, or the cached embeddings: `context`). For SDXL also the captions' ids for
+// the second tokenizer, and each image's time ids [B, 6]: its source (height, width), its crop's
+// top-left corner (data::CropPlacement) and the crop's (height, width), float32.
 struct Batch {
   models::DiagonalGaussian posterior;
   at::Tensor input_ids, context;
+  at::Tensor input_ids_2, time_ids;
 };
 
 // The frozen models that turn examples into inputs, and how they run.
@@ -37,6 +40,7 @@ struct DataEncoders {
   c10::Device device;
   at::ScalarType weight_dtype;  // of the frozen VAE and text encoder
   std::optional<at::ScalarType> autocast;
+  const text::ClipTokenizer* tokenizer_2 = nullptr;  // SDXL: its batches carry ids and time ids
 };
 
 // This rank's share of the cache entries to compute, and the barrier after which every rank's

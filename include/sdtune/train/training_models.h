@@ -39,11 +39,20 @@ struct TrainingModels {
   models::UNet2DConditionModel unet;
   models::AutoencoderKL vae;
   models::CLIPTextModel text_encoder;
+  // SDXL (a UNet with text_time conditioning): the second tokenizer and text encoder, frozen.
+  std::optional<text::ClipTokenizer> tokenizer_2;
+  models::CLIPTextModel text_encoder_2{nullptr};
   lora::AdapterSet adapters;
   const double lora_alpha;
   std::vector<at::Tensor> unet_params, te_params;  // the trainable tensors
   schedulers::SchedulerConfig scheduler;
 };
+
+// Fine-tuning an SDXL base (its UNet config has text_time conditioning) is, for now, full
+// fine-tuning of the UNet, as train_text_to_image_sdxl.py does it: an Error naming the option for
+// what is not done yet (LoRA, DreamBooth, text-encoder training, the text-embedding cache,
+// single-file output). Reads configs only, so that it fails before any weight is loaded.
+void check_sdxl_options(const TrainOptions& o, const io::ModelFolder& base);
 
 // The training step's options: the noise schedule, prediction type, VAE scaling, min-SNR, the
 // prior-preservation weight and the autocast dtype.

@@ -32,9 +32,12 @@ struct StepOptions {
 
 // What one micro-batch trains on: x₀ (scaled latents), ε, t (int64 [B]) and the caption
 // conditioning: text-encoder outputs (`context`), or token ids for the text encoder to encode.
+// SDXL adds the second encoder's ids (or its pooled output, `text_embeds`, given with `context`)
+// and each image's size/crop time ids [B, 6].
 struct StepInputs {
   at::Tensor latents, noise, timesteps;
   at::Tensor context, input_ids;
+  at::Tensor input_ids_2, text_embeds, time_ids;
 };
 
 // Draws from `gen`, in this order: a latent from the batch's posterior, ε (with the noise
@@ -48,9 +51,13 @@ struct StepLoss {
 
 // Forward, loss and backward of one micro-batch: the gradients of scaler.scale(loss / divisor)
 // accumulate into the trainable parameters. The text encoder runs (with gradients when
-// `text_encoder_trains`) unless the inputs carry its outputs; it may be empty then.
+// `text_encoder_trains`) unless the inputs carry its outputs; it may be empty then. An SDXL UNet
+// (text_time) takes its context and pooled vector from both encoders (models/
+// sdxl_text_conditioning.h; the second, `text_encoder_2`, is frozen) and the inputs' time ids,
+// as train_text_to_image_sdxl.py feeds them.
 StepLoss training_step(models::UNet2DConditionModel unet, models::CLIPTextModel text_encoder,
-                       bool text_encoder_trains, const StepInputs& inputs,
-                       const StepOptions& options, const LossScaler& scaler, int64_t divisor = 1);
+                       models::CLIPTextModel text_encoder_2, bool text_encoder_trains,
+                       const StepInputs& inputs, const StepOptions& options,
+                       const LossScaler& scaler, int64_t divisor = 1);
 
 }  // namespace sdtune::train
