@@ -101,6 +101,39 @@ void add_options(CLI::App* cmd, Flags& f) {
   cmd->add_option("--adam-epsilon", o.adam_epsilon)
       ->capture_default_str()
       ->check(checks::non_negative());
+  cmd->add_option("--optimizer", o.optimizer,
+                  "adamw, or adafactor (transformers' Adafactor: a factored second moment, for "
+                  "full SDXL fine-tuning in less memory)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"adamw", "adafactor"}));
+  auto& af = o.adafactor;
+  cmd->add_option("--adafactor-relative-step", af.relative_step,
+                  "Step size from the step count, min(1e-2, 1/sqrt(t)); --learning-rate and "
+                  "--lr-scheduler are then unused")
+      ->capture_default_str();
+  cmd->add_option("--adafactor-scale-parameter", af.scale_parameter,
+                  "Scale the step by the parameter's RMS (at least --adafactor-eps2)")
+      ->capture_default_str();
+  cmd->add_flag("--adafactor-warmup-init", af.warmup_init,
+                "Relative steps that grow from 1e-6·t (needs --adafactor-relative-step true)");
+  cmd->add_option("--adafactor-decay-rate", af.decay_rate,
+                  "Second-moment decay: beta2_t = 1 - t^rate")
+      ->capture_default_str()
+      ->check(checks::in_range(-1, 0));
+  cmd->add_option("--adafactor-clip-threshold", af.clip_threshold, "Update clipping by RMS")
+      ->capture_default_str()
+      ->check(checks::positive());
+  cmd->add_option("--adafactor-beta1", af.beta1, "A first moment with this decay (default: none)")
+      ->check(checks::below_one());
+  cmd->add_option("--adafactor-eps1", af.eps1, "Added to the squared gradient")
+      ->capture_default_str()
+      ->check(checks::non_negative());
+  cmd->add_option("--adafactor-eps2", af.eps2, "Floor of the parameter scale")
+      ->capture_default_str()
+      ->check(checks::non_negative());
+  cmd->add_option("--adafactor-weight-decay", o.adafactor_weight_decay)
+      ->capture_default_str()
+      ->check(checks::non_negative());
 
   cmd->add_flag("--train-text-encoder", o.train_text_encoder);
   cmd->add_option("--text-encoder-lr", f.text_encoder_lr, "(default: --learning-rate)")

@@ -45,6 +45,10 @@ void check_options(const TrainOptions& o) {
     throw Error(
         "--cache-text-encoder-outputs needs a frozen text encoder: --train-text-encoder changes "
         "the outputs every step");
+  if (o.optimizer != "adamw" && o.optimizer != "adafactor")
+    throw Error("unknown --optimizer '" + o.optimizer + "' (expected adamw or adafactor)");
+  if (o.optimizer == "adafactor" && o.adafactor.warmup_init && !o.adafactor.relative_step)
+    throw Error("--adafactor-warmup-init needs --adafactor-relative-step true");
   if (o.stop_text_encoder_training < 0) throw Error("--stop-text-encoder-training must be >= 0");
   if (o.stop_text_encoder_training > 0 && !o.train_text_encoder)
     throw Error("--stop-text-encoder-training needs --train-text-encoder");

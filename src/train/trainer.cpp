@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <memory>
 #include <optional>
 
 #include "sdtune/distributed/gradient_reducer.h"
@@ -23,6 +24,7 @@
 #include "sdtune/lora/lora.h"
 #include "sdtune/models/component_loader.h"
 #include "sdtune/models/single_file.h"
+#include "sdtune/train/adafactor.h"
 #include "sdtune/train/adamw.h"
 #include "sdtune/train/checkpoint.h"
 #include "sdtune/train/class_images.h"
@@ -162,8 +164,9 @@ void validate(TrainingModels& m, Ema* ema, MetricsLog* metrics, int64_t step) {
   }
 }
 
-// The optimizer of a run: AdamW over the trainable tensors of the UNet (and of the text encoder,
-// as a second group with its own learning rate), the LR schedule, EMA and fp16 loss scaling.
+// The optimizer of a run: AdamW (or Adafactor) over the trainable tensors of the UNet (and of the
+// text encoder, as a second group with its own learning rate), the LR schedule, EMA and fp16 loss
+// scaling.
 struct Optimization {
   Optimization(const TrainOptions& o, const TrainingModels& m, int64_t max_steps, int64_t world);
 
@@ -174,6 +177,7 @@ struct Optimization {
   void step(bool loss_finite, StepMetrics& s, TrainCounters& c);
   // Group g's learning rate at the last update (0: the UNet, 1: the text encoder).
   double lr(size_t g, const TrainCounters& c) const {
+    if (relative_steps) return optimizer->lr(static_cast<int64_t>(g));
     return lr_schedule.lr(base_lrs[g], std::max<int64_t>(c.lr_step - 1, 0));
   }
 
@@ -181,17 +185,22 @@ struct Optimization {
   std::vector<at::Tensor> trainable;  // UNet's, then the text encoder's
   std::vector<double> base_lrs;
   const double max_grad_norm;
-  AdamW optimizer;
+  const bool relative_steps;  // Adafactor's own step sizes: the LR schedule is not used
+  std::unique_ptr<Optimizer> optimizer;
   LrSchedule lr_schedule;
   std::optional<Ema> ema;
   LossScaler scaler;
 };
 
-std::vector<ParamGroup> param_groups(const TrainOptions& o, const TrainingModels& m, double lr) {
-  std::vector<ParamGroup> groups{{m.unet_params, lr, o.adam_weight_decay}};
-  if (o.train_text_encoder)
-    groups.push_back({m.te_params, o.text_encoder_lr.value_or(lr), o.adam_weight_decay});
-  return groups;
+std::unique_ptr<Optimizer> make_optimizer(const TrainOptions& o, const TrainingModels& m,
+                                          double lr) {
+  const double decay = o.optimizer == "adafactor" ? o.adafactor_weight_decay : o.adam_weight_decay;
+  std::vector<ParamGroup> groups{{m.unet_params, lr, decay}};
+  if (o.train_text_encoder) groups.push_back({m.te_params, o.text_encoder_lr.value_or(lr), decay});
+  if (o.optimizer == "adafactor")
+    return std::make_unique<Adafactor>(std::move(groups), o.adafactor);
+  return std::make_unique<AdamW>(std::move(groups),
+                                 AdamWOptions{o.adam_beta1, o.adam_beta2, o.adam_epsilon});
 }
 
 // --scale-lr: by the global batch, as accelerate's num_processes does in diffusers' scripts.
@@ -206,8 +215,8 @@ Optimization::Optimization(const TrainOptions& o, const TrainingModels& m, int64
       trainable(m.unet_params),
       base_lrs{scaled_lr(o, world), o.text_encoder_lr.value_or(scaled_lr(o, world))},
       max_grad_norm(o.max_grad_norm),
-      optimizer(param_groups(o, m, scaled_lr(o, world)),
-                {o.adam_beta1, o.adam_beta2, o.adam_epsilon}),
+      relative_steps(o.optimizer == "adafactor" && o.adafactor.relative_step),
+      optimizer(make_optimizer(o, m, scaled_lr(o, world))),
       lr_schedule(o.lr_scheduler, {.warmup_steps = o.lr_warmup_steps,
                                    .total_steps = max_steps,
                                    .base_lr = scaled_lr(o, world)}),
@@ -225,13 +234,13 @@ void Optimization::step(bool loss_finite, StepMetrics& s, TrainCounters& c) {
   s.grad_norm = clip_grad_norm(trainable, max_grad_norm);
   s.skipped = found_inf || !loss_finite;
   if (!s.skipped) {
-    for (int64_t g = 0; g < optimizer.num_groups(); ++g)
-      optimizer.set_lr(g, lr_schedule.lr(base_lrs[g], c.lr_step));
-    optimizer.step();
+    for (int64_t g = 0; g < optimizer->num_groups(); ++g)
+      optimizer->set_lr(g, lr_schedule.lr(base_lrs[g], c.lr_step));
+    optimizer->step();
     ++c.lr_step;
   }
   scaler.update();
-  optimizer.zero_grad();
+  optimizer->zero_grad();
   if (ema) ema->step(unet_params);
   ++c.step;
   c.nonfinite_run = loss_finite ? 0 : c.nonfinite_run + 1;
@@ -288,7 +297,7 @@ TrainState train_state(TrainingModels& m, Optimization& opt, TrainingData& data,
           .text_encoder = m.text_encoder,
           .full_text_encoder = m.full_text_encoder,
           .adapters = m.lora_on ? &m.adapters : nullptr,
-          .optimizer = &opt.optimizer,
+          .optimizer = opt.optimizer.get(),
           .ema = opt.ema ? &*opt.ema : nullptr,
           .scaler = &opt.scaler,
           .sampler = &data.sampler(),
@@ -475,8 +484,8 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
   }
   summary.steps = c.step;
   summary.steps_this_run = c.step - first_step;
-  summary.trainable_parameters = opt.optimizer.num_parameters();
-  summary.optimizer_state_bytes = opt.optimizer.state_bytes();
+  summary.trainable_parameters = opt.optimizer->num_parameters();
+  summary.optimizer_state_bytes = opt.optimizer->state_bytes();
 
   // ---- The final model -----------------------------------------------------------------------
   if (!summary.interrupted) {

@@ -1,11 +1,14 @@
-// Test driver: runs N training-loop updates (AdamW over two parameter groups, a named LR schedule
+// Test driver: runs N training-loop updates (AdamW, or with --optimizer adafactor Adafactor, over
+// two parameter groups, a named LR schedule
 // setting both groups' lr every step, and two EMAs of the weights) on gradients read from a file,
 // so that tests/train/test_optim.py can compare it with torch.optim.AdamW(fused=True),
 // diffusers.optimization.get_scheduler and diffusers.training_utils.EMAModel doing the same.
 //
 //   sdtune_optim_check --inputs in.safetensors --out out.safetensors --steps N
 //       --schedule NAME --warmup W --total T --lr A,B --wd C,D [--num-cycles K] [--power P]
-//       [--grad-scale S] [--found-inf-step K]
+//       [--grad-scale S] [--found-inf-step K] [--optimizer adamw|adafactor]
+//       [--adafactor-relative-step B] [--adafactor-scale-parameter B] [--adafactor-warmup-init]
+//       [--adafactor-beta1 B1] [--adafactor-clip-threshold C] [--adafactor-decay-rate R]
 //
 // Inputs: "param.{j}" (j = 0..3; group 0 holds params 0 and 1, group 1 params 2 and 3),
 // "grad.{k}.{j}" (the gradient of param j at step k; absent: no gradient that step), "frozen"
@@ -17,6 +20,7 @@
 // "ema_warmup.decay" (float64 [N]); "ema" has the defaults, "ema_warmup" use_ema_warmup with
 // update_after_step 2, min_decay 0.05, power 3/4.
 #include <iostream>
+#include <memory>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -25,6 +29,7 @@
 #include "driver.h"
 #include "sdtune/error.h"
 #include "sdtune/io/tensor.h"
+#include "sdtune/train/adafactor.h"
 #include "sdtune/train/adamw.h"
 #include "sdtune/train/ema.h"
 #include "sdtune/train/lr_schedule.h"
@@ -52,6 +57,8 @@ struct Args {
   double power = 1.0;
   std::optional<double> grad_scale;
   int64_t found_inf_step = -1;
+  std::string optimizer = "adamw";
+  train::AdafactorOptions adafactor;
 };
 
 void run(const Args& a) {
@@ -84,8 +91,14 @@ void run(const Args& a) {
   model.push_back(frozen);
 
   train::LrSchedule schedule(a.schedule, sched_options);
-  train::AdamW opt(
-      {{{params[0], params[1]}, lr[0], wd[0]}, {{params[2], params[3]}, lr[1], wd[1]}});
+  std::vector<train::ParamGroup> groups{{{params[0], params[1]}, lr[0], wd[0]},
+                                        {{params[2], params[3]}, lr[1], wd[1]}};
+  std::unique_ptr<train::Optimizer> optimizer;
+  if (a.optimizer == "adafactor")
+    optimizer = std::make_unique<train::Adafactor>(std::move(groups), a.adafactor);
+  else
+    optimizer = std::make_unique<train::AdamW>(std::move(groups));
+  train::Optimizer& opt = *optimizer;
   train::Ema ema(model);
   train::EmaOptions warm_options;
   warm_options.use_ema_warmup = true;
@@ -159,6 +172,14 @@ int main(int argc, char** argv) {
         app.add_option("--found-inf-step", a.found_inf_step,
                        "With --grad-scale: the step whose found_inf is 1")
             ->capture_default_str();
+        app.add_option("--optimizer", a.optimizer, "adamw or adafactor")->capture_default_str();
+        auto& af = a.adafactor;
+        app.add_option("--adafactor-relative-step", af.relative_step)->capture_default_str();
+        app.add_option("--adafactor-scale-parameter", af.scale_parameter)->capture_default_str();
+        app.add_flag("--adafactor-warmup-init", af.warmup_init);
+        app.add_option("--adafactor-beta1", af.beta1);
+        app.add_option("--adafactor-clip-threshold", af.clip_threshold)->capture_default_str();
+        app.add_option("--adafactor-decay-rate", af.decay_rate)->capture_default_str();
       },
       [&] { run(a); });
 }

@@ -136,3 +136,62 @@ def test_loss_scaler_grad_scale_and_found_inf(driver, tmp_path):
 def test_unknown_schedule_names_the_valid_ones(driver, tmp_path):
     with pytest.raises(AssertionError, match="valid: linear, cosine, cosine_with_restarts, polynomial, constant"):
         run_sdtune(driver, tmp_path, make_inputs(), "cosine_annealing")
+
+
+ADAFACTOR_CASES = {
+    # transformers' defaults: relative steps scaled by the parameter's RMS, no first moment.
+    "defaults": (dict(), []),
+    # kohya's usual SDXL settings: the LR schedule's learning rate, no parameter scaling; here
+    # with a first moment and a tighter update clip as well.
+    "lr-schedule-beta1": (dict(relative_step=False, scale_parameter=False, beta1=0.9, clip_threshold=0.5),
+                          ["--adafactor-relative-step", "false", "--adafactor-scale-parameter", "false",
+                           "--adafactor-beta1", 0.9, "--adafactor-clip-threshold", 0.5]),
+    "warmup-init": (dict(warmup_init=True, decay_rate=-0.5),
+                    ["--adafactor-warmup-init", "--adafactor-decay-rate", -0.5]),
+}
+
+
+@pytest.mark.parametrize("case", list(ADAFACTOR_CASES))
+def test_adafactor_matches_transformers(driver, tmp_path, case):
+    """sdtune's Adafactor against transformers.optimization.Adafactor on the same parameters and
+    gradients (two groups with their own weight decay; matrices, a 3-d tensor (factored over its
+    last two dimensions) and vectors; steps where a parameter has no gradient): parameters and
+    every state tensor after 14 steps, step counts exact."""
+    from transformers.optimization import Adafactor
+
+    kwargs, flags = ADAFACTOR_CASES[case]
+    inputs = make_inputs()
+    schedule = "cosine"
+    ours = run_sdtune(driver, tmp_path, inputs, schedule, "--optimizer", "adafactor", *flags)
+
+    params = [torch.nn.Parameter(inputs[f"param.{j}"].clone()) for j in range(len(SHAPES))]
+    relative = kwargs.get("relative_step", True)
+    groups = [{"params": params[:2], "weight_decay": WD[0]}, {"params": params[2:], "weight_decay": WD[1]}]
+    if not relative:
+        for group, lr in zip(groups, LR):
+            group["lr"] = lr
+    opt = Adafactor(groups, lr=None if relative else LR[0], **kwargs)
+    sched = None if relative else get_scheduler(schedule, opt, num_warmup_steps=WARMUP, num_training_steps=TOTAL,
+                                                num_cycles=CYCLES)
+    for k in range(STEPS):
+        for j, p in enumerate(params):
+            grad = inputs.get(f"grad.{k}.{j}")
+            p.grad = None if grad is None else grad.clone()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        opt.zero_grad(set_to_none=True)
+
+    moved = 0.0
+    for j, p in enumerate(params):
+        g, i = (0, j) if j < 2 else (1, j - 2)
+        check(f"adafactor.param[{case}]", ours[f"param.{j}"], p.detach(), tolerance=1e-6)
+        moved = max(moved, (p.detach() - inputs[f"param.{j}"]).abs().max().item())
+        state = opt.state[p]
+        names = [n for n in ("exp_avg", "exp_avg_sq", "exp_avg_sq_row", "exp_avg_sq_col") if n in state]
+        assert sorted(names) == sorted(k.rsplit(".", 1)[1] for k in ours
+                                       if k.startswith(f"opt.group{g}.param{i}.") and not k.endswith(".step"))
+        for name in names:
+            check(f"adafactor.{name}[{case}]", ours[f"opt.group{g}.param{i}.{name}"], state[name], tolerance=1e-6)
+        assert ours[f"opt.group{g}.param{i}.step"].item() == state["step"], f"step count of param {j}"
+    assert moved > 1e-5  # an optimizer that does nothing would be noticed (warmup-init moves ~6e-5)

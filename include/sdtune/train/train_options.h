@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "sdtune/io/image.h"
+#include "sdtune/train/adafactor.h"
 
 namespace sdtune::train {
 
@@ -56,6 +57,13 @@ struct TrainOptions {
   std::string lr_scheduler = "constant";
   int64_t lr_warmup_steps = 500;
   double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_weight_decay = 1e-2, adam_epsilon = 1e-8;
+  // "adamw", or "adafactor": transformers' Adafactor (train/adafactor.h), whose factored second
+  // moment needs a fraction of AdamW's memory. With relative steps (its default) the step size
+  // comes from the step count and the parameters' scale: --learning-rate and --lr-scheduler are
+  // then not used.
+  std::string optimizer = "adamw";
+  AdafactorOptions adafactor;
+  double adafactor_weight_decay = 0.0;
   double max_grad_norm = 1.0;  // 0 disables clipping
 
   // Text encoder (off by default, as in train_text_to_image.py).

@@ -18,9 +18,9 @@
 #include "sdtune/lora/adapters.h"
 #include "sdtune/models/clip_text_model.h"
 #include "sdtune/models/unet_2d_condition.h"
-#include "sdtune/train/adamw.h"
 #include "sdtune/train/ema.h"
 #include "sdtune/train/loss_scaler.h"
+#include "sdtune/train/optimizer.h"
 
 namespace sdtune::train {
 
@@ -35,7 +35,7 @@ struct TrainState {
   models::CLIPTextModel text_encoder;
   bool full_text_encoder = false;        // trained in full: its weights are in the pipeline
   lora::AdapterSet* adapters = nullptr;  // a LoRA run's adapters (none for full fine-tuning)
-  AdamW* optimizer = nullptr;
+  Optimizer* optimizer = nullptr;
   Ema* ema = nullptr;  // with --use-ema
   LossScaler* scaler = nullptr;
   data::BatchSampler* sampler = nullptr;
