@@ -8,6 +8,9 @@ on either side). Gradient checkpointing, when asked, on both sides.
 
 --config scaled (default): an SD 1.5-shaped UNet scaled down for a CPU (channels
 [160,320,640,640]), 32x32 latents. --config sd15: SD 1.5's exact UNet, 64x64 latents (512x512).
+--config sdxl-scaled: SDXL's UNet scaled down for a CPU (channels [160,320,640], transformer
+depths [1,2,4]), 32x32 latents; --config sdxl: SDXL base's UNet, 128x128 latents (1024x1024); both
+with the pooled text vector and time ids.
 The random-weight model folder is created once (seed 0) and reused. Prints seconds per step for
 both (mean and median over --iters timed steps after --warmup), the ratio diffusers / sdtune of the
 medians (> 1 means sdtune is faster), images/s, peak GPU memory, and the loss of the first step on
@@ -37,10 +40,12 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "helpers"))
 
-from tiny_models import SD15_UNET  # noqa: E402
+from tiny_models import SD15_UNET, SDXL_UNET, SDXL_UNET_SCALED  # noqa: E402
 
 SCALED = dict(SD15_UNET, block_out_channels=[160, 320, 640, 640], sample_size=32)
-CONFIGS = {"scaled": SCALED, "sd15": SD15_UNET}
+CONFIGS = {"scaled": SCALED, "sd15": SD15_UNET, "sdxl-scaled": SDXL_UNET_SCALED, "sdxl": SDXL_UNET}
+SHAPES = {"scaled": "SD 1.5-shaped UNet, channels [160,320,640,640]", "sd15": "SD 1.5 UNet",
+          "sdxl-scaled": "SDXL-shaped UNet, channels [160,320,640], depths [1,2,4]", "sdxl": "SDXL UNet"}
 # SD 1.5's noise schedule, as the DDPMScheduler of the training scripts: its alphas_cumprod make x_t.
 SD15_SCHEDULER = dict(
     num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -76,6 +81,11 @@ def make_inputs(config, batch, latent):
         "noise": torch.randn(batch, config["in_channels"], latent, latent, generator=g),
         "timesteps": torch.randint(0, SD15_SCHEDULER["num_train_timesteps"], (batch,), generator=g),
         "encoder_hidden_states": torch.randn(batch, 77, config["cross_attention_dim"], generator=g),
+        # SDXL: the pooled text vector and 1024² size/crop time ids (both sides read them from here).
+        **({"text_embeds": torch.randn(batch, config["projection_class_embeddings_input_dim"]
+                                       - 6 * config["addition_time_embed_dim"], generator=g),
+            "time_ids": torch.tensor([[1024.0, 1024.0, 0.0, 0.0, 1024.0, 1024.0]] * batch)}
+           if config.get("addition_embed_type") == "text_time" else {}),
     }
 
 
@@ -116,7 +126,10 @@ class DiffusersTrainer:
         latents, noise, timesteps = (self.inputs[k] for k in ("latents", "noise", "timesteps"))
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            model_pred = self.unet(noisy, timesteps, self.inputs["encoder_hidden_states"], return_dict=False)[0]
+            added = ({"text_embeds": self.inputs["text_embeds"], "time_ids": self.inputs["time_ids"]}
+                     if "time_ids" in self.inputs else None)
+            model_pred = self.unet(noisy, timesteps, self.inputs["encoder_hidden_states"], added_cond_kwargs=added,
+                                   return_dict=False)[0]
             loss = F.mse_loss(model_pred.float(), noise.float(), reduction="mean")
         loss.backward()
         self.optimizer.step()
@@ -214,7 +227,7 @@ def main():
 
     cuda = args.device == "cuda"
     where = torch.cuda.get_device_name() if cuda else f"CPU, {args.threads} threads"
-    shape = "SD 1.5 UNet" if args.config == "sd15" else "SD 1.5-shaped UNet, channels [160,320,640,640]"
+    shape = SHAPES[args.config]
     checkpointing = ", gradient checkpointing" if args.gradient_checkpointing else ""
     checkpointing += ", deterministic kernels" if args.deterministic else ""
     precision = "fp32" if autocast_dtype is None else f"{args.mixed_precision} autocast"

@@ -3,7 +3,9 @@
 CPU (default): an SD 1.5-shaped UNet scaled down to run on a laptop-class CPU (channels
 [160,320,640,640], 8 heads, cross-attention 768), batch 2 (classifier-free guidance), 32x32
 latents (256x256 images). GPU (--device cuda): SD 1.5's exact UNet, 64x64 latents (512x512),
-fp16, batch 2. Prints seconds per forward for both and the ratio diffusers / sdtune (> 1 means
+fp16, batch 2. --sdxl: SDXL's UNet instead (on the CPU scaled down: channels [160,320,640],
+transformer depths [1,2,4]; on the GPU SDXL base's, 128x128 latents), with its pooled text vector
+and size/crop time ids. Prints seconds per forward for both and the ratio diffusers / sdtune (> 1 means
 sdtune is faster).
 
     python3 bench/unet_forward.py [--device cuda --dtype fp16 --sd15] [--iters N]
@@ -23,7 +25,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "helpers"))
 
-from tiny_models import SD15_UNET  # noqa: E402
+from tiny_models import SD15_UNET, SDXL_UNET, SDXL_UNET_SCALED  # noqa: E402
 
 SCALED = dict(SD15_UNET, block_out_channels=[160, 320, 640, 640], sample_size=32)
 
@@ -33,6 +35,7 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     ap.add_argument("--sd15", action="store_true", help="SD 1.5's exact UNet (default on cuda)")
+    ap.add_argument("--sdxl", action="store_true", help="SDXL's UNet (scaled down on the CPU)")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--latent", type=int, default=None, help="latent side (default 32 cpu, 64 cuda)")
     ap.add_argument("--warmup", type=int, default=2)
@@ -40,8 +43,10 @@ def main():
     ap.add_argument("--bin", default=os.environ.get("SDTUNE_BENCH_UNET", REPO / "build" / "sdtune_bench_unet"))
     args = ap.parse_args()
     cuda = args.device == "cuda"
-    latent = args.latent or (64 if cuda else 32)
+    latent = args.latent or ((128 if args.sdxl else 64) if cuda else 32)
     config = SD15_UNET if (args.sd15 or cuda) else SCALED
+    if args.sdxl:
+        config = SDXL_UNET if cuda else SDXL_UNET_SCALED
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
 
     from diffusers import UNet2DConditionModel
@@ -57,6 +62,12 @@ def main():
         sample = torch.randn(args.batch, 4, latent, latent, device=args.device, dtype=dtype)
         context = torch.randn(args.batch, 77, config["cross_attention_dim"], device=args.device, dtype=dtype)
         t = torch.full((args.batch,), 500, device=args.device)
+        added = None
+        if config.get("addition_embed_type") == "text_time":  # as the C++ side makes them
+            text_dim = config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
+            added = {"text_embeds": torch.randn(args.batch, text_dim, device=args.device, dtype=dtype),
+                     "time_ids": torch.tensor([[1024.0, 1024.0, 0.0, 0.0, 1024.0, 1024.0]] * args.batch,
+                                              device=args.device)}
 
         def sync():
             if cuda:
@@ -64,11 +75,11 @@ def main():
 
         with torch.inference_mode():
             for _ in range(args.warmup):
-                unet(sample, t, context)
+                unet(sample, t, context, added_cond_kwargs=added)
             sync()
             start = time.perf_counter()
             for _ in range(args.iters):
-                unet(sample, t, context)
+                unet(sample, t, context, added_cond_kwargs=added)
             sync()
             diffusers_s = (time.perf_counter() - start) / args.iters
         del unet
@@ -81,7 +92,9 @@ def main():
         sdtune_s = json.loads(out.stdout.strip().splitlines()[-1])["seconds_per_forward"]
 
     where = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
-    shape = "SD 1.5 UNet" if config is SD15_UNET else "SD 1.5-shaped UNet, channels [160,320,640,640]"
+    shape = {id(SD15_UNET): "SD 1.5 UNet", id(SDXL_UNET): "SDXL UNet",
+             id(SDXL_UNET_SCALED): "SDXL-shaped UNet, channels [160,320,640], depths [1,2,4]"}.get(
+        id(config), "SD 1.5-shaped UNet, channels [160,320,640,640]")
     print(f"unet forward ({shape}, batch {args.batch}, latent {latent}x{latent}, {args.dtype}, {where})")
     print(f"  diffusers {diffusers_s:.4f} s/forward")
     print(f"  sdtune    {sdtune_s:.4f} s/forward")

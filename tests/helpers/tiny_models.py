@@ -177,6 +177,19 @@ CONFIGS["file-sd2"] = dict(
 )
 
 
+# SDXL base's exact UNet config, and a scaled-down one for CPU benchmarks (channels halved, the
+# deepest level's transformers 10 -> 4; heads, context width and the text_time conditioning kept).
+SDXL_UNET = dict(
+    sample_size=128, in_channels=4, out_channels=4, down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], block_out_channels=[320, 640, 1280],
+    layers_per_block=2, attention_head_dim=[5, 10, 20], transformer_layers_per_block=[1, 2, 10],
+    cross_attention_dim=2048, use_linear_projection=True, addition_embed_type="text_time",
+    addition_embed_type_num_heads=64, addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+    norm_num_groups=32, act_fn="silu", flip_sin_to_cos=True, freq_shift=0,
+)
+SDXL_UNET_SCALED = dict(SDXL_UNET, block_out_channels=[160, 320, 640], transformer_layers_per_block=[1, 2, 4],
+                        sample_size=32)
+
 # SDXL's layout at toy size: SDXL's own unet config has down blocks [DownBlock2D, CrossAttn x2],
 # transformer depths [1, 2, 10], 64-wide heads, addition_time_embed_dim 256 and
 # projection_class_embeddings_input_dim 2816 = 1280 (pooled, projected text) + 6 x 256.
