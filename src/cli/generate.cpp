@@ -44,8 +44,7 @@ void run(Args& a) {
   Progress progress("generate", a.flags.quiet);
   auto folder = models::open_model(a.model, a.flags.model_file);
   pipeline::StableDiffusionPipeline pipe(folder, load, a.flags.scheduler, a.flags.karras);
-  lora::apply_lora_arguments(a.flags.loras, {{"unet", pipe.unet().ptr().get()},
-                                             {"text_encoder", pipe.text_encoder().ptr().get()}});
+  lora::apply_lora_arguments(a.flags.loras, lora_targets(pipe));
   const double load_seconds = progress.elapsed();
 
   bool truncated = false;

@@ -78,6 +78,13 @@ void add_single_file_options(CLI::App* cmd, models::SingleFileOptions& o,
       "For a single-file --model with EMA weights (model_ema.*): take the UNet from them");
 }
 
+std::map<std::string, torch::nn::Module*> lora_targets(pipeline::StableDiffusionPipeline& pipe) {
+  std::map<std::string, torch::nn::Module*> targets{
+      {"unet", pipe.unet().ptr().get()}, {"text_encoder", pipe.text_encoder().ptr().get()}};
+  if (pipe.is_xl()) targets["text_encoder_2"] = pipe.text_encoder_2().ptr().get();
+  return targets;
+}
+
 models::LoadOptions checked_load_options(const GenerationFlags& f) {
   if (f.gen.width % 8 != 0 || f.gen.height % 8 != 0)
     throw Error("--width and --height must be multiples of 8, got " + std::to_string(f.gen.width) +

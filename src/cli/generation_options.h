@@ -1,5 +1,6 @@
 #pragma once
 // The options `generate` and `grid` share: sampling settings, scheduler, device and precision.
+#include <map>
 #include <string>
 #include <vector>
 
@@ -30,6 +31,10 @@ void add_generation_options(CLI::App* cmd, GenerationFlags& flags);
 // becomes a pipeline (models::open_model).
 void add_single_file_options(CLI::App* cmd, models::SingleFileOptions& options,
                              bool with_prediction_type = true);
+
+// The pipeline's models a --lora file may change: "unet", "text_encoder" and, for SDXL,
+// "text_encoder_2".
+std::map<std::string, torch::nn::Module*> lora_targets(pipeline::StableDiffusionPipeline& pipe);
 
 // Device and dtype from the flags; an Error for fp16 on the CPU and for sizes not a multiple of 8.
 models::LoadOptions checked_load_options(const GenerationFlags& flags);

@@ -36,8 +36,7 @@ void run(Args& a) {
     auto folder = models::open_model(model, a.flags.model_file);
     pipeline::StableDiffusionPipeline pipe(folder, load, a.flags.scheduler, a.flags.karras);
     // --lora applies to every model of the grid.
-    lora::apply_lora_arguments(a.flags.loras, {{"unet", pipe.unet().ptr().get()},
-                                               {"text_encoder", pipe.text_encoder().ptr().get()}});
+    lora::apply_lora_arguments(a.flags.loras, lora_targets(pipe));
     const std::string name = std::filesystem::path(model).lexically_normal().filename().string();
     for (const auto& prompt : a.prompts) {
       row_labels.push_back(a.models.size() > 1 ? name + ": " + prompt : prompt);

@@ -30,11 +30,18 @@ void merge(const MergeArgs& a) {
   const models::LoadOptions fp32{c10::Device("cpu"), at::kFloat, ""};
   models::UNet2DConditionModel unet = models::load_unet(base, fp32);
   models::CLIPTextModel text_encoder = models::load_text_encoder(base, fp32);
-  lora::apply_lora_arguments(
-      a.loras, {{"unet", unet.ptr().get()}, {"text_encoder", text_encoder.ptr().get()}});
+  models::CLIPTextModel text_encoder_2{nullptr};
+  std::map<std::string, torch::nn::Module*> targets{{"unet", unet.ptr().get()},
+                                                    {"text_encoder", text_encoder.ptr().get()}};
+  if (unet->config.text_time_embedding) {  // SDXL
+    text_encoder_2 = models::load_text_encoder(base, fp32, "text_encoder_2");
+    targets["text_encoder_2"] = text_encoder_2.ptr().get();
+  }
+  lora::apply_lora_arguments(a.loras, targets);
   io::SavedWeights w;
   w.unet = io::state_dict_of(*unet);
   w.text_encoder = io::state_dict_of(*text_encoder);
+  if (text_encoder_2) w.text_encoder_2 = io::state_dict_of(*text_encoder_2);
   w.save_dtype = a.dtype == "fp16"   ? at::kHalf
                  : a.dtype == "bf16" ? at::kBFloat16
                  : a.dtype == "fp32" ? at::kFloat
@@ -59,9 +66,15 @@ void convert(const ConvertArgs& a) {
   const models::LoadOptions fp32{c10::Device("cpu"), at::kFloat, ""};
   models::UNet2DConditionModel unet = models::load_unet(base, fp32);
   models::CLIPTextModel text_encoder = models::load_text_encoder(base, fp32);
+  models::CLIPTextModel text_encoder_2{nullptr};
+  std::map<std::string, const torch::nn::Module*> targets{
+      {"unet", unet.ptr().get()}, {"text_encoder", text_encoder.ptr().get()}};
+  if (unet->config.text_time_embedding) {  // SDXL
+    text_encoder_2 = models::load_text_encoder(base, fp32, "text_encoder_2");
+    targets["text_encoder_2"] = text_encoder_2.ptr().get();
+  }
   const lora::LoraFile file = lora::read_lora_file(a.lora);
-  const auto layers = lora::resolve(
-      file, {{"unet", unet.ptr().get()}, {"text_encoder", text_encoder.ptr().get()}}, a.lora);
+  const auto layers = lora::resolve(file, targets, a.lora);
   lora::write_lora_file(a.out, layers, format);
   std::printf("%zu layers written to %s (%s)\n", layers.size(), a.out.c_str(), a.format.c_str());
 }

@@ -65,12 +65,19 @@ bool names_a_layer(const std::string& key, const std::string& prefix, const char
 }  // namespace
 
 std::optional<LoraKey> parse_lora_key(const std::string& key) {
-  for (const std::string prefix : {"lora_unet_", "lora_te_"}) {
+  // kohya: SD 1.x/2.x files name the text encoder lora_te_, SDXL files its two lora_te1_ and
+  // lora_te2_.
+  static const std::pair<const char*, const char*> kKohyaPrefixes[] = {
+      {"lora_unet_", "unet"},
+      {"lora_te_", "text_encoder"},
+      {"lora_te1_", "text_encoder"},
+      {"lora_te2_", "text_encoder_2"}};
+  for (const auto& [prefix, component] : kKohyaPrefixes) {
     if (!key.starts_with(prefix)) continue;
     for (const auto& s : kKohya) {
       if (!key.ends_with(s.text)) continue;
       if (!names_a_layer(key, prefix, s.text)) return std::nullopt;
-      return LoraKey{LoraFormat::Kohya, prefix == "lora_unet_" ? "unet" : "text_encoder",
+      return LoraKey{LoraFormat::Kohya, component,
                      key.substr(0, key.size() - std::string(s.text).size()),  // keeps lora_unet_
                      s.part};
     }
@@ -88,13 +95,13 @@ std::optional<LoraKey> parse_lora_key(const std::string& key) {
                        rest.substr(0, rest.size() - std::strlen(s.text)), s.part};
     return std::nullopt;
   }
-  for (const std::string prefix : {"unet.", "text_encoder."}) {
+  for (const std::string prefix : {"unet.", "text_encoder.", "text_encoder_2."}) {
     if (!key.starts_with(prefix)) continue;
     for (const auto& s : kDiffusers) {
       if (!key.ends_with(s.text)) continue;
       if (!names_a_layer(key, prefix, s.text)) return std::nullopt;
       return LoraKey{
-          LoraFormat::Diffusers, prefix == "unet." ? "unet" : "text_encoder",
+          LoraFormat::Diffusers, prefix.substr(0, prefix.size() - 1),
           key.substr(prefix.size(), key.size() - prefix.size() - std::string(s.text).size()),
           s.part};
     }
@@ -102,20 +109,24 @@ std::optional<LoraKey> parse_lora_key(const std::string& key) {
   return std::nullopt;
 }
 
-std::string kohya_layer_name(const std::string& component, const std::string& module) {
-  std::string name = component == "unet" ? "lora_unet_" : "lora_te_";
+std::string kohya_layer_name(const std::string& component, const std::string& module, bool sdxl) {
+  std::string name = component == "unet"             ? "lora_unet_"
+                     : component == "text_encoder_2" ? "lora_te2_"
+                     : sdxl                          ? "lora_te1_"
+                                                     : "lora_te_";
   for (char c : module) name.push_back(c == '.' ? '_' : c);
   return name;
 }
 
 std::string lora_key(LoraFormat format, const std::string& component, const std::string& module,
-                     const std::string& part) {
+                     const std::string& part, bool sdxl) {
   const bool kohya = format == LoraFormat::Kohya;
   const Suffix* begin = kohya ? std::begin(kKohya) : std::begin(kDiffusers);
   const Suffix* end = kohya ? std::end(kKohya) : std::end(kDiffusers);
   for (const Suffix* s = begin; s != end; ++s)
     if (part == s->part)
-      return (kohya ? kohya_layer_name(component, module) : component + "." + module) + s->text;
+      return (kohya ? kohya_layer_name(component, module, sdxl) : component + "." + module) +
+             s->text;
   throw Error("no LoRA key for part '" + part + "'");
 }
 

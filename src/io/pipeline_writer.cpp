@@ -19,7 +19,8 @@ namespace {
 
 // The weight file each rewritten component gets (diffusers' and transformers' default names).
 const char* weight_file_name(const std::string& component) {
-  return component == "text_encoder" ? "model.safetensors" : "diffusion_pytorch_model.safetensors";
+  return component.starts_with("text_encoder") ? "model.safetensors"
+                                               : "diffusion_pytorch_model.safetensors";
 }
 
 // Copies a file's bytes. Symbolic links are followed: a Hugging Face cache snapshot is made of
@@ -85,7 +86,10 @@ void write_weights(const fs::path& path, const NamedTensors& tensors, at::Scalar
 void write_pipeline_folder(const ModelFolder& base, const fs::path& dir,
                            const SavedWeights& weights) {
   const std::map<std::string, const std::optional<NamedTensors>*> rewritten{
-      {"unet", &weights.unet}, {"text_encoder", &weights.text_encoder}, {"vae", &weights.vae}};
+      {"unet", &weights.unet},
+      {"text_encoder", &weights.text_encoder},
+      {"text_encoder_2", &weights.text_encoder_2},
+      {"vae", &weights.vae}};
   for (const auto& [name, tensors] : rewritten)
     if (tensors->has_value() && !base.has_component(name))
       throw Error("model_index.json has no component '" + name + "' to save weights for",

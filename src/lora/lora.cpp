@@ -72,20 +72,20 @@ LoraFile read_lora_file(const fs::path& path) {
   }
   if (!unknown.empty() && !layers.empty()) {
     // Never dropped in silence: an adapter kind sdtune does not apply (DoRA's magnitudes, LoHa,
-    // LoKr, SDXL's second text encoder) would otherwise give another image than its tool does.
+    // LoKr) would otherwise give another image than its tool does.
     std::string list;
     for (size_t i = 0; i < unknown.size() && i < 5; ++i) list += (i ? ", " : "") + unknown[i];
     if (unknown.size() > 5) list += ", ...";
     throw Error(std::to_string(unknown.size()) +
-                    " keys are not LoRA weights sdtune applies (DoRA, LoHa, LoKr and SDXL "
-                    "adapters are not read): " +
+                    " keys are not LoRA weights sdtune applies (DoRA, LoHa and LoKr adapters "
+                    "are not read): " +
                     list,
                 path.string());
   }
   if (layers.empty())
     throw Error(
-        "no LoRA weights (expected kohya lora_unet_*/lora_te_* or diffusers unet.*/"
-        "text_encoder.* lora keys)",
+        "no LoRA weights (expected kohya lora_unet_*/lora_te_*/lora_te1_*/lora_te2_* or "
+        "diffusers unet.*/text_encoder.*/text_encoder_2.* lora keys)",
         path.string());
   if (any_kohya && any_diffusers) throw Error("mixes kohya and diffusers LoRA keys", path.string());
   out.format = any_kohya ? Format::Kohya : Format::Diffusers;
@@ -121,8 +121,11 @@ std::vector<LoraLayer> resolve(const LoraFile& file,
       const std::string& path = item.key();
       by_name[component + "\n" + path] = {path, *w};
       by_name[component + "\n" + formats::kohya_layer_name(component, path)] = {path, *w};
+      // SDXL's kohya files name the first text encoder lora_te1_.
+      if (component == "text_encoder")
+        by_name[component + "\n" + formats::kohya_layer_name(component, path, true)] = {path, *w};
       // diffusers' text-encoder keys may carry transformers 4's "text_model." prefix or not.
-      if (component == "text_encoder" && path.starts_with("text_model."))
+      if (component.starts_with("text_encoder") && path.starts_with("text_model."))
         by_name[component + "\n" + path.substr(11)] = {path, *w};
     }
   }
@@ -188,15 +191,20 @@ void write_lora_file(const fs::path& path, const std::vector<LoraLayer>& layers,
   std::vector<std::pair<std::string, at::Tensor>> tensors;
   std::map<std::string, std::string> metadata;
   if (format == Format::Kohya) {
+    // SDXL's files (two text encoders) name the first one lora_te1_, as kohya, A1111 and ComfyUI
+    // read them.
+    const bool sdxl = std::any_of(layers.begin(), layers.end(), [](const LoraLayer& l) {
+      return l.component == "text_encoder_2";
+    });
     for (const auto& l : layers) {
-      tensors.emplace_back(formats::lora_key(format, l.component, l.module, "down"), l.down);
-      tensors.emplace_back(formats::lora_key(format, l.component, l.module, "up"), l.up);
-      tensors.emplace_back(formats::lora_key(format, l.component, l.module, "alpha"),
+      tensors.emplace_back(formats::lora_key(format, l.component, l.module, "down", sdxl), l.down);
+      tensors.emplace_back(formats::lora_key(format, l.component, l.module, "up", sdxl), l.up);
+      tensors.emplace_back(formats::lora_key(format, l.component, l.module, "alpha", sdxl),
                            at::scalar_tensor(l.alpha, at::kFloat));
     }
   } else {
     nlohmann::json md = nlohmann::json::object();
-    for (const std::string component : {"unet", "text_encoder"}) {
+    for (const std::string component : {"unet", "text_encoder", "text_encoder_2"}) {
       std::set<std::string> targets;
       nlohmann::json ranks = nlohmann::json::object(), alphas = nlohmann::json::object();
       int64_t r = -1;

@@ -28,15 +28,14 @@ StableDiffusionPipeline::StableDiffusionPipeline(const io::ModelFolder& folder,
   scheduler_ = schedulers::make_scheduler(scheduler_name_, std::move(config), karras);
 }
 
-StableDiffusionPipeline::StableDiffusionPipeline(const io::ModelFolder& folder,
-                                                 const models::LoadOptions& options,
-                                                 models::CLIPTextModel text_encoder,
-                                                 models::UNet2DConditionModel unet,
-                                                 models::AutoencoderKL vae,
-                                                 const std::string& scheduler)
+StableDiffusionPipeline::StableDiffusionPipeline(
+    const io::ModelFolder& folder, const models::LoadOptions& options,
+    models::CLIPTextModel text_encoder, models::UNet2DConditionModel unet,
+    models::AutoencoderKL vae, models::CLIPTextModel text_encoder_2, const std::string& scheduler)
     : load_(options),
       tokenizer_(text::ClipTokenizer::from_pipeline(folder)),
       text_encoder_(std::move(text_encoder)),
+      text_encoder_2_(std::move(text_encoder_2)),
       unet_(std::move(unet)),
       vae_(std::move(vae)) {
   load_xl_parts(folder);
@@ -49,7 +48,8 @@ void StableDiffusionPipeline::load_xl_parts(const io::ModelFolder& folder) {
   vae_dtype_ = vae_->parameters().front().scalar_type();
   if (!is_xl()) return;
   tokenizer_2_ = text::ClipTokenizer::load(folder.component_dir("tokenizer_2"));
-  text_encoder_2_ = models::load_text_encoder(folder, load_, "text_encoder_2");
+  if (!text_encoder_2_)
+    text_encoder_2_ = models::load_text_encoder(folder, load_, "text_encoder_2");
   if (text_encoder_2_->config.projection_dim == 0)
     throw Error("an SDXL pipeline's second text encoder must be a CLIPTextModelWithProjection",
                 (folder.root() / "text_encoder_2" / "config.json").string(), "architectures");

@@ -155,8 +155,8 @@ void validate(TrainingModels& m, Ema* ema, MetricsLog* metrics, int64_t step) {
   }
   const Validation v{o.validation_prompts, o.num_validation_images, o.validation_inference_steps,
                      o.validation_guidance_scale, o.seed};
-  const at::Tensor grid = run_validation(m.base, m.fp32, m.text_encoder, m.unet, m.vae, v, m.amp,
-                                         o.out / "logs" / "validation", step);
+  const at::Tensor grid = run_validation(m.base, m.fp32, m.text_encoder, m.text_encoder_2, m.unet,
+                                         m.vae, v, m.amp, o.out / "logs" / "validation", step);
   if (metrics) metrics->image("validation/grid", grid, step);
   if (ema) {
     at::NoGradGuard no_grad;

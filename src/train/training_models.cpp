@@ -47,6 +47,7 @@ TrainingModels::TrainingModels(const TrainOptions& o)
     tokenizer_2 = text::ClipTokenizer::load(base.component_dir("tokenizer_2"));
     text_encoder_2 = models::load_text_encoder(base, frozen, "text_encoder_2");
     for (auto& p : text_encoder_2->parameters()) p.set_requires_grad(false);
+    o.train_text_encoder ? text_encoder_2->train() : text_encoder_2->eval();
   }
   unet->train();
   // LoRA adapters, initialized as PEFT does from their own generator (seeded by the run's seed).
@@ -55,34 +56,39 @@ TrainingModels::TrainingModels(const TrainOptions& o)
     lora::AdapterOptions a{*o.lora.rank, lora_alpha, o.lora.dropout, o.lora.unet_layers};
     adapters["unet"] = lora::attach_adapters(*unet, a, lora_gen);
     if (o.train_text_encoder) {
+      // Both of SDXL's text encoders, the first one first (diffusers' SDXL LoRA scripts).
       a.targets = o.lora.text_encoder_layers;
       adapters["text_encoder"] = lora::attach_adapters(*text_encoder, a, lora_gen);
+      if (text_encoder_2)
+        adapters["text_encoder_2"] = lora::attach_adapters(*text_encoder_2, a, lora_gen);
     }
   }
   unet->set_gradient_checkpointing(o.gradient_checkpointing);
   unet_params = lora_on ? adapter_tensors(adapters["unet"]) : unet->parameters();
-  if (o.train_text_encoder)
+  if (o.train_text_encoder) {
     te_params = lora_on ? adapter_tensors(adapters["text_encoder"]) : text_encoder->parameters();
+    if (lora_on && text_encoder_2)
+      for (const auto& t : adapter_tensors(adapters["text_encoder_2"])) te_params.push_back(t);
+  }
 }
 
 void TrainingModels::freeze_text_encoder() {
   for (const auto& p : te_params) p.set_requires_grad(false);
   text_encoder->eval();
+  if (text_encoder_2) text_encoder_2->eval();
 }
 
 void check_sdxl_options(const TrainOptions& o, const io::ModelFolder& base) {
   if (base.component_config("unet").get_string("addition_embed_type", "") != "text_time") return;
   const std::pair<bool, const char*> unsupported[] = {
-      {o.lora.enabled(), "--lora-rank"},
-      {o.dreambooth.enabled, "DreamBooth"},
-      {o.train_text_encoder, "--train-text-encoder"},
+      {o.train_text_encoder && !o.lora.enabled(), "--train-text-encoder without LoRA"},
       {o.cache_text_encoder_outputs, "--cache-text-encoder-outputs"},
       {o.save_single_file, "--save-single-file"}};
   for (const auto& [on, what] : unsupported)
     if (on)
       throw Error(std::string(what) +
-                      " is not implemented for SDXL yet; SDXL trains as full fine-tuning of the "
-                      "UNet",
+                      " is not implemented for SDXL yet (SDXL trains the UNet in full, or LoRA "
+                      "adapters on the UNet and both text encoders)",
                   base.root().string());
 }
 

@@ -10,10 +10,11 @@
 namespace sdtune::train {
 namespace fs = std::filesystem;
 at::Tensor run_validation(const io::ModelFolder& base, const models::LoadOptions& load,
-                          models::CLIPTextModel text_encoder, models::UNet2DConditionModel unet,
-                          models::AutoencoderKL vae, const Validation& v,
-                          std::optional<at::ScalarType> amp, const fs::path& dir, int64_t step) {
-  pipeline::StableDiffusionPipeline pipe(base, load, text_encoder, unet, vae);
+                          models::CLIPTextModel text_encoder, models::CLIPTextModel text_encoder_2,
+                          models::UNet2DConditionModel unet, models::AutoencoderKL vae,
+                          const Validation& v, std::optional<at::ScalarType> amp,
+                          const fs::path& dir, int64_t step) {
+  pipeline::StableDiffusionPipeline pipe(base, load, text_encoder, unet, vae, text_encoder_2);
   models::AutocastGuard autocast(load.device.type(), amp);
   std::vector<at::Tensor> cells;
   std::vector<std::string> row_labels, col_labels;

@@ -9,6 +9,7 @@ Euler's linspace spacing), while the saved file states them all."""
 import numpy as np
 import pytest
 import torch
+from parity import assert_same_image
 from PIL import Image
 
 SCHEDULERS = {
@@ -43,15 +44,6 @@ def diffusers_images(pipe, scheduler_class, overrides, prompt, negative, width, 
                    guidance_scale=7.5, num_images_per_prompt=num_images,
                    generator=torch.Generator("cpu").manual_seed(seed), output_type="np")
     return (out.images * 255).round().astype(np.uint8)
-
-
-def assert_same_image(ours, reference):
-    assert ours.shape == reference.shape, (ours.shape, reference.shape)
-    diff = np.abs(ours.astype(int) - reference.astype(int))
-    close = (diff <= 1).mean()
-    assert close >= 0.999, f"only {close:.4%} of pixels within 1 level (max diff {diff.max()})"
-    # A blank or constant image would "match" a blank reference: the reference must have content.
-    assert reference.std() > 5
 
 
 @pytest.mark.parametrize("scheduler", list(SCHEDULERS))

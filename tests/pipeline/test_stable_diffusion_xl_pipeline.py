@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_stable_diffusion_pipeline import assert_same_image
+from parity import assert_same_image
 
 SCHEDULERS = {
     # --scheduler flags -> the diffusers scheduler built from the model's own config

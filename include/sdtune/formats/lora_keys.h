@@ -18,7 +18,7 @@ enum class LoraFormat { Diffusers, Kohya };
 // What a key of a LoRA file is.
 struct LoraKey {
   LoraFormat format;
-  std::string component;  // "unet" | "text_encoder"
+  std::string component;  // "unet" | "text_encoder" | "text_encoder_2" (SDXL)
   // The layer: diffusers' module path ("down_blocks.0...to_q"), or kohya's full layer name
   // ("lora_unet_down_blocks_0_..._to_q"), which cannot be turned back into a path without the
   // model (module names contain '_').
@@ -29,11 +29,13 @@ struct LoraKey {
 // The key's meaning; nullopt when it is not a LoRA key of a layout we know.
 std::optional<LoraKey> parse_lora_key(const std::string& key);
 
-// kohya's layer name of a module path: "lora_unet_" or "lora_te_" + the path with '.' -> '_'.
-std::string kohya_layer_name(const std::string& component, const std::string& module);
+// kohya's layer name of a module path: "lora_unet_", "lora_te_" (with `sdxl`: "lora_te1_") or
+// "lora_te2_" + the path with '.' -> '_'.
+std::string kohya_layer_name(const std::string& component, const std::string& module,
+                             bool sdxl = false);
 
 // The key that holds `part` ("down", "up", "alpha") of the layer at `module` of `component`.
 std::string lora_key(LoraFormat format, const std::string& component, const std::string& module,
-                     const std::string& part);
+                     const std::string& part, bool sdxl = false);
 
 }  // namespace sdtune::formats

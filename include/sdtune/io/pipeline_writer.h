@@ -23,6 +23,7 @@ using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
 struct SavedWeights {
   std::optional<NamedTensors> unet;
   std::optional<NamedTensors> text_encoder;
+  std::optional<NamedTensors> text_encoder_2;  // SDXL
   std::optional<NamedTensors> vae;
   // Floating-point tensors of the new weights are written in this dtype (fp16/bf16 halve the size
   // of an inference export); copied components keep the base's files as they are.

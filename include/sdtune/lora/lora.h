@@ -30,7 +30,7 @@ struct LoraLayer {
 // What a file holds, before its names are matched to a model: kohya names cannot be turned back
 // into module paths without the model (module names contain '_').
 struct LoraEntry {
-  std::string component;  // "unet" | "text_encoder"
+  std::string component;  // "unet" | "text_encoder" | "text_encoder_2"
   std::string name;       // the file's layer name without component prefix and suffix
   at::Tensor down, up;
   double alpha = 0;

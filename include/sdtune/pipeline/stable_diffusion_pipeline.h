@@ -59,10 +59,13 @@ class StableDiffusionPipeline {
                           const std::string& scheduler = "", bool karras = false);
 
   // Generates with models already in memory (validation during training: the weights being
-  // trained, shared, not copied); the tokenizer and scheduler config come from `folder`.
+  // trained, shared, not copied); the tokenizers and scheduler config come from `folder`, and
+  // SDXL's second text encoder too unless given.
   StableDiffusionPipeline(const io::ModelFolder& folder, const models::LoadOptions& options,
                           models::CLIPTextModel text_encoder, models::UNet2DConditionModel unet,
-                          models::AutoencoderKL vae, const std::string& scheduler = "");
+                          models::AutoencoderKL vae,
+                          models::CLIPTextModel text_encoder_2 = models::CLIPTextModel{nullptr},
+                          const std::string& scheduler = "");
 
   // The prompt's embeddings for options.num_images images (see PromptEmbeddings).
   PromptEmbeddings encode_prompt(const GenerateOptions& options, bool* truncated = nullptr);

@@ -48,9 +48,10 @@ struct TrainingModels {
   schedulers::SchedulerConfig scheduler;
 };
 
-// Fine-tuning an SDXL base (its UNet config has text_time conditioning) is, for now, full
-// fine-tuning of the UNet, as train_text_to_image_sdxl.py does it: an Error naming the option for
-// what is not done yet (LoRA, DreamBooth, text-encoder training, the text-embedding cache,
+// An SDXL base (its UNet config has text_time conditioning) trains its UNet in full, as
+// train_text_to_image_sdxl.py does, or LoRA adapters on the UNet (and with --train-text-encoder on
+// both text encoders), as train_dreambooth_lora_sdxl.py does, DreamBooth included: an Error naming
+// the option for what is not done yet (full text-encoder training, the text-embedding cache,
 // single-file output). Reads configs only, so that it fails before any weight is loaded.
 void check_sdxl_options(const TrainOptions& o, const io::ModelFolder& base);
 

@@ -24,9 +24,9 @@ struct Validation {
 // Generates the validation images with the weights as they are now and writes them, and a grid
 // (a row per prompt), to DIR/step-STEP/. Returns the grid.
 at::Tensor run_validation(const io::ModelFolder& base, const models::LoadOptions& load,
-                          models::CLIPTextModel text_encoder, models::UNet2DConditionModel unet,
-                          models::AutoencoderKL vae, const Validation& v,
-                          std::optional<at::ScalarType> amp, const std::filesystem::path& dir,
-                          int64_t step);
+                          models::CLIPTextModel text_encoder, models::CLIPTextModel text_encoder_2,
+                          models::UNet2DConditionModel unet, models::AutoencoderKL vae,
+                          const Validation& v, std::optional<at::ScalarType> amp,
+                          const std::filesystem::path& dir, int64_t step);
 
 }  // namespace sdtune::train
