@@ -72,9 +72,11 @@ def time_transformers(model, processor, files, batch, max_length, beams):
 
 def time_sdtune(binary, model_dir, data, batch, max_length, beams):
     start = time.perf_counter()
-    subprocess.run([str(binary), "caption", "--data", str(data), "--blip", str(model_dir), "--batch-size", str(batch),
-                    "--max-length", str(max_length), "--min-length", str(max_length), "--num-beams", str(beams),
-                    "--sidecar"], check=True, capture_output=True, text=True)
+    proc = subprocess.run([str(binary), "caption", "--data", str(data), "--blip", str(model_dir), "--batch-size",
+                           str(batch), "--max-length", str(max_length), "--min-length", str(max_length),
+                           "--num-beams", str(beams), "--sidecar"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"sdtune caption failed ({proc.returncode}): {proc.stderr}")
     return time.perf_counter() - start
 
 
@@ -95,7 +97,8 @@ def main():
         sets = {k: make_images(d / f"images{k}", k, seed=k) for k in (n, 2 * n)}
         # Warm-up (first-call allocations, the OS file cache) on both sides.
         time_transformers(model, processor, sets[n][:1], 1, args.max_length, args.num_beams)
-        time_sdtune(args.bin, d / "model", make_images(d / "warm", 1, seed=99), 1, args.max_length, args.num_beams)
+        make_images(d / "warm", 1, seed=99)
+        time_sdtune(args.bin, d / "model", d / "warm", 1, args.max_length, args.num_beams)
         ours, theirs = {}, {}
         for k, files in sets.items():
             theirs[k], _ = time_transformers(model, processor, files, args.batch_size, args.max_length,

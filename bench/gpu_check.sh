@@ -34,7 +34,7 @@ cmake --build build-gpu -j 16 --target ${BUILD_TARGETS:-sdtune_cli sdtune_bench_
 grep -c 'warning:' "$OUT/build.log" | sed 's/^/compiler warnings: /'
 
 # Sections, all by default; SECTIONS="train parity" runs those alone (after the build).
-SECTIONS=${SECTIONS:-"linking train parity bench-train ddp-overhead bench-deterministic lora-memory bench-unet"}
+SECTIONS=${SECTIONS:-"linking train parity bench-train bench-sdxl ddp-overhead bench-deterministic lora-memory bench-unet"}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 if want linking; then
@@ -93,6 +93,19 @@ if want lora-memory; then
   section "LoRA vs full fine-tuning: SD 1.5 UNet, 512x512, bf16, batch 8 (parameters, optimizer state, peak memory)"
   SDTUNE_BENCH_TRAIN_STEP=build-gpu/sdtune_bench_train_step timeout 200 python3 bench/lora_memory.py \
     --device cuda --mixed-precision bf16 --latent 64 --batch 8 --iters 3 --ranks 4,64
+fi
+
+if want bench-sdxl; then
+  section "SDXL at 1024x1024 (128x128 latents), bf16, gradient checkpointing, batch 1: full fine-tuning with AdamW, then Adafactor (s/step, peak memory, against diffusers)"
+  # Writes the random SDXL UNet folder (~10 GB) once; the Adafactor run reuses it.
+  for opt in adamw adafactor; do
+    SDTUNE_BENCH_TRAIN_STEP=build-gpu/sdtune_bench_train_step timeout 300 python3 bench/train_step.py \
+      --device cuda --config sdxl --mixed-precision bf16 --batch 1 --gradient-checkpointing --warmup 2 --iters 5 \
+      --optimizer $opt
+  done
+  section "SDXL UNet forward: 1024x1024, fp16, batch 2"
+  SDTUNE_BENCH_UNET=build-gpu/sdtune_bench_unet timeout 90 python3 bench/unet_forward.py \
+    --device cuda --dtype fp16 --batch 2 --sdxl --warmup 3 --iters 10
 fi
 
 if want bench-unet; then

@@ -118,7 +118,12 @@ class DiffusersTrainer:
         if args.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         self.scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
-        self.optimizer = torch.optim.AdamW(self.unet.parameters(), lr=1e-5, weight_decay=1e-2, fused=True)
+        if args.optimizer == "adafactor":  # kohya's SDXL settings, as sdtune_bench_train_step's
+            from transformers.optimization import Adafactor
+
+            self.optimizer = Adafactor(self.unet.parameters(), lr=1e-5, scale_parameter=False, relative_step=False)
+        else:
+            self.optimizer = torch.optim.AdamW(self.unet.parameters(), lr=1e-5, weight_decay=1e-2, fused=True)
         self.inputs = {k: v.to(self.device) for k, v in inputs.items()}
         self.autocast_dtype = autocast_dtype
 
@@ -158,6 +163,7 @@ def sdtune_run(binary, folder, inputs_file, args):
         cmd.append("--gradient-checkpointing")
     if args.deterministic:
         cmd.append("--deterministic")
+    cmd += ["--optimizer", args.optimizer]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:  # the error line, not LibTorch's stack trace
         return dict(error=f"exit {proc.returncode}: {(proc.stderr.strip() or '?').splitlines()[0]}")
@@ -172,6 +178,8 @@ def main():
     ap.add_argument("--batch", type=int, default=2, help="images per step (default 2)")
     ap.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"], help="autocast (default no)")
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--optimizer", default="adamw", choices=["adamw", "adafactor"],
+                    help="adamw (fused), or adafactor (transformers', lr 1e-5, no relative steps or scaling)")
     ap.add_argument("--deterministic", action="store_true",
                     help="deterministic kernels on both sides (torch.use_deterministic_algorithms, "
                          "cuDNN deterministic, CUBLAS_WORKSPACE_CONFIG=:4096:8; sdtune --deterministic)")
@@ -232,7 +240,7 @@ def main():
     checkpointing += ", deterministic kernels" if args.deterministic else ""
     precision = "fp32" if autocast_dtype is None else f"{args.mixed_precision} autocast"
     print(f"training step ({shape}, batch {args.batch}, latent {latent}x{latent}, {precision}{checkpointing}, "
-          f"AdamW fused, {where}; {args.warmup} warmup + {args.iters} timed steps"
+          f"{'AdamW fused' if args.optimizer == 'adamw' else 'Adafactor'}, {where}; {args.warmup} warmup + {args.iters} timed steps"
           f"{f' x {args.rounds} rounds' if args.rounds > 1 else ''})")
     print(f"  {'':10}{'s/step mean':>12}{'s/step median':>15}{'images/s':>10}{'peak memory':>13}"
           f"{'loss step 1':>14}{f'step {args.warmup + args.iters}':>14}")

@@ -28,6 +28,7 @@
 #include <cstdio>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -45,6 +46,7 @@
 #include "sdtune/lora/adapters.h"
 #include "sdtune/models/component_loader.h"
 #include "sdtune/schedulers/scheduler.h"
+#include "sdtune/train/adafactor.h"
 #include "sdtune/train/adamw.h"
 #include "sdtune/train/determinism.h"
 #include "sdtune/train/loss_scaler.h"
@@ -68,6 +70,7 @@ struct Args {
   int64_t lora_rank = 0;                   // 0: full fine-tuning
   bool ddp = false;                        // through the data-parallel path (torchrun)
   std::string ddp_backend;                 // empty: nccl on CUDA, gloo on CPU
+  std::string optimizer = "adamw";         // or adafactor (kohya's SDXL settings: lr, no scaling)
 };
 
 at::Tensor input(const std::map<std::string, at::Tensor>& in, const std::string& name) {
@@ -142,7 +145,17 @@ void run(const Args& a) {
     for (const auto& adapter : adapters)
       params.insert(params.end(), {adapter.branch->down, adapter.branch->up});
   }
-  train::AdamW optimizer({train::ParamGroup{params, /*lr=*/1e-5, /*wd=*/1e-2}});
+  std::unique_ptr<train::Optimizer> optimizer_owner;
+  if (a.optimizer == "adafactor")
+    optimizer_owner = std::make_unique<train::Adafactor>(
+        std::vector<train::ParamGroup>{{params, /*lr=*/1e-5, /*wd=*/0.0}},
+        train::AdafactorOptions{.scale_parameter = false, .relative_step = false});
+  else if (a.optimizer == "adamw")
+    optimizer_owner = std::make_unique<train::AdamW>(
+        std::vector<train::ParamGroup>{{params, /*lr=*/1e-5, /*wd=*/1e-2}});
+  else
+    throw Error("--optimizer must be adamw or adafactor");
+  train::Optimizer& optimizer = *optimizer_owner;
 
   namespace dist = sdtune::distributed;
   std::optional<dist::ProcessGroup> group;
@@ -274,6 +287,9 @@ int main(int argc, char** argv) {
         app.add_flag("--deterministic", a.deterministic, "sdtune train --deterministic's kernels");
         app.add_flag("--ddp", a.ddp, "Through the data-parallel path (under torchrun)");
         app.add_option("--ddp-backend", a.ddp_backend, "nccl or gloo (default: nccl on CUDA)");
+        app.add_option("--optimizer", a.optimizer,
+                       "adamw, or adafactor (lr 1e-5, no relative steps or parameter scaling)")
+            ->capture_default_str();
       },
       [&] { run(a); });
 }

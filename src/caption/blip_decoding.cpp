@@ -31,7 +31,7 @@ at::Tensor beam_search(models::BlipForConditionalGeneration& model, const at::Te
   const int64_t keep = 2 * K, eos = c.sep_token_id;
   const auto ids = prompt.options();
   const auto f32 = at::TensorOptions().dtype(at::kFloat).device(prompt.device());
-  const at::Tensor image_k = image.repeat_interleave(K, 0);
+  const models::BlipImageKeys image_k = model->image_keys(image.repeat_interleave(K, 0));
   // Unfilled positions: the pad id, or [SEP] when that is 0 (transformers' `pad or eos`).
   const int64_t fill = c.pad_token_id != 0 ? c.pad_token_id : eos;
   at::Tensor running = at::full({B, K, T}, fill, ids);
@@ -109,8 +109,9 @@ at::Tensor blip_generate(models::BlipForConditionalGeneration& model,
   if (ids.size(1) >= d.max_length) return ids;
   if (d.num_beams > 1) return beam_search(model, image, ids, d);
   at::Tensor unfinished = at::ones({ids.size(0)}, ids.options());
+  const models::BlipImageKeys image_keys = model->image_keys(image);
   while (ids.size(1) < d.max_length) {
-    at::Tensor logits = model->decode(ids, image).select(1, -1);  // [B, vocab]
+    at::Tensor logits = model->decode(ids, image_keys).select(1, -1);  // [B, vocab]
     // transformers' MinLengthLogitsProcessor: no end before min_length.
     if (ids.size(1) < d.min_length) logits.select(1, c.sep_token_id).fill_(-INFINITY);
     at::Tensor next = logits.argmax(-1);

@@ -69,11 +69,18 @@ class BertAttentionImpl : public nn::Module {
   // Self-attention (causal) when `context` is undefined, else cross-attention to all of it.
   at::Tensor forward(const at::Tensor& x, const at::Tensor& context = {}) {
     const bool cross = context.defined();
-    const at::Tensor& kv = cross ? context : x;
-    const at::Tensor a = at::scaled_dot_product_attention(
-        heads(query->forward(x), heads_), heads(key->forward(kv), heads_),
-        heads(value->forward(kv), heads_), /*attn_mask=*/{}, /*dropout_p=*/0.0,
-        /*is_causal=*/!cross);
+    const auto [k, v] = keys_values(cross ? context : x);
+    return attend(x, k, v, /*causal=*/!cross);
+  }
+  // The keys and values of `kv` by head: [B,H,N,D/H] each.
+  std::pair<at::Tensor, at::Tensor> keys_values(const at::Tensor& kv) {
+    return {heads(key->forward(kv), heads_), heads(value->forward(kv), heads_)};
+  }
+  // Attention of x's queries over given keys and values, then the output block.
+  at::Tensor attend(const at::Tensor& x, const at::Tensor& k, const at::Tensor& v, bool causal) {
+    const at::Tensor a = at::scaled_dot_product_attention(heads(query->forward(x), heads_), k, v,
+                                                          /*attn_mask=*/{}, /*dropout_p=*/0.0,
+                                                          /*is_causal=*/causal);
     return norm->forward(dense->forward(merge(a)) + x);
   }
   nn::Linear query{nullptr}, key{nullptr}, value{nullptr}, dense{nullptr};
@@ -96,8 +103,10 @@ class TextLayerImpl : public nn::Module {
     output_dense = output->register_module("dense", nn::Linear(c.text_intermediate, c.text_hidden));
     output_norm = output->register_module("LayerNorm", layer_norm(c.text_hidden, c.text_eps));
   }
-  at::Tensor forward(const at::Tensor& x, const at::Tensor& image) {
-    const at::Tensor h = crossattention->forward(attention->forward(x), image);
+  // image_k, image_v: this layer's cross-attention keys and values of the image (keys_values).
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& image_k, const at::Tensor& image_v) {
+    const at::Tensor h =
+        crossattention->attend(attention->forward(x), image_k, image_v, /*causal=*/false);
     return output_norm->forward(output_dense->forward(at::gelu(intermediate_dense->forward(h))) +
                                 h);
   }
@@ -200,8 +209,20 @@ at::Tensor BlipForConditionalGenerationImpl::encode_image(const at::Tensor& pixe
   return post_layernorm->forward(x);
 }
 
+BlipImageKeys BlipForConditionalGenerationImpl::image_keys(const at::Tensor& image_embeds) {
+  BlipImageKeys keys;
+  for (const auto& layer : *text_layers)
+    keys.layers.push_back(layer->as<TextLayer>()->crossattention->keys_values(image_embeds));
+  return keys;
+}
+
 at::Tensor BlipForConditionalGenerationImpl::decode(const at::Tensor& input_ids,
                                                     const at::Tensor& image_embeds) {
+  return decode(input_ids, image_keys(image_embeds));
+}
+
+at::Tensor BlipForConditionalGenerationImpl::decode(const at::Tensor& input_ids,
+                                                    const BlipImageKeys& keys) {
   const int64_t L = input_ids.size(1);
   if (L > config.max_positions)
     throw Error(std::to_string(L) + " tokens, more than max_position_embeddings " +
@@ -209,7 +230,10 @@ at::Tensor BlipForConditionalGenerationImpl::decode(const at::Tensor& input_ids,
   const at::Tensor positions = at::arange(L, input_ids.options().dtype(at::kLong));
   at::Tensor x = embeddings_norm->forward(word_embeddings->forward(input_ids) +
                                           position_embeddings->forward(positions).unsqueeze(0));
-  for (const auto& layer : *text_layers) x = layer->as<TextLayer>()->forward(x, image_embeds);
+  for (size_t i = 0; i < text_layers->size(); ++i) {
+    const auto& [k, v] = keys.layers.at(i);
+    x = text_layers[i]->as<TextLayer>()->forward(x, k, v);
+  }
   return decoder->forward(transform_norm->forward(at::gelu(transform_dense->forward(x))));
 }
 

@@ -4,6 +4,8 @@
 // (BlipTextLMHeadModel). Parameter names are transformers' keys ("vision_model.encoder.layers.0.
 // self_attn.qkv.weight", "text_decoder.bert.encoder.layer.0.crossattention.self.query.weight").
 #include <filesystem>
+#include <utility>
+#include <vector>
 
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
@@ -31,6 +33,13 @@ struct BlipConfig {
   static BlipConfig from_json(const io::JsonConfig& json);
 };
 
+// The decoder's cross-attention keys and values of one batch of image embeddings, per layer
+// ([B,heads,N,head_dim] each). They do not change while a caption grows, so decoding computes them
+// once per image instead of once per token (the same numbers).
+struct BlipImageKeys {
+  std::vector<std::pair<at::Tensor, at::Tensor>> layers;
+};
+
 class BlipForConditionalGenerationImpl : public torch::nn::Module {
  public:
   explicit BlipForConditionalGenerationImpl(const BlipConfig& config);
@@ -41,6 +50,9 @@ class BlipForConditionalGenerationImpl : public torch::nn::Module {
   // input_ids int64 [B,L], image_embeds [B,N,encoder_hidden] -> logits [B,L,vocab]: causal
   // self-attention over the text, cross-attention to every image token.
   at::Tensor decode(const at::Tensor& input_ids, const at::Tensor& image_embeds);
+  // The same with the image's keys and values already made (image_keys).
+  at::Tensor decode(const at::Tensor& input_ids, const BlipImageKeys& keys);
+  BlipImageKeys image_keys(const at::Tensor& image_embeds);
 
   BlipConfig config;
   // vision_model
