@@ -103,23 +103,34 @@ def _perturb_norms(module, generator):
                 p.add_(0.2 * torch.randn(p.shape, generator=generator))
 
 
+def _random_models(cfg, seed):
+    """The random UNet, VAE, text encoder (and, with cfg["text_2"], SDXL's second, projected one) of
+    a config, seeded, with perturbed norms, in eval mode."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    models = [UNet2DConditionModel(**cfg["unet"]), AutoencoderKL(**cfg["vae"]),
+              CLIPTextModel(CLIPTextConfig(**cfg["text"]))]
+    if "text_2" in cfg:
+        models.append(CLIPTextModelWithProjection(CLIPTextConfig(**cfg["text_2"])))
+    for m in models:
+        _perturb_norms(m, g)
+        m.eval()
+    return models
+
+
 def build_pipeline(kind, directory, seed=0):
     """Saves a random pipeline of the given kind to `directory` (diffusers layout); returns it."""
     if kind == "sdxl":
         return build_sdxl_pipeline(directory, seed)
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTokenizer
 
     cfg = CONFIGS[kind]
     directory = Path(directory)
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**cfg["unet"])
-    vae = AutoencoderKL(**cfg["vae"])
-    text_encoder = CLIPTextModel(CLIPTextConfig(**cfg["text"]))
-    for m in (unet, vae, text_encoder):
-        _perturb_norms(m, g)
-        m.eval()
+    unet, vae, text_encoder = _random_models(cfg, seed)
 
     tok_dir = directory / "_tokenizer_src"
     write_clip_tokenizer(tok_dir, pad_token=cfg["pad"])
@@ -225,20 +236,12 @@ CONFIGS["sdxl"] = dict(
 
 def build_sdxl_pipeline(directory, seed=0):
     """Saves a random SDXL-shaped StableDiffusionXLPipeline to `directory`; returns it."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTokenizer
 
     cfg = CONFIGS["sdxl"]
     directory = Path(directory)
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**cfg["unet"])
-    vae = AutoencoderKL(**cfg["vae"])
-    text_encoder = CLIPTextModel(CLIPTextConfig(**cfg["text"]))
-    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**cfg["text_2"]))
-    for m in (unet, vae, text_encoder, text_encoder_2):
-        _perturb_norms(m, g)
-        m.eval()
+    unet, vae, text_encoder, text_encoder_2 = _random_models(cfg, seed)
     tokenizers = []
     for name, pad in (("_tokenizer_src", cfg["pad"]), ("_tokenizer_2_src", cfg["pad_2"])):
         write_clip_tokenizer(directory / name, pad_token=pad)
