@@ -129,13 +129,15 @@ void inspect_single_file(const std::filesystem::path& path) {
     ++n.tensors;
     n.params += t.numel;
     n.dtypes[std::string(io::dtype_name(t.dtype))] += t.numel;
-    // The UNet's cross-attention reads the text encoder's width: 768 in SD 1.x, 1024 in SD 2.x.
+    // The UNet's cross-attention reads the text encoder's width: 768 in SD 1.x, 1024 in SD 2.x,
+    // 768 + 1280 in SDXL.
     if (t.name.ends_with(".attn2.to_k.weight") && t.shape.size() == 2) context = t.shape[1];
   }
   const auto text = formats::single_file_text_layout(names);
   const char* kind = !text                                    ? "no text encoder"
                      : *text == formats::TextLayout::OpenClip ? "SD 2.x (OpenCLIP text encoder)"
-                                                              : "SD 1.x (CLIP text encoder)";
+                     : *text == formats::TextLayout::Sdxl ? "SDXL (CLIP and OpenCLIP text encoders)"
+                                                          : "SD 1.x (CLIP text encoder)";
   std::printf("%s\n  single-file checkpoint: %s, cross-attention width %lld\n", path.c_str(), kind,
               static_cast<long long>(context));
   for (const auto& [part, n] : parts) {

@@ -57,18 +57,30 @@ struct Settings {
   double scaling_factor = 0.18215;
 };
 
+enum class Family { Sd1, Sd2, Sdxl };
+
 struct Level {
   int64_t channels = 0, layers = 0;
   bool attention = false;
+  int64_t transformers = 1;  // layers in each of its transformers (SDXL: 1, 2, 10)
 };
 
-json unet_config(const Reader& r, bool sd2, const Settings& s) {
+// The transformer layers of the attention module at `prefix` ("...input_blocks.4.1.").
+int64_t transformer_layers(const Reader& r, const std::string& prefix) {
+  int64_t n = 0;
+  while (r.has(prefix + "transformer_blocks." + std::to_string(n) + ".norm1.weight")) ++n;
+  if (n == 0) r.fail("a transformer without layers", prefix + "transformer_blocks");
+  return n;
+}
+
+json unet_config(const Reader& r, Family family, const Settings& s) {
   const std::string p = "model.diffusion_model.";
-  if (r.has(p + "label_emb.0.0.weight"))
-    r.fail("a class-conditioned UNet (SD 2.x upscaler, unCLIP or SDXL) is not SD 1.x/2.x",
-           p + "label_emb.0.0.weight");
-  if (!r.find(p, ".transformer_blocks.1.norm1.weight").empty())
-    r.fail("more than one transformer layer per block (SDXL?) is not SD 1.x/2.x",
+  const bool sdxl = family == Family::Sdxl, sd2 = family == Family::Sd2;
+  const std::string label = p + "label_emb.0.0.weight";
+  if (!sdxl && r.has(label))
+    r.fail("a class-conditioned UNet (SD 2.x upscaler or unCLIP) is not SD 1.x/2.x", label);
+  if (!sdxl && !r.find(p, ".transformer_blocks.1.norm1.weight").empty())
+    r.fail("more than one transformer layer per block is not SD 1.x/2.x",
            r.find(p, ".transformer_blocks.1.norm1.weight"));
   const std::string conv_in = p + "input_blocks.0.0.weight";
   // CompVis numbers input blocks through all levels: each level's resnets (each followed by its
@@ -84,10 +96,14 @@ json unet_config(const Reader& r, bool sd2, const Settings& s) {
     Level& level = levels.back();
     const int64_t channels = r.dim(block + "0.out_layers.3.weight", 0);
     const bool attention = r.has(block + "1.proj_in.weight");
-    if (level.layers > 0 && (channels != level.channels || attention != level.attention))
-      r.fail("the resnets of one level differ in width or attention", block + "0");
+    const int64_t transformers = attention ? transformer_layers(r, block + "1.") : 1;
+    if (level.layers > 0 && (channels != level.channels || attention != level.attention ||
+                             transformers != level.transformers))
+      r.fail("the resnets of one level differ in width, attention or transformer depth",
+             block + "0");
     level.channels = channels;
     level.attention = attention;
+    level.transformers = transformers;
     ++level.layers;
   }
   for (const Level& level : levels)
@@ -97,11 +113,16 @@ json unet_config(const Reader& r, bool sd2, const Settings& s) {
   const std::string to_k = r.find(p, ".attn2.to_k.weight");
   if (to_k.empty()) r.fail("no cross-attention in the UNet", p);
 
+  // diffusers' mid block takes the deepest level's transformer depth.
+  if (transformer_layers(r, p + "middle_block.1.") != levels.back().transformers)
+    r.fail("the mid block's transformer depth differs from the last level's",
+           p + "middle_block.1.transformer_blocks");
   json blocks = json::array(), down = json::array(), up = json::array(), layers = json::array(),
-       heads = json::array();
+       heads = json::array(), depths = json::array();
   bool equal_layers = true;
   for (const Level& level : levels) {
     blocks.push_back(level.channels);
+    depths.push_back(level.transformers);
     down.push_back(level.attention ? "CrossAttnDownBlock2D" : "DownBlock2D");
     layers.push_back(level.layers);
     equal_layers = equal_layers && level.layers == levels[0].layers;
@@ -110,7 +131,7 @@ json unet_config(const Reader& r, bool sd2, const Settings& s) {
   }
   for (auto it = levels.rbegin(); it != levels.rend(); ++it)
     up.push_back(it->attention ? "CrossAttnUpBlock2D" : "UpBlock2D");
-  return {
+  json config = {
       {"_class_name", "UNet2DConditionModel"},
       {"sample_size", s.sample_size},
       {"in_channels", r.dim(conv_in, 1)},
@@ -135,9 +156,24 @@ json unet_config(const Reader& r, bool sd2, const Settings& s) {
       // The 768-v models attend in fp32 (their fp16 softmax overflows); diffusers' SD 2.1 config.
       {"upcast_attention", sd2 && s.v_prediction},
   };
+  if (sdxl) {
+    // text_time: the pooled, projected text (text_projection's width) and six sinusoidal time ids.
+    const int64_t in = r.dim(label, 1);
+    const int64_t pooled = r.dim("conditioner.embedders.1.model.text_projection", 1);
+    if (in <= pooled || (in - pooled) % 6 != 0)
+      r.fail("label_emb's input (" + std::to_string(in) + ") is not the pooled text (" +
+                 std::to_string(pooled) + ") and six time ids",
+             label);
+    config["transformer_layers_per_block"] = depths;
+    config["addition_embed_type"] = "text_time";
+    config["addition_embed_type_num_heads"] = 64;
+    config["addition_time_embed_dim"] = (in - pooled) / 6;
+    config["projection_class_embeddings_input_dim"] = in;
+  }
+  return config;
 }
 
-json vae_config(const Reader& r, const Settings& s) {
+json vae_config(const Reader& r, const Settings& s, bool sdxl) {
   const std::string p = "first_stage_model.";
   json blocks = json::array();
   int64_t layers = 0;
@@ -153,7 +189,7 @@ json vae_config(const Reader& r, const Settings& s) {
   if (blocks.empty()) r.dim(p + "encoder.down.0.block.0.conv1.weight", 0);  // names the key
   const json types_down(blocks.size(), "DownEncoderBlock2D"),
       types_up(blocks.size(), "UpDecoderBlock2D");
-  return {
+  json config = {
       {"_class_name", "AutoencoderKL"},
       {"in_channels", r.dim(p + "encoder.conv_in.weight", 1)},
       {"out_channels", r.dim(p + "decoder.conv_out.weight", 0)},
@@ -167,44 +203,55 @@ json vae_config(const Reader& r, const Settings& s) {
       {"sample_size", 8 * s.sample_size},
       {"scaling_factor", s.scaling_factor},
   };
+  // SDXL's VAE overflows in fp16: its pipeline decodes in fp32.
+  if (sdxl) config["force_upcast"] = true;
+  return config;
 }
 
-json text_config(const Reader& r, bool sd2) {
+// A CLIP text encoder under `p`: transformers' names (CLIP, SD 1.x and SDXL's first), or
+// OpenCLIP's (SD 2.x, and SDXL's second with its projection).
+struct TextTower {
+  std::string prefix;
+  bool open_clip = false;
+  bool projection = false;  // SDXL's second: CLIPTextModelWithProjection, every layer kept
+};
+
+json text_config(const Reader& r, const TextTower& t) {
   int64_t vocab = 0, hidden = 0, positions = 0, layers = 0, intermediate = 0;
-  std::string p;
-  if (sd2) {
+  const std::string& p = t.prefix;
+  std::string embedding;
+  if (t.open_clip) {
     // OpenCLIP's tower. SD 2.x conditions on its penultimate layer, which diffusers' text encoder
     // ends with: a file with the whole tower (as published, with text_projection) has one layer
-    // more than the model; one written from diffusers has the model's layers only.
-    p = "cond_stage_model.model.";
-    vocab = r.dim(p + "token_embedding.weight", 0);
-    hidden = r.dim(p + "token_embedding.weight", 1);
+    // more than the model; one written from diffusers has the model's layers only. SDXL's
+    // second encoder keeps every layer (its pooled output is the last one's).
+    embedding = p + "token_embedding.weight";
     positions = r.dim(p + "positional_embedding", 0);
     while (r.has(p + "transformer.resblocks." + std::to_string(layers) + ".ln_1.weight")) ++layers;
-    if (r.has(p + "text_projection")) --layers;
+    if (!t.projection && r.has(p + "text_projection")) --layers;
     if (layers < 1) r.fail("an OpenCLIP text encoder without layers", p + "transformer");
     intermediate = r.dim(p + "transformer.resblocks.0.mlp.c_fc.weight", 0);
   } else {
-    p = "cond_stage_model.transformer.text_model.";
-    vocab = r.dim(p + "embeddings.token_embedding.weight", 0);
-    hidden = r.dim(p + "embeddings.token_embedding.weight", 1);
+    embedding = p + "embeddings.token_embedding.weight";
     positions = r.dim(p + "embeddings.position_embedding.weight", 0);
     while (r.has(p + "encoder.layers." + std::to_string(layers) + ".layer_norm1.weight")) ++layers;
     intermediate = r.dim(p + "encoder.layers.0.mlp.fc1.weight", 0);
   }
+  vocab = r.dim(embedding, 0);
+  hidden = r.dim(embedding, 1);
   return {
-      {"architectures", {"CLIPTextModel"}},
+      {"architectures", {t.projection ? "CLIPTextModelWithProjection" : "CLIPTextModel"}},
       {"model_type", "clip_text_model"},
       {"vocab_size", vocab},
       {"hidden_size", hidden},
       {"intermediate_size", intermediate},
       {"num_hidden_layers", layers},
-      {"num_attention_heads",
-       r.heads_of_width(hidden, 64, p + (sd2 ? "" : "embeddings.") + "token_embedding.weight")},
+      {"num_attention_heads", r.heads_of_width(hidden, 64, embedding)},
       {"max_position_embeddings", positions},
-      {"hidden_act", sd2 ? "gelu" : "quick_gelu"},
+      {"hidden_act", t.open_clip ? "gelu" : "quick_gelu"},
       {"layer_norm_eps", 1e-5},
-      {"projection_dim", sd2 ? 512 : 768},
+      {"projection_dim",
+       t.projection ? r.dim(p + "text_projection", 1) : (t.open_clip ? 512 : 768)},
       {"initializer_factor", 1.0},
       {"initializer_range", 0.02},
       {"attention_dropout", 0.0},
@@ -215,7 +262,26 @@ json text_config(const Reader& r, bool sd2) {
   };
 }
 
-json scheduler_config(bool sd2, const std::string& prediction_type) {
+json scheduler_config(Family family, const std::string& prediction_type) {
+  if (family == Family::Sdxl)  // SDXL base's
+    return {
+        {"_class_name", "EulerDiscreteScheduler"},
+        {"num_train_timesteps", 1000},
+        {"beta_start", 0.00085},
+        {"beta_end", 0.012},
+        {"beta_schedule", "scaled_linear"},
+        {"trained_betas", nullptr},
+        {"interpolation_type", "linear"},
+        {"use_karras_sigmas", false},
+        {"clip_sample", false},
+        {"sample_max_value", 1.0},
+        {"set_alpha_to_one", false},
+        {"skip_prk_steps", true},
+        {"steps_offset", 1},
+        {"prediction_type", prediction_type},
+        {"timestep_spacing", "leading"},
+    };
+  const bool sd2 = family == Family::Sd2;
   return {
       {"_class_name", sd2 ? "DDIMScheduler" : "PNDMScheduler"},
       {"num_train_timesteps", 1000},
@@ -267,7 +333,9 @@ void apply_ldm_config(const json& ldm, Settings& s, const Reader& r) {
   if (params->contains("scale_factor") && (*params)["scale_factor"].is_number())
     s.scaling_factor = (*params)["scale_factor"].get<double>();
   const json none = json::object();
-  const json& unet = params->contains("unet_config") ? (*params)["unet_config"] : none;
+  // SD 1.x/2.x name the UNet's config unet_config; SDXL's (sgm) network_config.
+  const char* unet_key = params->contains("network_config") ? "network_config" : "unet_config";
+  const json& unet = params->contains(unet_key) ? (*params)[unet_key] : none;
   const json& up = unet.is_object() && unet.contains("params") ? unet["params"] : none;
   // The latent size is model.params.image_size (the UNet's own image_size is marked unused).
   s.sample_size = number(*params, "image_size", s.sample_size);
@@ -287,43 +355,78 @@ SingleFileConfigs infer_single_file_configs(const Shapes& shapes,
                                             const std::string& prediction_type,
                                             const std::string& source, const json* ldm) {
   const Reader r(shapes, source);
-  const bool sd2 = r.has("cond_stage_model.model.token_embedding.weight");
-  if (!sd2 && !r.has("cond_stage_model.transformer.text_model.embeddings.token_embedding.weight")) {
-    if (r.has("conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight"))
-      r.fail("an SDXL checkpoint (conditioner.embedders.*): sdtune reads SD 1.x and 2.x");
+  const std::string xl_clip = "conditioner.embedders.0.transformer.text_model.",
+                    xl_open_clip = "conditioner.embedders.1.model.";
+  Family family = Family::Sd1;
+  if (r.has("cond_stage_model.model.token_embedding.weight")) {
+    family = Family::Sd2;
+  } else if (r.has(xl_open_clip + "token_embedding.weight")) {
+    if (!r.has(xl_clip + "embeddings.token_embedding.weight"))
+      r.fail("SDXL's second text encoder without its first", xl_clip);
+    family = Family::Sdxl;
+  } else if (!r.has("cond_stage_model.transformer.text_model.embeddings.token_embedding.weight")) {
+    if (r.has("conditioner.embedders.0.model.token_embedding.weight"))
+      r.fail(
+          "an SDXL refiner (one OpenCLIP encoder, aesthetic-score conditioning): sdtune reads "
+          "SD 1.x, 2.x and the SDXL base");
     r.fail(
-        "no text encoder under cond_stage_model.transformer. (SD 1.x) or cond_stage_model.model. "
-        "(SD 2.x): not a Stable Diffusion 1.x/2.x single file");
+        "no text encoder under cond_stage_model.transformer. (SD 1.x), cond_stage_model.model. "
+        "(SD 2.x) or conditioner.embedders. (SDXL): not a Stable Diffusion single file");
   }
+  const bool sd2 = family == Family::Sd2, sdxl = family == Family::Sdxl;
   if (!prediction_type.empty() && prediction_type != "epsilon" && prediction_type != "v_prediction")
     r.fail("unknown prediction type '" + prediction_type + "' (epsilon or v_prediction)");
-  // SD's own settings; SD 2.x files are taken as the 768-v models, as diffusers does.
+  // SD's own settings; SD 2.x files are taken as the 768-v models, as diffusers does. SDXL:
+  // 64-wide heads, 1024² images (128² latents), the VAE scaled by 0.13025.
   Settings settings;
   settings.v_prediction = sd2;
-  settings.heads = sd2 ? 0 : 8;
-  settings.head_channels = sd2 ? 64 : 0;
+  settings.heads = family == Family::Sd1 ? 8 : 0;
+  settings.head_channels = family == Family::Sd1 ? 0 : 64;
+  if (sdxl) settings.scaling_factor = 0.13025;
   if (ldm) apply_ldm_config(*ldm, settings, r);
   if (!prediction_type.empty()) settings.v_prediction = prediction_type == "v_prediction";
-  if (!ldm) settings.sample_size = sd2 && settings.v_prediction ? 96 : 64;
+  if (!ldm) settings.sample_size = sdxl ? 128 : sd2 && settings.v_prediction ? 96 : 64;
   const std::string prediction = settings.v_prediction ? "v_prediction" : "epsilon";
 
   SingleFileConfigs c;
-  c.architecture = sd2 ? "SD 2.x" : "SD 1.x";
-  c.unet = unet_config(r, sd2, settings);
-  c.vae = vae_config(r, settings);
-  c.text_encoder = text_config(r, sd2);
-  c.scheduler = scheduler_config(sd2, prediction);
-  // SD 2.x pads with "!" (id 0), as OpenCLIP does; SD 1.x with the end token.
-  const std::string pad = sd2 ? "!" : "<|endoftext|>";
-  c.tokenizer_config = tokenizer_config(pad);
-  c.special_tokens_map = {{"bos_token", "<|startoftext|>"},
-                          {"eos_token", "<|endoftext|>"},
-                          {"pad_token", pad},
-                          {"unk_token", "<|endoftext|>"}};
+  c.architecture = sdxl ? "SDXL" : sd2 ? "SD 2.x" : "SD 1.x";
+  c.unet = unet_config(r, family, settings);
+  c.vae = vae_config(r, settings, sdxl);
+  c.text_encoder = text_config(r, sd2    ? TextTower{"cond_stage_model.model.", true}
+                                  : sdxl ? TextTower{xl_clip}
+                                         : TextTower{"cond_stage_model.transformer.text_model."});
+  c.scheduler = scheduler_config(family, prediction);
+  // SD 2.x pads with "!" (id 0), as OpenCLIP does; SD 1.x with the end token. SDXL: the first
+  // tokenizer as SD 1.x, the second as SD 2.x.
+  auto tokenizer = [](const std::string& pad, json& config, json& special) {
+    config = tokenizer_config(pad);
+    special = {{"bos_token", "<|startoftext|>"},
+               {"eos_token", "<|endoftext|>"},
+               {"pad_token", pad},
+               {"unk_token", "<|endoftext|>"}};
+  };
+  tokenizer(sd2 ? "!" : "<|endoftext|>", c.tokenizer_config, c.special_tokens_map);
+  const json none = {nullptr, nullptr};
+  if (sdxl) {
+    c.text_encoder_2 = text_config(r, TextTower{xl_open_clip, true, true});
+    tokenizer("!", c.tokenizer_2_config, c.special_tokens_map_2);
+    c.model_index = {{"_class_name", "StableDiffusionXLPipeline"},
+                     {"feature_extractor", none},
+                     {"image_encoder", none},
+                     {"force_zeros_for_empty_prompt", true},
+                     {"scheduler", {"diffusers", c.scheduler["_class_name"]}},
+                     {"text_encoder", {"transformers", "CLIPTextModel"}},
+                     {"text_encoder_2", {"transformers", "CLIPTextModelWithProjection"}},
+                     {"tokenizer", {"transformers", "CLIPTokenizer"}},
+                     {"tokenizer_2", {"transformers", "CLIPTokenizer"}},
+                     {"unet", {"diffusers", "UNet2DConditionModel"}},
+                     {"vae", {"diffusers", "AutoencoderKL"}}};
+    return c;
+  }
   c.model_index = {{"_class_name", "StableDiffusionPipeline"},
-                   {"feature_extractor", {nullptr, nullptr}},
+                   {"feature_extractor", none},
                    {"requires_safety_checker", false},
-                   {"safety_checker", {nullptr, nullptr}},
+                   {"safety_checker", none},
                    {"scheduler", {"diffusers", c.scheduler["_class_name"]}},
                    {"text_encoder", {"transformers", "CLIPTextModel"}},
                    {"tokenizer", {"transformers", "CLIPTokenizer"}},

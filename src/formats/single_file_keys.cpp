@@ -47,9 +47,13 @@ std::string str(int64_t i) {
   return std::to_string(i);
 }
 
-const std::string kOpenClip = "cond_stage_model.model.";
+const std::string kOpenClip = "cond_stage_model.model.";           // SD 2.x
+const std::string kOpenClipXl = "conditioner.embedders.1.model.";  // SDXL's second encoder
+const std::string kClip = "cond_stage_model.transformer.";
+const std::string kClipXl = "conditioner.embedders.0.transformer.";
 const std::string kLayers = "text_model.encoder.layers.";
 const std::string kResblocks = "transformer.resblocks.";
+const std::string kProjection = "text_projection.weight";  // CLIPTextModelWithProjection's
 
 // OpenCLIP's names outside the layers, and inside a layer (after "resblocks.I."), diffusers first.
 const std::vector<std::pair<std::string, std::string>> kOpenClipOuter = {
@@ -72,41 +76,64 @@ std::optional<std::pair<int64_t, std::string>> split_index(const std::string& s)
   return std::make_pair(std::stoll(s.substr(0, i)), s.substr(i + 1));
 }
 
-std::optional<SingleFileKey> open_clip_to_single(const std::string& key) {
-  for (const auto& [d, s] : kOpenClipOuter)
-    if (key == d) return SingleFileKey{C::TextEncoder, key, kOpenClip + s};
-  if (key.rfind(kLayers, 0) != 0) return std::nullopt;
-  const auto layer = split_index(key.substr(kLayers.size()));
-  if (!layer) return std::nullopt;
-  const auto& [i, rest] = *layer;
-  const std::string block = kOpenClip + kResblocks + str(i) + ".";
-  static const char* const kParts[] = {"q", "k", "v"};
-  for (int part = 0; part < 3; ++part)
-    for (const char* leaf : {"weight", "bias"})
-      if (rest == std::string("self_attn.") + kParts[part] + "_proj." + leaf)
-        return SingleFileKey{C::TextEncoder, key,  block + "attn.in_proj_" + leaf,
-                             false,          true, part};
-  if (const auto renamed = rename_leaf(rest, kOpenClipLayer, true))
-    return SingleFileKey{C::TextEncoder, key, block + *renamed};
-  return std::nullopt;
-}
+// An OpenCLIP text tower under `prefix`: SD 2.x's (cond_stage_model.model.) or SDXL's second
+// encoder (conditioner.embedders.1.model., with its projection).
+struct OpenClip {
+  C component;
+  std::string prefix;
+  bool projection;  // text_projection <-> text_projection.weight, transposed
+  int64_t layers;   // the diffusers model's; a file's layers beyond these are skipped
 
-std::optional<SingleFileKey> open_clip_to_diffusers(const std::string& key, int64_t layers) {
-  if (key.rfind(kOpenClip, 0) != 0) return std::nullopt;
-  const std::string name = key.substr(kOpenClip.size());
-  for (const auto& [d, s] : kOpenClipOuter)
-    if (name == s) return SingleFileKey{C::TextEncoder, d, key};
-  if (name.rfind(kResblocks, 0) != 0) return std::nullopt;  // text_projection, logit_scale
-  const auto layer = split_index(name.substr(kResblocks.size()));
-  // SD 2.x conditions on the penultimate layer: diffusers' text encoder stops before the last.
-  if (!layer || layer->first >= layers) return std::nullopt;
-  const auto& [i, rest] = *layer;
-  const std::string block = kLayers + str(i) + ".";
-  for (const char* leaf : {"weight", "bias"})
-    if (rest == std::string("attn.in_proj_") + leaf)
-      return SingleFileKey{C::TextEncoder, block + "self_attn.q_proj." + leaf, key, false, true};
-  if (const auto renamed = rename_leaf(rest, kOpenClipLayer, false))
-    return SingleFileKey{C::TextEncoder, block + *renamed, key};
+  std::optional<SingleFileKey> to_single(const std::string& key) const {
+    for (const auto& [d, s] : kOpenClipOuter)
+      if (key == d) return SingleFileKey{component, key, prefix + s};
+    if (projection && key == kProjection)
+      return SingleFileKey{.component = component,
+                           .diffusers = key,
+                           .single = prefix + "text_projection",
+                           .transposed = true};
+    if (key.rfind(kLayers, 0) != 0) return std::nullopt;
+    const auto layer = split_index(key.substr(kLayers.size()));
+    if (!layer) return std::nullopt;
+    const auto& [i, rest] = *layer;
+    const std::string block = prefix + kResblocks + str(i) + ".";
+    static const char* const kParts[] = {"q", "k", "v"};
+    for (int part = 0; part < 3; ++part)
+      for (const char* leaf : {"weight", "bias"})
+        if (rest == std::string("self_attn.") + kParts[part] + "_proj." + leaf)
+          return SingleFileKey{component, key, block + "attn.in_proj_" + leaf, false, true, part};
+    if (const auto renamed = rename_leaf(rest, kOpenClipLayer, true))
+      return SingleFileKey{component, key, block + *renamed};
+    return std::nullopt;
+  }
+
+  std::optional<SingleFileKey> to_diffusers(const std::string& key) const {
+    if (key.rfind(prefix, 0) != 0) return std::nullopt;
+    const std::string name = key.substr(prefix.size());
+    for (const auto& [d, s] : kOpenClipOuter)
+      if (name == s) return SingleFileKey{component, d, key};
+    if (projection && name == "text_projection")
+      return SingleFileKey{
+          .component = component, .diffusers = kProjection, .single = key, .transposed = true};
+    if (name.rfind(kResblocks, 0) != 0) return std::nullopt;  // text_projection, logit_scale
+    const auto layer = split_index(name.substr(kResblocks.size()));
+    // SD 2.x conditions on the penultimate layer: diffusers' text encoder stops before the last.
+    if (!layer || layer->first >= layers) return std::nullopt;
+    const auto& [i, rest] = *layer;
+    const std::string block = kLayers + str(i) + ".";
+    for (const char* leaf : {"weight", "bias"})
+      if (rest == std::string("attn.in_proj_") + leaf)
+        return SingleFileKey{component, block + "self_attn.q_proj." + leaf, key, false, true};
+    if (const auto renamed = rename_leaf(rest, kOpenClipLayer, false))
+      return SingleFileKey{component, block + *renamed, key};
+    return std::nullopt;
+  }
+};
+
+// The layout's OpenCLIP tower: SD 2.x's only text encoder, or SDXL's second.
+std::optional<OpenClip> open_clip(TextLayout text, int64_t layers) {
+  if (text == TextLayout::OpenClip) return OpenClip{C::TextEncoder, kOpenClip, false, layers};
+  if (text == TextLayout::Sdxl) return OpenClip{C::TextEncoder2, kOpenClipXl, true, layers};
   return std::nullopt;
 }
 
@@ -124,14 +151,17 @@ std::vector<std::string> qkv_names(const std::string& q_name) {
 std::optional<SingleFileComponent> single_file_component(const std::string& key) {
   if (key.starts_with("model.diffusion_model.")) return C::Unet;
   if (key.starts_with("first_stage_model.")) return C::Vae;
-  if (key.starts_with("cond_stage_model.")) return C::TextEncoder;
+  if (key.starts_with("cond_stage_model.") || key.starts_with("conditioner.embedders.0."))
+    return C::TextEncoder;
+  if (key.starts_with("conditioner.embedders.1.")) return C::TextEncoder2;
   return std::nullopt;
 }
 
 std::optional<TextLayout> single_file_text_layout(const std::vector<std::string>& keys) {
   for (const auto& k : keys) {
     if (k.starts_with(kOpenClip)) return TextLayout::OpenClip;
-    if (k.starts_with("cond_stage_model.transformer.")) return TextLayout::Clip;
+    if (k.starts_with(kClip)) return TextLayout::Clip;
+    if (k.starts_with("conditioner.embedders.")) return TextLayout::Sdxl;  // (or its refiner)
   }
   return std::nullopt;
 }
@@ -144,13 +174,16 @@ const char* component_name(SingleFileComponent component) {
       return "vae";
     case C::TextEncoder:
       return "text_encoder";
+    case C::TextEncoder2:
+      return "text_encoder_2";
   }
   return "?";
 }
 
 SingleFileLayout SingleFileLayout::from_configs(const io::JsonConfig& unet,
                                                 const io::JsonConfig& vae,
-                                                const io::JsonConfig& text_encoder) {
+                                                const io::JsonConfig& text_encoder,
+                                                const io::JsonConfig* text_encoder_2) {
   SingleFileLayout l;
   const std::vector<std::string> down = unet.get_string_list("down_block_types");
   const std::vector<std::string> up = unet.get_string_list("up_block_types");
@@ -160,6 +193,17 @@ SingleFileLayout SingleFileLayout::from_configs(const io::JsonConfig& unet,
   for (const auto& t : up) l.up_attention.push_back(t.find("CrossAttn") != std::string::npos);
   l.vae_levels = static_cast<int64_t>(vae.get_int_list("block_out_channels").size());
   l.vae_layers_per_block = vae.get_int("layers_per_block", 2);
+  l.addition_embedding = unet.get_string("addition_embed_type", "") == "text_time";
+  if (l.addition_embedding != (text_encoder_2 != nullptr))
+    throw Error(l.addition_embedding ? "an SDXL UNet (text_time) without a second text encoder"
+                                     : "a second text encoder beside a UNet without text_time "
+                                       "conditioning (not SDXL)",
+                unet.source());
+  if (text_encoder_2) {
+    l.text = TextLayout::Sdxl;
+    l.text_layers = text_encoder_2->get_int("num_hidden_layers");
+    return l;
+  }
   l.text = text_encoder.get_string("hidden_act", "quick_gelu") == "gelu" ? TextLayout::OpenClip
                                                                          : TextLayout::Clip;
   l.text_layers = text_encoder.get_int("num_hidden_layers");
@@ -175,6 +219,10 @@ SingleFileKeys::SingleFileKeys(const SingleFileLayout& layout)
   // ---- UNet: CompVis numbers its input and output blocks through all levels ----
   add(C::Unet, "time_embedding.linear_1", u + "time_embed.0");
   add(C::Unet, "time_embedding.linear_2", u + "time_embed.2");
+  if (layout.addition_embedding) {
+    add(C::Unet, "add_embedding.linear_1", u + "label_emb.0.0");
+    add(C::Unet, "add_embedding.linear_2", u + "label_emb.0.2");
+  }
   add(C::Unet, "conv_in", u + "input_blocks.0.0");
   add(C::Unet, "conv_norm_out", u + "out.0");
   add(C::Unet, "conv_out", u + "out.2");
@@ -234,15 +282,16 @@ SingleFileKeys::SingleFileKeys(const SingleFileLayout& layout)
   add(C::Vae, "quant_conv", v + "quant_conv");
   add(C::Vae, "post_quant_conv", v + "post_quant_conv");
 
-  // ---- Text encoder: SD 1.x keeps transformers' names under a prefix; SD 2.x's OpenCLIP names
-  // are mapped by open_clip_to_single / _to_diffusers.
-  if (layout.text == TextLayout::Clip)
-    add(C::TextEncoder, "text_model", "cond_stage_model.transformer.text_model");
+  // ---- Text encoders: CLIP keeps transformers' names under a prefix; OpenCLIP's are mapped by
+  // OpenClip.
+  if (layout.text == TextLayout::Clip) add(C::TextEncoder, "text_model", kClip + "text_model");
+  if (layout.text == TextLayout::Sdxl) add(C::TextEncoder, "text_model", kClipXl + "text_model");
 }
 
 std::optional<SingleFileKey> SingleFileKeys::to_single(SingleFileComponent component,
                                                        const std::string& key) const {
-  if (component == C::TextEncoder && text_ == TextLayout::OpenClip) return open_clip_to_single(key);
+  if (const auto tower = open_clip(text_, text_layers_); tower && component == tower->component)
+    return tower->to_single(key);
   const Prefix* best = nullptr;
   for (const Prefix& p : prefixes_)
     if (p.component == component && starts_module(key, p.diffusers) &&
@@ -266,8 +315,8 @@ std::optional<SingleFileKey> SingleFileKeys::to_single(SingleFileComponent compo
 }
 
 std::optional<SingleFileKey> SingleFileKeys::to_diffusers(const std::string& key) const {
-  if (text_ == TextLayout::OpenClip && key.rfind(kOpenClip, 0) == 0)
-    return open_clip_to_diffusers(key, text_layers_);
+  if (const auto tower = open_clip(text_, text_layers_); tower && key.rfind(tower->prefix, 0) == 0)
+    return tower->to_diffusers(key);
   const Prefix* best = nullptr;
   for (const Prefix& p : prefixes_)
     if (starts_module(key, p.single) && (!best || p.single.size() > best->single.size())) best = &p;

@@ -39,10 +39,34 @@ using formats::SingleFileLayout;
 using formats::TextLayout;
 using C = SingleFileComponent;
 
+bool has_second_encoder(const io::ModelFolder& folder) {
+  return folder.has_component("text_encoder_2");
+}
+
 SingleFileLayout layout_of(const io::ModelFolder& folder) {
-  return SingleFileLayout::from_configs(folder.component_config("unet"),
-                                        folder.component_config("vae"),
-                                        folder.component_config("text_encoder"));
+  std::optional<io::JsonConfig> second;
+  if (has_second_encoder(folder)) second = folder.component_config("text_encoder_2");
+  return SingleFileLayout::from_configs(
+      folder.component_config("unet"), folder.component_config("vae"),
+      folder.component_config("text_encoder"), second ? &*second : nullptr);
+}
+
+// The components a layout has, in file order.
+std::vector<C> components_of(const SingleFileLayout& layout) {
+  if (layout.text == TextLayout::Sdxl) return {C::Unet, C::Vae, C::TextEncoder, C::TextEncoder2};
+  return {C::Unet, C::Vae, C::TextEncoder};
+}
+
+const char* architecture_name(TextLayout text) {
+  switch (text) {
+    case TextLayout::Clip:
+      return "SD 1.x";
+    case TextLayout::OpenClip:
+      return "SD 2.x";
+    case TextLayout::Sdxl:
+      return "SDXL";
+  }
+  return "?";
 }
 
 // A tensor viewing mapped file data (no copy); valid while the file's mapping lives.
@@ -59,7 +83,8 @@ void check_single_file_writable(const io::ModelFolder& folder) {
 
 void write_single_file(const io::ModelFolder& folder, const fs::path& out,
                        std::optional<at::ScalarType> dtype) {
-  const SingleFileKeys keys(layout_of(folder));
+  const SingleFileLayout layout = layout_of(folder);
+  const SingleFileKeys keys(layout);
   std::vector<io::SafetensorsFile> files;  // mapped until written
   std::vector<at::Tensor> made;            // converted or fused tensors, alive until written
   std::vector<io::TensorWrite> writes;
@@ -72,16 +97,17 @@ void write_single_file(const io::ModelFolder& folder, const fs::path& out,
   std::map<std::string, std::vector<at::Tensor>> fused;  // OpenCLIP's in_proj: q, k, v
   const std::set<std::string> ignored(clip_text_ignored_keys().begin(),
                                       clip_text_ignored_keys().end());
-  for (const C c : {C::Unet, C::Vae, C::TextEncoder}) {
+  for (const C c : components_of(layout)) {
     const fs::path dir = folder.component_dir(component_name(c));
     for (const fs::path& path : io::find_weight_files(dir)) {
       files.push_back(io::SafetensorsFile::open(path));
       for (const io::TensorView& t : files.back().tensors()) {
         std::string name = t.name;
-        if (c == C::TextEncoder) {
+        if (c == C::TextEncoder || c == C::TextEncoder2) {
           if (ignored.count(name)) continue;
           // transformers 5 saves CLIPTextModel without its "text_model." prefix.
-          if (name.rfind("text_model.", 0) != 0) name = "text_model." + name;
+          if (name.rfind("text_model.", 0) != 0 && name != "text_projection.weight")
+            name = "text_model." + name;
         }
         const auto k = keys.to_single(c, name);
         if (!k)
@@ -89,6 +115,11 @@ void write_single_file(const io::ModelFolder& folder, const fs::path& out,
                       path.string(), t.name);
         std::vector<int64_t> shape = t.shape;
         if (k->conv1x1) shape.insert(shape.end(), {1, 1});
+        if (k->transposed) {
+          if (shape.size() != 2) throw Error("expected a matrix", path.string(), t.name);
+          write(k->single, view_of(t).t(), {shape[1], shape[0]});
+          continue;
+        }
         if (k->fused_qkv) {
           auto& qkv = fused[k->single];
           qkv.resize(3);
@@ -159,6 +190,14 @@ void write_text(const fs::path& path, std::string_view text) {
 void write_config_folder(const formats::SingleFileConfigs& c, const fs::path& dir) {
   for (const char* sub : {"unet", "vae", "text_encoder", "scheduler", "tokenizer"})
     fs::create_directories(dir / sub);
+  if (!c.text_encoder_2.is_null()) {
+    for (const char* sub : {"text_encoder_2", "tokenizer_2"}) fs::create_directories(dir / sub);
+    write_text(dir / "text_encoder_2/config.json", c.text_encoder_2.dump(2));
+    write_text(dir / "tokenizer_2/tokenizer_config.json", c.tokenizer_2_config.dump(2));
+    write_text(dir / "tokenizer_2/special_tokens_map.json", c.special_tokens_map_2.dump(2));
+    write_text(dir / "tokenizer_2/vocab.json", text::clip_vocab_json());
+    write_text(dir / "tokenizer_2/merges.txt", text::clip_merges_txt());
+  }
   write_text(dir / "model_index.json", c.model_index.dump(2));
   write_text(dir / "unet/config.json", c.unet.dump(2));
   write_text(dir / "vae/config.json", c.vae.dump(2));
@@ -200,8 +239,14 @@ SingleFileReport read_single_file(const fs::path& file, const fs::path& out,
   std::optional<io::ModelFolder> config;
   const at::ScalarType saved = [&] {
     const FileTensors f = FileTensors::open(file);
-    const bool open_clip = f.find("cond_stage_model.model.token_embedding.weight") != nullptr;
-    report.architecture = open_clip ? "SD 2.x" : "SD 1.x";
+    std::vector<std::string> names;
+    for (const auto& [name, t] : f.tensors) names.push_back(name);
+    const std::optional<TextLayout> text = formats::single_file_text_layout(names);
+    if (!text)
+      throw Error(
+          "no text encoder under its single-file names (cond_stage_model., conditioner.embedders.)",
+          file.string());
+    report.architecture = architecture_name(*text);
     if (options.config.empty()) {
       // Configs from the tensors (and the sidecar LDM config), written beside `out` for
       // save_pipeline to copy.
@@ -222,12 +267,11 @@ SingleFileReport read_single_file(const fs::path& file, const fs::path& out,
     }
     const SingleFileLayout layout = layout_of(*config);
     const SingleFileKeys keys(layout);
-    // The file's text encoder must be the config's kind.
-    if (open_clip != (layout.text == TextLayout::OpenClip))
-      throw Error(std::string("the file's text encoder is ") +
-                      (open_clip ? "OpenCLIP's (SD 2.x)" : "not OpenCLIP's (SD 1.x)") +
-                      ", but --config's is " + (open_clip ? "SD 1.x's" : "SD 2.x's") +
-                      ": give a config folder of the file's architecture",
+    // The file's text encoders must be the config's kind.
+    if (*text != layout.text)
+      throw Error(std::string("the file's text encoders are ") + architecture_name(*text) +
+                      "'s, but --config's are " + architecture_name(layout.text) +
+                      "'s: give a config folder of the file's architecture",
                   file.string());
     std::map<C, io::NamedTensors> parts;
     std::optional<at::ScalarType> stored;  // the file's floating-point dtype
@@ -250,8 +294,7 @@ SingleFileReport read_single_file(const fs::path& file, const fs::path& out,
         ++ema_found;
       }
       if (!k ||
-          (k->component == C::TextEncoder && std::find(text_ignored.begin(), text_ignored.end(),
-                                                       k->diffusers) != text_ignored.end())) {
+          std::find(text_ignored.begin(), text_ignored.end(), k->diffusers) != text_ignored.end()) {
         ++report.ignored;
         continue;
       }
@@ -262,6 +305,12 @@ SingleFileReport read_single_file(const fs::path& file, const fs::path& out,
                       file.string(), name);
         v = v.reshape({v.size(0), v.size(1)});
       }
+      if (k->transposed) {
+        if (v.dim() != 2)
+          throw Error("expected a matrix, got shape " + io::shape_string(v.sizes()), file.string(),
+                      name);
+        v = v.t().contiguous();
+      }
       if (at::isFloatingType(v.scalar_type()) && !stored) stored = v.scalar_type();
       if (k->fused_qkv) {  // views of the three thirds
         if (v.dim() < 1 || v.size(0) % 3 != 0)
@@ -271,7 +320,7 @@ SingleFileReport read_single_file(const fs::path& file, const fs::path& out,
         const auto names = qkv_names(k->diffusers);
         const int64_t n = v.size(0) / 3;
         for (int64_t i = 0; i < 3; ++i)
-          parts[C::TextEncoder].emplace_back(names[i], v.narrow(0, i * n, n));
+          parts[k->component].emplace_back(names[i], v.narrow(0, i * n, n));
       } else {
         parts[k->component].emplace_back(k->diffusers, v);
       }
@@ -279,17 +328,18 @@ SingleFileReport read_single_file(const fs::path& file, const fs::path& out,
     }
     // The EMA copies taken, and the other model_ema.* (decay, num_updates), count as used.
     if (options.ema_weights) report.ignored -= ema_found;
-    for (const C c : {C::Unet, C::Vae, C::TextEncoder})
+    for (const C c : components_of(layout))
       if (parts[c].empty())
         throw Error(std::string("no ") + component_name(c) +
                         " tensors under their single-file names (model.diffusion_model., "
-                        "first_stage_model., cond_stage_model.)",
+                        "first_stage_model., cond_stage_model., conditioner.embedders.)",
                     file.string());
 
     io::SavedWeights w;
     w.unet = std::move(parts[C::Unet]);
     w.vae = std::move(parts[C::Vae]);
     w.text_encoder = std::move(parts[C::TextEncoder]);
+    if (layout.text == TextLayout::Sdxl) w.text_encoder_2 = std::move(parts[C::TextEncoder2]);
     w.save_dtype = dtype.value_or(stored.value_or(at::kFloat));
     io::save_pipeline(*config, out, w);
     return w.save_dtype;
@@ -302,6 +352,7 @@ SingleFileReport read_single_file(const fs::path& file, const fs::path& out,
     load_unet(written, load);
     load_vae(written, load);
     load_text_encoder(written, load);
+    if (has_second_encoder(written)) load_text_encoder(written, load, "text_encoder_2");
   } catch (const Error& e) {
     std::error_code ec;
     io::remove_tree(out, ec);

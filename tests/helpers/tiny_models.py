@@ -123,8 +123,8 @@ def _random_models(cfg, seed):
 
 def build_pipeline(kind, directory, seed=0):
     """Saves a random pipeline of the given kind to `directory` (diffusers layout); returns it."""
-    if kind == "sdxl":
-        return build_sdxl_pipeline(directory, seed)
+    if kind in ("sdxl", "file-sdxl"):
+        return build_sdxl_pipeline(directory, seed, kind)
     from diffusers import PNDMScheduler, StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
@@ -234,12 +234,12 @@ CONFIGS["sdxl"] = dict(
 )
 
 
-def build_sdxl_pipeline(directory, seed=0):
+def build_sdxl_pipeline(directory, seed=0, kind="sdxl"):
     """Saves a random SDXL-shaped StableDiffusionXLPipeline to `directory`; returns it."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTokenizer
 
-    cfg = CONFIGS["sdxl"]
+    cfg = CONFIGS[kind]
     directory = Path(directory)
     unet, vae, text_encoder, text_encoder_2 = _random_models(cfg, seed)
     tokenizers = []
@@ -259,3 +259,30 @@ def build_sdxl_pipeline(directory, seed=0):
     write_clip_tokenizer(directory / "tokenizer", pad_token=cfg["pad"])
     write_clip_tokenizer(directory / "tokenizer_2", pad_token=cfg["pad_2"])
     return pipe
+
+# SDXL at toy size with every setting that tensor shapes cannot show as SDXL base publishes it
+# (32 norm groups, 64-wide heads in the UNet and both text encoders, 1024² images, the VAE scaled by
+# 0.13025 and upcast): what an SDXL single file read without --config must come back as.
+_FILE_TEXT_2 = dict(
+    vocab_size=49408, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=1,
+    max_position_embeddings=77, hidden_act="gelu", projection_dim=32, bos_token_id=0, eos_token_id=2, pad_token_id=1,
+)
+CONFIGS["file-sdxl"] = dict(
+    unet=dict(
+        sample_size=128, block_out_channels=[64, 64, 128], layers_per_block=1, norm_num_groups=32,
+        down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+        transformer_layers_per_block=[1, 1, 2], attention_head_dim=[1, 1, 2], use_linear_projection=True,
+        cross_attention_dim=64 + 64, addition_embed_type="text_time", addition_embed_type_num_heads=64,
+        addition_time_embed_dim=SDXL_ADD_TIME_DIM,
+        projection_class_embeddings_input_dim=_FILE_TEXT_2["projection_dim"] + 6 * SDXL_ADD_TIME_DIM,
+    ),
+    vae=dict(_FILE_VAE, sample_size=1024, scaling_factor=0.13025, force_upcast=True),
+    text=dict(
+        vocab_size=49408, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=1,
+        max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=0, eos_token_id=2, pad_token_id=1,
+    ),
+    text_2=_FILE_TEXT_2,
+    pad=SD1_PAD,
+    pad_2=SD2_PAD,
+)

@@ -14,6 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 COMPONENTS = ["unet", "vae", "text_encoder"]
+XL_COMPONENTS = COMPONENTS + ["text_encoder_2"]
 
 
 def sdtune(sdtune_bin, *args):
@@ -26,8 +27,8 @@ def converted(sdtune_bin, folder, out):
     return out
 
 
-def assert_same_components(a, b):
-    for name in COMPONENTS:
+def assert_same_components(a, b, components=COMPONENTS):
+    for name in components:
         sa, sb = getattr(a, name).state_dict(), getattr(b, name).state_dict()
         sa = {k: v for k, v in sa.items() if not k.endswith("position_ids")}
         sb = {k: v for k, v in sb.items() if not k.endswith("position_ids")}
@@ -155,7 +156,8 @@ def test_an_openclip_file_with_its_last_layer_and_projection(pipeline, sdtune_bi
                            StableDiffusionPipeline.from_pretrained(folder))
     proc = sdtune(sdtune_bin, "convert", tmp_path / "full.safetensors", tmp_path / "wrong", "--config",
                   pipeline("tiny")[0])
-    assert proc.returncode == 1 and "the file's text encoder is OpenCLIP's (SD 2.x)" in proc.stderr, proc.stderr
+    assert proc.returncode == 1 and "the file's text encoders are SD 2.x's, but --config's are SD 1.x's" \
+        in proc.stderr, proc.stderr
 
 
 def test_ema_weights_are_taken_when_asked(pipeline, sdtune_bin, tmp_path):
@@ -314,7 +316,7 @@ def test_what_an_sd2_file_cannot_tell_comes_from_its_yaml_or_the_flag(pipeline, 
     assert proc.returncode != 0 and "--prediction-type" in proc.stderr
 
 
-@pytest.mark.parametrize("kind", ["file-sd1", "file-sd2"])
+@pytest.mark.parametrize("kind", ["file-sd1", "file-sd2", "file-sdxl"])
 def test_generate_on_the_file_gives_the_folders_image(pipeline, sdtune_bin, tmp_path, kind):
     """--model FILE is read once into a folder in the cache and reused: the same image as the folder,
     pixel for pixel, and the second run reads nothing again. (One scheduler for both: the tiny folder's
@@ -365,3 +367,91 @@ def test_train_from_a_file_is_training_from_its_folder(pipeline, sdtune_bin, tmp
     base = load(folder / "unet/diffusion_pytorch_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["conv_in.weight"], base["conv_in.weight"])  # it trained
+
+
+def test_an_sdxl_folder_as_one_file_is_the_same_model_in_diffusers(pipeline, sdtune_bin, tmp_path):
+    """SDXL's layout: the first text encoder under conditioner.embedders.0.transformer (transformers'
+    names), the second under conditioner.embedders.1.model (OpenCLIP's, every layer, with
+    text_projection transposed), the text_time embedding as label_emb. diffusers' own reader takes it
+    as the folder's model; back with --config it is the folder again, and again the same bytes."""
+    from diffusers import StableDiffusionXLPipeline
+
+    folder, _ = pipeline("sdxl")
+    one = converted(sdtune_bin, folder, tmp_path / "one.safetensors")
+    state = load_file(one)
+    ref = StableDiffusionXLPipeline.from_pretrained(folder)
+    for key in ("conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight",
+                "conditioner.embedders.1.model.transformer.resblocks.2.attn.in_proj_weight",
+                "model.diffusion_model.label_emb.0.0.weight", "model.diffusion_model.label_emb.0.2.bias",
+                "model.diffusion_model.input_blocks.7.1.transformer_blocks.1.attn2.to_k.weight"):
+        assert key in state, key
+    assert torch.equal(state["conditioner.embedders.1.model.text_projection"],
+                       ref.text_encoder_2.text_projection.weight.T)
+    assert not any(k.startswith("cond_stage_model.") for k in state)
+    theirs = StableDiffusionXLPipeline.from_single_file(str(one), config=str(folder), local_files_only=True)
+    assert_same_components(theirs, ref, XL_COMPONENTS)
+
+    proc = sdtune(sdtune_bin, "convert", one, tmp_path / "back", "--config", folder)
+    assert proc.returncode == 0, proc.stderr
+    assert "(SDXL, configs from" in proc.stdout, proc.stdout
+    assert_same_components(StableDiffusionXLPipeline.from_pretrained(tmp_path / "back"), ref, XL_COMPONENTS)
+    again = converted(sdtune_bin, tmp_path / "back", tmp_path / "again.safetensors")
+    assert again.read_bytes() == one.read_bytes()
+    # An SD 1.x config for an SDXL file, and a refiner-like file (one OpenCLIP encoder): named errors.
+    proc = sdtune(sdtune_bin, "convert", one, tmp_path / "wrong", "--config", pipeline("tiny")[0])
+    assert proc.returncode == 1 and "the file's text encoders are SDXL's, but --config's are SD 1.x's" \
+        in proc.stderr, proc.stderr
+    refiner = {k.replace("conditioner.embedders.1.", "conditioner.embedders.0."): v for k, v in state.items()
+               if not k.startswith("conditioner.embedders.0.")}
+    save_file(refiner, tmp_path / "refiner.safetensors")
+    proc = sdtune(sdtune_bin, "convert", tmp_path / "refiner.safetensors", tmp_path / "r")
+    assert proc.returncode == 1 and "an SDXL refiner" in proc.stderr, proc.stderr
+
+
+def test_an_sdxl_file_alone_reads_as_its_pipeline(pipeline, sdtune_bin, tmp_path):
+    """No --config: transformer depths per level, the time-id embedding's width, both encoders and the
+    projection from the tensors; heads, the VAE's scale and upcast, the scheduler and both tokenizers
+    as SDXL base publishes them. The toy pipeline follows those, so every setting comes back."""
+    from diffusers import StableDiffusionXLPipeline
+
+    folder, ref = pipeline("file-sdxl")
+    one = converted(sdtune_bin, folder, tmp_path / "one.safetensors")
+    proc = sdtune(sdtune_bin, "inspect", one)
+    assert "single-file checkpoint: SDXL (CLIP and OpenCLIP text encoders), cross-attention width 128" \
+        in proc.stdout, proc.stdout
+    assert "read as: SDXL;" in proc.stdout, proc.stdout
+    proc = sdtune(sdtune_bin, "convert", one, tmp_path / "back")
+    assert proc.returncode == 0, proc.stderr
+    assert "(SDXL, configs from the tensors)" in proc.stdout, proc.stdout
+    got = StableDiffusionXLPipeline.from_pretrained(tmp_path / "back")
+    assert_same_components(got, ref, XL_COMPONENTS)
+    for name in ("unet", "vae"):
+        theirs, ours = getattr(ref, name).config, getattr(got, name).config
+        differ = {k: (plain(ours[k]), plain(v)) for k, v in theirs.items()
+                  if not k.startswith("_") and plain(ours[k]) != plain(v)}
+        assert not differ, (name, differ)
+    for encoder in ("text_encoder", "text_encoder_2"):
+        for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                    "max_position_embeddings", "hidden_act", "eos_token_id"):
+            assert getattr(getattr(got, encoder).config, key) == getattr(getattr(ref, encoder).config, key), \
+                (encoder, key)
+    assert got.text_encoder_2.config.projection_dim == ref.text_encoder_2.config.projection_dim
+    assert type(got.scheduler).__name__ == "EulerDiscreteScheduler"
+    for key in ("prediction_type", "beta_start", "beta_end", "beta_schedule", "num_train_timesteps", "steps_offset",
+                "timestep_spacing", "interpolation_type"):
+        assert got.scheduler.config[key] == ref.scheduler.config[key], key
+    assert got.config.force_zeros_for_empty_prompt
+    prompt = "a photo of Yoda, ninja portrait!"
+    for tokenizer in ("tokenizer", "tokenizer_2"):  # the second pads with "!"
+        assert getattr(got, tokenizer)(prompt, padding="max_length", max_length=77).input_ids == \
+            getattr(ref, tokenizer)(prompt, padding="max_length", max_length=77).input_ids
+    # The same outputs: the UNet with its time ids, and the second encoder's pooled projection.
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 16, 16, generator=g)
+    ctx = torch.randn(1, 77, 128, generator=g)
+    cond = {"text_embeds": torch.randn(1, 32, generator=g), "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]])}
+    ids = ref.tokenizer_2(prompt, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(got.unet(x, 10, ctx, added_cond_kwargs=cond).sample,
+                           ref.unet(x, 10, ctx, added_cond_kwargs=cond).sample)
+        assert torch.equal(got.text_encoder_2(ids).text_embeds, ref.text_encoder_2(ids).text_embeds)

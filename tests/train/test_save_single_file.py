@@ -27,8 +27,8 @@ def train(sdtune_bin, model, data, out, *extra):
                            *map(str, extra)], capture_output=True, text=True, timeout=600)
 
 
-def assert_same(a, b):
-    for name in ("unet", "vae", "text_encoder"):
+def assert_same(a, b, names=("unet", "vae", "text_encoder")):
+    for name in names:
         sa, sb = getattr(a, name).state_dict(), getattr(b, name).state_dict()
         keys = [k for k in sb if not k.endswith("position_ids")]
         assert all(torch.equal(sa[k], sb[k]) for k in keys), name
@@ -50,6 +50,21 @@ def test_the_model_and_each_checkpoint_as_one_file(pipeline, sdtune_bin, tmp_pat
     base = StableDiffusionPipeline.from_pretrained(pipeline("tiny")[0])
     ours = StableDiffusionPipeline.from_pretrained(out)
     assert not torch.equal(base.unet.conv_in.weight, ours.unet.conv_in.weight)
+
+
+def test_an_sdxl_model_as_one_file(pipeline, sdtune_bin, tmp_path):
+    """SDXL's layout (both text encoders under conditioner.embedders.*), read by diffusers' own
+    StableDiffusionXLPipeline.from_single_file as the folder written beside it."""
+    from diffusers import StableDiffusionXLPipeline
+
+    out = tmp_path / "out"
+    proc = train(sdtune_bin, pipeline("sdxl")[0], dataset(tmp_path / "data"), out, "--save-single-file")
+    assert proc.returncode == 0, proc.stderr
+    for folder in (out, out / "checkpoint-2"):
+        theirs = StableDiffusionXLPipeline.from_single_file(str(folder / "model.safetensors"), config=str(folder),
+                                                            local_files_only=True)
+        assert_same(theirs, StableDiffusionXLPipeline.from_pretrained(folder),
+                    ("unet", "vae", "text_encoder", "text_encoder_2"))
 
 
 def test_refused_for_lora_before_training(pipeline, sdtune_bin, tmp_path):

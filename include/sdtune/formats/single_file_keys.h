@@ -8,6 +8,10 @@
 // - Text encoder, SD 1.x: cond_stage_model.transformer.text_model.* (transformers' names).
 // - Text encoder, SD 2.x: cond_stage_model.model.* (OpenCLIP's names: transformer.resblocks.I,
 //   with q, k and v fused into attn.in_proj_weight; ln_final; positional_embedding).
+// - SDXL: conditioner.embedders.0.transformer.text_model.* (CLIP ViT-L, transformers' names) and
+//   conditioner.embedders.1.model.* (OpenCLIP ViT-bigG, every layer, and text_projection: the
+//   transpose of diffusers' text_projection.weight); the UNet's text_time embedding is
+//   label_emb.0.{0,2}.
 #include <optional>
 #include <string>
 #include <vector>
@@ -16,8 +20,8 @@
 
 namespace sdtune::formats {
 
-enum class SingleFileComponent { Unet, Vae, TextEncoder };
-enum class TextLayout { Clip, OpenClip };  // SD 1.x, SD 2.x
+enum class SingleFileComponent { Unet, Vae, TextEncoder, TextEncoder2 };
+enum class TextLayout { Clip, OpenClip, Sdxl };  // SD 1.x, SD 2.x, SDXL's two encoders
 
 // A tensor's name in both layouts, and whether its shape differs: the VAE attention's q, k, v and
 // proj_out are 1×1 convolutions in the single file ([C,C,1,1]) and linear layers in diffusers
@@ -32,6 +36,8 @@ struct SingleFileKey {
   // (qkv_names gives all three).
   bool fused_qkv = false;
   int part = -1;
+  // SDXL's text_projection: the file holds the transpose of the linear layer's weight.
+  bool transposed = false;
 };
 
 // The q, k and v projections' names for a fused key's q name ("...self_attn.q_proj.weight").
@@ -42,13 +48,19 @@ struct SingleFileLayout {
   std::vector<int64_t> layers_per_block;           // UNet, per level
   std::vector<bool> down_attention, up_attention;  // UNet levels with transformers
   int64_t vae_levels = 0, vae_layers_per_block = 0;
-  // SD 2.x's text encoder is OpenCLIP's ViT-H (gelu); SD 1.x's CLIP ViT-L uses quick_gelu.
+  // SD 2.x's text encoder is OpenCLIP's ViT-H (gelu); SD 1.x's CLIP ViT-L uses quick_gelu; SDXL
+  // has both, the second with a projection.
   TextLayout text = TextLayout::Clip;
-  int64_t text_layers = 0;  // OpenCLIP files hold one more, which SD 2.x skips
+  // The OpenCLIP encoder's layers: SD 2.x files hold one more, which SD 2.x skips; SDXL's second
+  // encoder keeps them all.
+  int64_t text_layers = 0;
+  bool addition_embedding = false;  // SDXL's UNet: add_embedding (text_time)
 
-  // From unet/config.json, vae/config.json and text_encoder/config.json.
+  // From unet/config.json, vae/config.json, text_encoder/config.json and, for SDXL,
+  // text_encoder_2/config.json.
   static SingleFileLayout from_configs(const io::JsonConfig& unet, const io::JsonConfig& vae,
-                                       const io::JsonConfig& text_encoder);
+                                       const io::JsonConfig& text_encoder,
+                                       const io::JsonConfig* text_encoder_2 = nullptr);
 };
 
 class SingleFileKeys {
@@ -74,12 +86,13 @@ class SingleFileKeys {
   int64_t text_layers_;
 };
 
-const char* component_name(SingleFileComponent component);  // "unet", "vae", "text_encoder"
+// "unet", "vae", "text_encoder", "text_encoder_2".
+const char* component_name(SingleFileComponent component);
 
 // Which component a single file's key belongs to, by its prefix alone (no config needed);
 // nullopt for the rest (EMA copies, schedule buffers, ...).
 std::optional<SingleFileComponent> single_file_component(const std::string& key);
-// The text encoder's layout that a single file's keys show; nullopt without a text encoder.
+// The text encoders' layout that a single file's keys show; nullopt without a text encoder.
 std::optional<TextLayout> single_file_text_layout(const std::vector<std::string>& keys);
 
 }  // namespace sdtune::formats

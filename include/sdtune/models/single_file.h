@@ -1,7 +1,8 @@
 #pragma once
 // Single-file Stable Diffusion checkpoints (A1111/ComfyUI style: one .safetensors with the UNet,
 // VAE and text encoder under their original CompVis names; formats/single_file_keys.h) to and
-// from diffusers pipeline folders: SD 1.x (CLIP ViT-L text encoder) and SD 2.x (OpenCLIP ViT-H).
+// from diffusers pipeline folders: SD 1.x (CLIP ViT-L text encoder), SD 2.x (OpenCLIP ViT-H) and
+// SDXL (both: CLIP ViT-L and OpenCLIP ViT-bigG with its projection).
 #include <filesystem>
 #include <optional>
 #include <string>
@@ -16,7 +17,7 @@ namespace sdtune::models {
 // into one): checked before a training run that is to write one.
 void check_single_file_writable(const io::ModelFolder& folder);
 
-// Writes the folder's UNet, VAE and text encoder as one single-file checkpoint at `out`
+// Writes the folder's UNet, VAE and text encoder(s) as one single-file checkpoint at `out`
 // (atomically). Tensors are written in their stored dtype (no copy: straight from the mapped
 // files) or, with `dtype`, floating-point ones converted to it. A key the layout has no name for
 // is an Error naming it.
@@ -26,13 +27,13 @@ void write_single_file(const io::ModelFolder& folder, const std::filesystem::pat
 struct SingleFileReport {
   int64_t tensors = 0;       // taken into the folder
   int64_t ignored = 0;       // keys of no component (EMA copies, schedule buffers, ...)
-  std::string architecture;  // "SD 1.x" or "SD 2.x"
+  std::string architecture;  // "SD 1.x", "SD 2.x" or "SDXL"
   // Where the configs came from: --config's folder, the sidecar MODEL.yaml, or "" (SD's own).
   std::string configs_from;
 };
 
 // How a single file becomes a pipeline. Files carry weights only; the rest comes from `config`,
-// or, without one, from the tensors and sdtune's own SD 1.x/2.x configs, tokenizer and scheduler
+// or, without one, from the tensors and sdtune's own SD 1.x/2.x/XL configs, tokenizer and scheduler
 // (formats/single_file_configs.h, text/clip_vocabulary.h), with the settings of the original LDM
 // config where A1111 keeps one beside the file (MODEL.yaml for MODEL.safetensors).
 struct SingleFileOptions {
