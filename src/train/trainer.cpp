@@ -379,7 +379,7 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
   // the loop; the caches are filled shard by shard.
   TrainingData data(o, m.base,
                     {m.tokenizer, m.vae, m.text_encoder, m.device, m.weight_dtype, m.amp,
-                     m.tokenizer_2 ? &*m.tokenizer_2 : nullptr},
+                     m.tokenizer_2 ? &*m.tokenizer_2 : nullptr, m.text_encoder_2},
                     {ranks.rank(), ranks.world(), [&] { ranks.barrier(); }}, summary,
                     [&](const std::string& s) { hooks.say(s); });
   const StepOptions step_opts = step_options(o, m);

@@ -81,14 +81,18 @@ TrainingData::TrainingData(const TrainOptions& o, const io::ModelFolder& base,
     TextEmbeddingCache cache(
         cache_dir / "text",
         TextEmbeddingCache::scope_of(base, o.variant, enc.weight_dtype, enc.autocast));
-    std::vector<std::vector<int64_t>> ids;
-    for (const auto& ex : examples_) ids.push_back(enc.tokenizer.encode_padded(ex.caption));
+    std::vector<std::vector<int64_t>> ids, ids_2;
+    for (const auto& ex : examples_) {
+      ids.push_back(enc.tokenizer.encode_padded(ex.caption));
+      if (enc.tokenizer_2) ids_2.push_back(enc.tokenizer_2->encode_padded(ex.caption));
+    }
     if (shards.world > 1) {  // this rank's share first; then every rank reads all
-      cache.prepare(shards.mine(ids), enc.text_encoder, enc.autocast);
+      cache.prepare(shards.mine(ids), shards.mine(ids_2), enc.text_encoder, enc.text_encoder_2,
+                    enc.autocast);
       shards.sync();
     }
     const int64_t own = cache.computed();
-    cached_text_ = cache.prepare(ids, enc.text_encoder, enc.autocast);
+    cached_text_ = cache.prepare(ids, ids_2, enc.text_encoder, enc.text_encoder_2, enc.autocast);
     summary.text_cache_hits = cache.hits() - own;
     summary.text_cache_computed = cache.computed();
   }
@@ -151,7 +155,7 @@ std::vector<int64_t> TrainingData::next_indices() {
 }
 
 Batch TrainingData::next_batch(at::Generator& gen) {
-  std::vector<at::Tensor> pixels, means, logvars, ids, ids_2, contexts;
+  std::vector<at::Tensor> pixels, means, logvars, ids, ids_2, contexts, pooled;
   std::vector<float> time_ids;
   for (int64_t i : next_indices()) {
     const data::Example& ex = examples_[i];
@@ -171,12 +175,15 @@ Batch TrainingData::next_batch(at::Generator& gen) {
         throw Error("training image became unreadable during training", ex.image.string());
       pixels.push_back(*image);
     }
-    if (o_.cache_text_encoder_outputs)
-      contexts.push_back(cached_text_[i]);
-    else
+    if (o_.cache_text_encoder_outputs) {
+      contexts.push_back(cached_text_[i].context);
+      if (enc_.tokenizer_2) pooled.push_back(cached_text_[i].pooled);
+    } else {
       ids.push_back(at::tensor(enc_.tokenizer.encode_padded(ex.caption), at::kLong));
+      if (enc_.tokenizer_2)
+        ids_2.push_back(at::tensor(enc_.tokenizer_2->encode_padded(ex.caption), at::kLong));
+    }
     if (enc_.tokenizer_2) {
-      ids_2.push_back(at::tensor(enc_.tokenizer_2->encode_padded(ex.caption), at::kLong));
       // SDXL's micro-conditioning: (original h, w, crop top, left, target h, w).
       for (const int64_t v : {placement.source.height, placement.source.width, placement.top,
                               placement.left, placement.crop.height, placement.crop.width})
@@ -193,14 +200,14 @@ Batch TrainingData::next_batch(at::Generator& gen) {
     if (b.posterior.mean.scalar_type() != enc_.weight_dtype)
       throw Error("internal: the VAE's posterior is not in the VAE's dtype");
   }
-  if (o_.cache_text_encoder_outputs)
+  if (o_.cache_text_encoder_outputs) {
     b.context = at::stack(contexts).to(enc_.device);
-  else
+    if (enc_.tokenizer_2) b.text_embeds = at::stack(pooled).to(enc_.device);
+  } else {
     b.input_ids = at::stack(ids).to(enc_.device);
-  if (enc_.tokenizer_2) {
-    b.input_ids_2 = at::stack(ids_2).to(enc_.device);
-    b.time_ids = at::tensor(time_ids).view({-1, 6}).to(enc_.device);
+    if (enc_.tokenizer_2) b.input_ids_2 = at::stack(ids_2).to(enc_.device);
   }
+  if (enc_.tokenizer_2) b.time_ids = at::tensor(time_ids).view({-1, 6}).to(enc_.device);
   return b;
 }
 

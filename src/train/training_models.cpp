@@ -81,8 +81,7 @@ void TrainingModels::freeze_text_encoder() {
 void check_sdxl_options(const TrainOptions& o, const io::ModelFolder& base) {
   if (base.component_config("unet").get_string("addition_embed_type", "") != "text_time") return;
   const std::pair<bool, const char*> unsupported[] = {
-      {o.train_text_encoder && !o.lora.enabled(), "--train-text-encoder without LoRA"},
-      {o.cache_text_encoder_outputs, "--cache-text-encoder-outputs"}};
+      {o.train_text_encoder && !o.lora.enabled(), "--train-text-encoder without LoRA"}};
   for (const auto& [on, what] : unsupported)
     if (on)
       throw Error(std::string(what) +

@@ -15,6 +15,7 @@ StepInputs draw_step_inputs(const Batch& batch, at::Generator& gen, const StepOp
   in.context = batch.context;
   in.input_ids = batch.input_ids;
   in.input_ids_2 = batch.input_ids_2;
+  in.text_embeds = batch.text_embeds;
   in.time_ids = batch.time_ids;
   return in;
 }
@@ -33,6 +34,8 @@ StepLoss training_step(models::UNet2DConditionModel unet, models::CLIPTextModel 
     if (unet->config.text_time_embedding) {
       if (!in.time_ids.defined()) throw Error("internal: an SDXL training step without time ids");
       at::Tensor pooled = in.text_embeds;
+      if (context.defined() != pooled.defined())
+        throw Error("internal: an SDXL step needs the cached context and pooled vector together");
       if (!context.defined()) {
         std::optional<at::NoGradGuard> frozen;
         if (!text_encoder_trains) frozen.emplace();

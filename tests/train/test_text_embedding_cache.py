@@ -121,3 +121,45 @@ def test_a_trained_text_encoder_cannot_be_cached(tiny, run_sdtune, tmp_path):
     assert proc.returncode != 0
     assert "--cache-text-encoder-outputs needs a frozen text encoder" in proc.stderr
     assert not (tmp_path / "cache").exists()
+
+
+def test_sdxl_cached_run_trains_exactly_as_uncached(pipeline, run_sdtune, tmp_path):
+    """SDXL: an entry holds both encoders' hidden states side by side and the pooled projection
+    (train_text_to_image_sdxl.py's precomputed prompt_embeds and pooled_prompt_embeds); the time ids
+    still come from each image. Batch 1, as above: bitwise."""
+    xl = pipeline("sdxl")[0]
+    data = make_images(tmp_path / "data", CAPTIONS)
+    common = ["--random-flip", "--center-crop", "--batch-size", 1]
+    run_sdtune(*train_args(xl, data, tmp_path / "plain", *common))
+    flags = ["--cache-text-encoder-outputs", "--cache-latents", "--cache-dir", tmp_path / "cache"]
+    first = run_sdtune(*train_args(xl, data, tmp_path / "first", *common, *flags))
+    second = run_sdtune(*train_args(xl, data, tmp_path / "second", *common, *flags))
+    assert "text embedding cache: 0 read, 3 computed" in first.stdout
+    assert "text embedding cache: 3 read, 0 computed" in second.stdout
+    ref = unet(tmp_path / "plain")
+    for run in ("first", "second"):
+        ours = unet(tmp_path / run)
+        assert all(torch.equal(ref[k], ours[k]) for k in ref), run
+    base = load_file(Path(xl) / "unet" / "diffusion_pytorch_model.safetensors")
+    assert any(not torch.equal(base[k], ref[k]) for k in base)
+    # The SD 1.x cache's entries are not SDXL's: another scope, so nothing is shared.
+    tiny = pipeline("tiny")[0]
+    run_sdtune(*train_args(tiny, data, tmp_path / "sd1", *common, *flags))
+    assert len(entries(tmp_path / "cache")) == 6
+
+
+def test_sdxl_entries_are_diffusers_prompt_embeds(pipeline, run_sdtune, tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+
+    xl = pipeline("sdxl")[0]
+    data = make_images(tmp_path / "data", ["Yoda ninja portrait"])
+    cache = tmp_path / "cache"
+    run_sdtune(*train_args(xl, data, tmp_path / "out", "--cache-text-encoder-outputs", "--cache-dir", cache,
+                           "--max-steps", 1, "--batch-size", 1))
+    (entry,) = entries(cache)
+    ours = load_file(entry)
+    pipe = StableDiffusionXLPipeline.from_pretrained(xl)
+    with torch.no_grad():
+        context, _, pooled, _ = pipe.encode_prompt("Yoda ninja portrait", do_classifier_free_guidance=False)
+    check("SDXL text cache: context", ours["context"], context[0], 1e-5)
+    check("SDXL text cache: pooled", ours["text_embeds"], pooled[0], 1e-5)

@@ -18,6 +18,7 @@
 #include "sdtune/models/clip_text_model.h"
 #include "sdtune/text/clip_tokenizer.h"
 #include "sdtune/train/latent_cache.h"
+#include "sdtune/train/text_embedding_cache.h"
 #include "sdtune/train/trainer.h"
 
 namespace sdtune::train {
@@ -29,7 +30,9 @@ namespace sdtune::train {
 struct Batch {
   models::DiagonalGaussian posterior;
   at::Tensor input_ids, context;
-  at::Tensor input_ids_2, time_ids;
+  // SDXL: the second tokenizer's ids (or, from the text cache, the pooled text_embeds beside
+  // `context`) and the images' size/crop time ids.
+  at::Tensor input_ids_2, text_embeds, time_ids;
 };
 
 // The frozen models that turn examples into inputs, and how they run.
@@ -41,6 +44,7 @@ struct DataEncoders {
   at::ScalarType weight_dtype;  // of the frozen VAE and text encoder
   std::optional<at::ScalarType> autocast;
   const text::ClipTokenizer* tokenizer_2 = nullptr;  // SDXL: its batches carry ids and time ids
+  models::CLIPTextModel text_encoder_2{nullptr};     // SDXL, to fill the text-embedding cache
 };
 
 // This rank's share of the cache entries to compute, and the barrier after which every rank's
@@ -96,7 +100,7 @@ class TrainingData {
   std::vector<data::BucketResolution> sizes_;
   int64_t n_instance_ = 0, n_class_ = 0;
   std::vector<CachedLatents> cached_latents_;
-  std::vector<at::Tensor> cached_text_;
+  std::vector<CaptionEmbedding> cached_text_;
   std::optional<data::BatchSampler> sampler_;
 
   std::vector<int64_t> next_indices();  // the examples of the next micro-batch
