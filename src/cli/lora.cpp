@@ -75,7 +75,7 @@ void convert(const ConvertArgs& a) {
   }
   const lora::LoraFile file = lora::read_lora_file(a.lora);
   const auto layers = lora::resolve(file, targets, a.lora);
-  lora::write_lora_file(a.out, layers, format);
+  lora::write_lora_file(a.out, layers, format, unet.ptr().get());
   std::printf("%zu layers written to %s (%s)\n", layers.size(), a.out.c_str(), a.format.c_str());
 }
 

@@ -1,5 +1,6 @@
 #include "sdtune/formats/single_file_keys.h"
 
+#include <algorithm>
 #include <cctype>
 #include <utility>
 
@@ -210,6 +211,36 @@ SingleFileLayout SingleFileLayout::from_configs(const io::JsonConfig& unet,
   return l;
 }
 
+SingleFileLayout unet_layout_from_modules(const std::vector<std::string>& module_paths) {
+  SingleFileLayout l;
+  auto grow = [](auto& v, size_t n) {
+    if (v.size() < n) v.resize(n);
+  };
+  for (const std::string& path : module_paths) {
+    if (path.starts_with("add_embedding.")) l.addition_embedding = true;
+    for (const bool down : {true, false}) {
+      const std::string head = down ? "down_blocks." : "up_blocks.";
+      if (!path.starts_with(head)) continue;
+      const auto block = split_index(path.substr(head.size()));
+      if (!block) continue;
+      const auto b = static_cast<size_t>(block->first);
+      const std::string& rest = block->second;
+      grow(down ? l.down_attention : l.up_attention, b + 1);
+      if (rest.starts_with("attentions.")) (down ? l.down_attention : l.up_attention)[b] = true;
+      if (down && rest.starts_with("resnets.")) {
+        grow(l.layers_per_block, b + 1);
+        if (const auto j = split_index(rest.substr(8)))
+          l.layers_per_block[b] = std::max(l.layers_per_block[b], j->first + 1);
+      }
+    }
+  }
+  // std::vector<bool> resizes separately from the counts: all three have the levels' length.
+  const size_t levels = l.layers_per_block.size();
+  l.down_attention.resize(levels);
+  l.up_attention.resize(levels);
+  return l;
+}
+
 SingleFileKeys::SingleFileKeys(const SingleFileLayout& layout)
     : text_(layout.text), text_layers_(layout.text_layers) {
   const std::string u = "model.diffusion_model.";
@@ -312,6 +343,13 @@ std::optional<SingleFileKey> SingleFileKeys::to_single(SingleFileComponent compo
     rest = *renamed;
   }
   return SingleFileKey{component, key, best->single + "." + rest, conv1x1};
+}
+
+std::optional<std::string> SingleFileKeys::unet_module_to_single(const std::string& path) const {
+  static const std::string unet = "model.diffusion_model.", leaf = ".weight";
+  const auto k = to_single(C::Unet, path + leaf);
+  if (!k || !k->single.starts_with(unet)) return std::nullopt;
+  return k->single.substr(unet.size(), k->single.size() - unet.size() - leaf.size());
 }
 
 std::optional<SingleFileKey> SingleFileKeys::to_diffusers(const std::string& key) const {

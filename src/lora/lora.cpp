@@ -10,6 +10,7 @@
 
 #include "sdtune/error.h"
 #include "sdtune/formats/lora_keys.h"
+#include "sdtune/formats/single_file_keys.h"
 #include "sdtune/io/safetensors.h"
 #include "sdtune/io/state_dict.h"
 #include "sdtune/io/tensor.h"
@@ -28,6 +29,28 @@ double metadata_alpha(const nlohmann::json& md, const std::string& component,
       if (module == key || module.ends_with("." + key)) return value.get<double>();
   const auto alpha = md.find(component + ".lora_alpha");
   return alpha != md.end() && alpha->is_number() ? alpha->get<double>() : static_cast<double>(rank);
+}
+
+// The single-file (SGM) paths of a UNet's modules, by diffusers path. kohya's SDXL files name the
+// UNet's layers so ("lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q"): sd-scripts
+// trains SDXL on the original model's modules. Empty for a model without down blocks.
+std::map<std::string, std::string> single_file_unet_paths(const torch::nn::Module& unet) {
+  std::vector<std::string> paths;
+  for (const auto& item : unet.named_modules("", /*include_self=*/false))
+    paths.push_back(item.key());
+  const formats::SingleFileLayout layout = formats::unet_layout_from_modules(paths);
+  std::map<std::string, std::string> out;
+  if (layout.layers_per_block.empty()) return out;
+  const formats::SingleFileKeys keys(layout);
+  for (const auto& path : paths)
+    if (const auto single = keys.unet_module_to_single(path)) out[path] = *single;
+  return out;
+}
+
+bool is_sdxl_unet(const torch::nn::Module& unet) {
+  for (const auto& item : unet.named_modules("", false))
+    if (item.key() == "add_embedding") return true;
+  return false;
 }
 
 }  // namespace
@@ -114,6 +137,8 @@ std::vector<LoraLayer> resolve(const LoraFile& file,
   // Every weight-bearing module of each model, by its path and by its kohya name.
   std::map<std::string, std::pair<std::string, at::Tensor>> by_name;  // (component, name) key
   for (const auto& [component, model] : models) {
+    std::map<std::string, std::string> single;
+    if (component == "unet") single = single_file_unet_paths(*model);
     for (const auto& item : model->named_modules("", /*include_self=*/false)) {
       const auto params = item.value()->named_parameters(/*recurse=*/false);
       const at::Tensor* w = params.find("weight");
@@ -121,6 +146,9 @@ std::vector<LoraLayer> resolve(const LoraFile& file,
       const std::string& path = item.key();
       by_name[component + "\n" + path] = {path, *w};
       by_name[component + "\n" + formats::kohya_layer_name(component, path)] = {path, *w};
+      // kohya's SDXL files name the UNet's layers by the single file's module paths.
+      if (const auto it = single.find(path); it != single.end())
+        by_name[component + "\n" + formats::kohya_layer_name(component, it->second)] = {path, *w};
       // SDXL's kohya files name the first text encoder lora_te1_.
       if (component == "text_encoder")
         by_name[component + "\n" + formats::kohya_layer_name(component, path, true)] = {path, *w};
@@ -187,19 +215,30 @@ void merge(torch::nn::Module& model, const std::string& component,
   }
 }
 
-void write_lora_file(const fs::path& path, const std::vector<LoraLayer>& layers, Format format) {
+void write_lora_file(const fs::path& path, const std::vector<LoraLayer>& layers, Format format,
+                     const torch::nn::Module* unet) {
   std::vector<std::pair<std::string, at::Tensor>> tensors;
   std::map<std::string, std::string> metadata;
   if (format == Format::Kohya) {
-    // SDXL's files (two text encoders) name the first one lora_te1_, as kohya, A1111 and ComfyUI
-    // read them.
-    const bool sdxl = std::any_of(layers.begin(), layers.end(), [](const LoraLayer& l) {
-      return l.component == "text_encoder_2";
-    });
+    // SDXL's files name the first text encoder lora_te1_ (beside lora_te2_) and the UNet's layers
+    // by their single-file paths, as sd-scripts writes them and A1111 and ComfyUI read them.
+    const bool sdxl = (unet && is_sdxl_unet(*unet)) ||
+                      std::any_of(layers.begin(), layers.end(), [](const LoraLayer& l) {
+                        return l.component == "text_encoder_2";
+                      });
+    std::map<std::string, std::string> single;
+    if (sdxl && unet) single = single_file_unet_paths(*unet);
     for (const auto& l : layers) {
-      tensors.emplace_back(formats::lora_key(format, l.component, l.module, "down", sdxl), l.down);
-      tensors.emplace_back(formats::lora_key(format, l.component, l.module, "up", sdxl), l.up);
-      tensors.emplace_back(formats::lora_key(format, l.component, l.module, "alpha", sdxl),
+      std::string module = l.module;
+      if (l.component == "unet" && sdxl && unet) {
+        const auto it = single.find(l.module);
+        if (it == single.end())
+          throw Error("no single-file name for the UNet layer " + l.module, path.string());
+        module = it->second;
+      }
+      tensors.emplace_back(formats::lora_key(format, l.component, module, "down", sdxl), l.down);
+      tensors.emplace_back(formats::lora_key(format, l.component, module, "up", sdxl), l.up);
+      tensors.emplace_back(formats::lora_key(format, l.component, module, "alpha", sdxl),
                            at::scalar_tensor(l.alpha, at::kFloat));
     }
   } else {

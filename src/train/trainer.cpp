@@ -270,7 +270,7 @@ void save_result(const TrainingModels& m, const Ema* ema, TrainSummary& summary)
     fs::create_directories(out);
     const auto layers = lora_layers(m);
     lora::write_lora_file(out / kLoraFile, layers, lora::Format::Diffusers);
-    lora::write_lora_file(out / kKohyaLoraFile, layers, lora::Format::Kohya);
+    lora::write_lora_file(out / kKohyaLoraFile, layers, lora::Format::Kohya, m.unet.ptr().get());
     summary.lora_files = {out / kLoraFile, out / kKohyaLoraFile};
   } else {
     save_final_model(m.base, out, pipeline_weights(m, ema));

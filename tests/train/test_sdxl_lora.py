@@ -8,7 +8,7 @@ load_lora_weights gives the image `sdtune generate --lora` gives."""
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from parity import assert_same_image
 from train_runs import random_images
 
@@ -35,6 +35,11 @@ def test_sdxl_dreambooth_lora_loads_in_diffusers(pipeline, run_sdtune, tmp_path)
     assert prefixes == {"unet", "text_encoder", "text_encoder_2"}, prefixes
     kohya = load_file(out / "lora_kohya.safetensors")
     assert {k.split("_")[1] for k in kohya} == {"unet", "te1", "te2"}, sorted(kohya)[:5]
+    # sd-scripts' SDXL names: the UNet's layers by the single file's module paths.
+    unet_keys = [k for k in kohya if k.startswith("lora_unet_")]
+    assert "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.lora_down.weight" in kohya, unet_keys[:5]
+    assert "lora_unet_middle_block_1_transformer_blocks_1_attn2_to_k.alpha" in kohya, unet_keys[:5]
+    assert not any(k.startswith(("lora_unet_down_blocks_", "lora_unet_up_blocks_")) for k in unet_keys)
 
     prompt, seed, steps = "a photo of sks dog", 6, 4
     reference = StableDiffusionXLPipeline.from_pretrained(folder, add_watermarker=False)
@@ -61,3 +66,17 @@ def test_sdxl_dreambooth_lora_loads_in_diffusers(pipeline, run_sdtune, tmp_path)
         assert_same_image(ours(lora, lora.stem + ".png"), theirs)
         # The LoRA changed the picture: the comparison above is not the base model's twice.
         assert np.abs(theirs.astype(int) - base.astype(int)).max() > 8, lora.name
+
+    # A kohya SDXL file with diffusers' module names for the UNet (as other tools write them) is
+    # the same LoRA: alpha = rank, as the run's.
+    renamed = {}
+    for key, value in layers.items():
+        component, rest = key.split(".", 1)
+        module, part = rest.rsplit(".lora_", 1)
+        name = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}[component]
+        name += module.replace(".", "_")
+        renamed[f"{name}.lora_{'down' if part.startswith('A') else 'up'}.weight"] = value
+        renamed[f"{name}.alpha"] = torch.tensor(4.0)
+    save_file(renamed, tmp_path / "diffusers_named_kohya.safetensors")
+    assert np.array_equal(ours(tmp_path / "diffusers_named_kohya.safetensors", "renamed.png"),
+                          ours(out / "lora_kohya.safetensors", "kohya_again.png"))

@@ -63,6 +63,11 @@ struct SingleFileLayout {
                                        const io::JsonConfig* text_encoder_2 = nullptr);
 };
 
+// The UNet's part of a layout, read from the UNet's module paths ("down_blocks.1.resnets.0",
+// "down_blocks.1.attentions.0.proj_in", "add_embedding.linear_1", ...): to name a UNet's modules
+// as the single file does without its config (kohya's SDXL LoRA files use those names).
+SingleFileLayout unet_layout_from_modules(const std::vector<std::string>& module_paths);
+
 class SingleFileKeys {
  public:
   explicit SingleFileKeys(const SingleFileLayout& layout);
@@ -73,6 +78,10 @@ class SingleFileKeys {
   // The component and diffusers name of a single file's key; nullopt for keys that belong to no
   // component (EMA copies, the noise schedule's buffers, OpenCLIP's extras, ...).
   std::optional<SingleFileKey> to_diffusers(const std::string& single_key) const;
+  // A UNet module's path in the single file without "model.diffusion_model."
+  // ("down_blocks.1.attentions.0.proj_in" -> "input_blocks.4.1.proj_in"); nullopt when the table
+  // has none.
+  std::optional<std::string> unet_module_to_single(const std::string& module_path) const;
 
  private:
   enum class Leaves { Same, UnetResnet, VaeResnet, VaeAttention };

@@ -46,7 +46,8 @@ LoraFile read_lora_file(const std::filesystem::path& path);
 
 // Matches the file's layers to the modules of `models` ("unet", "text_encoder"). Layers that match
 // no Linear/Conv2d weight of the right shape are an Error naming them (a LoRA for another
-// architecture), with the file as source.
+// architecture), with the file as source. kohya's UNet layers may be named by diffusers' module
+// paths or by the single file's (SDXL files: "lora_unet_input_blocks_4_1_...").
 std::vector<LoraLayer> resolve(const LoraFile& file,
                                const std::map<std::string, const torch::nn::Module*>& models,
                                const std::string& source);
@@ -58,9 +59,12 @@ void merge(torch::nn::Module& model, const std::string& component,
            const std::vector<LoraLayer>& layers, double scale);
 
 // Writes the layers in either layout (atomically). Diffusers: one rank and alpha per component in
-// the metadata, or PEFT's rank_pattern/alpha_pattern when layers differ.
+// the metadata, or PEFT's rank_pattern/alpha_pattern when layers differ. Kohya, given an SDXL
+// `unet` (the model the layers belong to): its layers under their single-file names
+// ("lora_unet_input_blocks_4_1_..."), as sd-scripts writes SDXL LoRAs; SD 1.x/2.x files keep
+// diffusers' module names ("lora_unet_down_blocks_0_..."), as sd-scripts writes those.
 void write_lora_file(const std::filesystem::path& path, const std::vector<LoraLayer>& layers,
-                     Format format);
+                     Format format, const torch::nn::Module* unet = nullptr);
 
 // "FILE" or "FILE:SCALE" (the last ':' followed by a number) -> (FILE, SCALE), scale 1 by default.
 std::pair<std::filesystem::path, double> parse_lora_argument(const std::string& arg);
