@@ -131,9 +131,13 @@ void TrainState::restore(const fs::path& dir) {
                         : "a LoRA checkpoint: resume it with the run's --lora-rank",
                 dir.string());
   // A text encoder trained in full is in the pipeline folder (fp32).
-  if (full_text_encoder)
+  if (full_text_encoder) {
     io::load_files_into(*text_encoder, {dir / "text_encoder/model.safetensors"},
                         (dir / "text_encoder").string(), formats::clip_text_ignored_keys());
+    if (text_encoder_2)
+      io::load_files_into(*text_encoder_2, {dir / "text_encoder_2/model.safetensors"},
+                          (dir / "text_encoder_2").string(), formats::clip_text_ignored_keys());
+  }
   for (const Part& p : parts(*this, dir)) {
     auto it = ckpt.state.find(p.name);
     p.load(it == ckpt.state.end() ? nullptr : &it->second);

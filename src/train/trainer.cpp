@@ -295,6 +295,7 @@ TrainState train_state(TrainingModels& m, Optimization& opt, TrainingData& data,
                        at::Generator data_gen, at::Generator noise_gen) {
   return {.unet = m.unet,
           .text_encoder = m.text_encoder,
+          .text_encoder_2 = m.text_encoder_2,
           .full_text_encoder = m.full_text_encoder,
           .adapters = m.lora_on ? &m.adapters : nullptr,
           .optimizer = opt.optimizer.get(),
@@ -361,7 +362,6 @@ TrainSummary train(const TrainOptions& o, const TrainHooks& hooks) {
   TrainSummary summary;
   summary.rank = ranks.rank();
   summary.world_size = ranks.world();
-  check_sdxl_options(o, io::ModelFolder::open(o.model));
   if (o.dreambooth.enabled && o.dreambooth.with_prior_preservation)
     ensure_class_images(o, summary, hooks, ranks);
 

@@ -45,8 +45,10 @@ TrainingModels::TrainingModels(const TrainOptions& o)
   o.train_text_encoder ? text_encoder->train() : text_encoder->eval();
   if (unet->config.text_time_embedding) {
     tokenizer_2 = text::ClipTokenizer::load(base.component_dir("tokenizer_2"));
-    text_encoder_2 = models::load_text_encoder(base, frozen, "text_encoder_2");
-    for (auto& p : text_encoder_2->parameters()) p.set_requires_grad(false);
+    // Trained in full with the first one (kohya's sdxl_train.py --train_text_encoder), or frozen.
+    text_encoder_2 =
+        models::load_text_encoder(base, full_text_encoder ? fp32 : frozen, "text_encoder_2");
+    for (auto& p : text_encoder_2->parameters()) p.set_requires_grad(full_text_encoder);
     o.train_text_encoder ? text_encoder_2->train() : text_encoder_2->eval();
   }
   unet->train();
@@ -67,8 +69,10 @@ TrainingModels::TrainingModels(const TrainOptions& o)
   unet_params = lora_on ? adapter_tensors(adapters["unet"]) : unet->parameters();
   if (o.train_text_encoder) {
     te_params = lora_on ? adapter_tensors(adapters["text_encoder"]) : text_encoder->parameters();
-    if (lora_on && text_encoder_2)
-      for (const auto& t : adapter_tensors(adapters["text_encoder_2"])) te_params.push_back(t);
+    if (text_encoder_2)  // SDXL: the second encoder's after the first's, in one group
+      for (const auto& t :
+           lora_on ? adapter_tensors(adapters["text_encoder_2"]) : text_encoder_2->parameters())
+        te_params.push_back(t);
   }
 }
 
@@ -76,18 +80,6 @@ void TrainingModels::freeze_text_encoder() {
   for (const auto& p : te_params) p.set_requires_grad(false);
   text_encoder->eval();
   if (text_encoder_2) text_encoder_2->eval();
-}
-
-void check_sdxl_options(const TrainOptions& o, const io::ModelFolder& base) {
-  if (base.component_config("unet").get_string("addition_embed_type", "") != "text_time") return;
-  const std::pair<bool, const char*> unsupported[] = {
-      {o.train_text_encoder && !o.lora.enabled(), "--train-text-encoder without LoRA"}};
-  for (const auto& [on, what] : unsupported)
-    if (on)
-      throw Error(std::string(what) +
-                      " is not implemented for SDXL yet (SDXL trains the UNet in full, or LoRA "
-                      "adapters on the UNet and both text encoders)",
-                  base.root().string());
 }
 
 StepOptions step_options(const TrainOptions& o, const TrainingModels& m) {
@@ -108,6 +100,7 @@ io::SavedWeights pipeline_weights(const TrainingModels& m, const Ema* ema) {
   io::SavedWeights w;
   w.unet = module_weights(*m.unet, ema ? &ema->shadow_params() : nullptr);
   if (m.full_text_encoder) w.text_encoder = module_weights(*m.text_encoder);
+  if (m.full_text_encoder && m.text_encoder_2) w.text_encoder_2 = module_weights(*m.text_encoder_2);
   return w;
 }
 

@@ -339,6 +339,26 @@ def test_stop_text_encoder_training_freezes_it_from_that_step(tiny, run_sdtune, 
     assert proc.returncode != 0 and "--stop-text-encoder-training needs --train-text-encoder" in proc.stderr
 
 
+def test_sdxl_with_both_text_encoders_resumes_bitwise(pipeline, run_sdtune, tmp_path):
+    """SDXL's two text encoders trained in full: a checkpoint holds both (in its pipeline folder) and
+    the optimizer's state of each; the resumed run equals the straight one."""
+    xl = pipeline("sdxl")[0]
+    data = make_images(tmp_path / "data")
+    extra = ["--train-text-encoder", "--checkpointing-steps", 2, "--seed", 5, "--random-flip"]
+    run_sdtune(*base_args(xl, data, tmp_path / "straight", "--max-steps", 4, *extra))
+    run_sdtune(*base_args(xl, data, tmp_path / "resumed", "--max-steps", 2, *extra))
+    run_sdtune(*base_args(xl, data, tmp_path / "resumed", "--max-steps", 4, *extra, "--resume-from-checkpoint",
+                          "latest"))
+    a, b = tmp_path / "straight", tmp_path / "resumed"
+    for name in ("unet/diffusion_pytorch_model", "text_encoder/model", "text_encoder_2/model"):
+        assert tensors_equal(a / f"{name}.safetensors", b / f"{name}.safetensors"), name
+    assert tensors_equal(a / "checkpoint-4/training_state/optimizer.safetensors",
+                         b / "checkpoint-4/training_state/optimizer.safetensors")
+    base = load_file(Path(xl) / "text_encoder_2/model.safetensors")
+    trained = load_file(a / "text_encoder_2/model.safetensors")
+    assert any(not torch.equal(base[k], trained[k]) for k in base if base[k].is_floating_point())
+
+
 def test_adafactor_resumes_bitwise_in_less_state(tiny, run_sdtune, tmp_path):
     """--optimizer adafactor: a run resumed from its checkpoint equals the straight one (the
     factored moments and step counts are saved and restored), its state is a fraction of AdamW's,

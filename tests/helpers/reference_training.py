@@ -70,7 +70,9 @@ def reference_run(folder, images, captions, *, steps, batch, accum, lr, seed, us
     With `sdxl_time_ids` (one row of six per image) the folder is an SDXL pipeline, trained as
     train_text_to_image_sdxl.py does: the context is both encoders' penultimate hidden states side
     by side, and the UNet also gets the second encoder's pooled projection and the image's time ids.
-    `images` are then the training crops themselves."""
+    `images` are then the training crops themselves. With `train_text_encoder` both encoders train,
+    the second's parameters after the first's in one group (kohya's sdxl_train.py), and the last
+    value returned is the pair of their weights."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel, compute_snr
@@ -90,11 +92,22 @@ def reference_run(folder, images, captions, *, steps, batch, accum, lr, seed, us
     text_encoder.train(train_text_encoder)
     before = {k: v.detach().clone() for k, v in unet.state_dict().items()}
 
+    if sdxl_time_ids is not None:
+        from transformers import CLIPTextModelWithProjection
+
+        tokenizer_2 = CLIPTokenizer.from_pretrained(folder / "tokenizer_2")
+        text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2").to(dtype)
+        text_encoder_2.requires_grad_(train_text_encoder)
+        text_encoder_2.train(train_text_encoder)
+
     groups = [{"params": list(unet.parameters()), "lr": lr}]
     params = list(unet.parameters())
     if train_text_encoder:
-        groups.append({"params": list(text_encoder.parameters()), "lr": text_encoder_lr or lr})
-        params += list(text_encoder.parameters())
+        encoders = list(text_encoder.parameters())
+        if sdxl_time_ids is not None:
+            encoders += list(text_encoder_2.parameters())
+        groups.append({"params": encoders, "lr": text_encoder_lr or lr})
+        params += encoders
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8, fused=True)
     lr_sched = get_scheduler(lr_scheduler, optimizer=optimizer, num_warmup_steps=warmup, num_training_steps=steps)
     ema = EMAModel(unet.parameters()) if use_ema else None
@@ -103,11 +116,6 @@ def reference_run(folder, images, captions, *, steps, batch, accum, lr, seed, us
     ids = tokenizer(captions, max_length=tokenizer.model_max_length, padding="max_length", truncation=True,
                     return_tensors="pt").input_ids
     if sdxl_time_ids is not None:
-        from transformers import CLIPTextModelWithProjection
-
-        tokenizer_2 = CLIPTokenizer.from_pretrained(folder / "tokenizer_2")
-        text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2").to(dtype)
-        text_encoder_2.requires_grad_(False)
         ids_2 = tokenizer_2(captions, max_length=tokenizer_2.model_max_length, padding="max_length",
                             truncation=True, return_tensors="pt").input_ids
         all_time_ids = torch.tensor(sdxl_time_ids, dtype=torch.float32).to(dtype)
@@ -181,6 +189,8 @@ def reference_run(folder, images, captions, *, steps, batch, accum, lr, seed, us
         ema.copy_to(unet.parameters())
         averaged = {k: v.detach().clone() for k, v in unet.state_dict().items()}
     te = {k: v.detach().clone() for k, v in text_encoder.state_dict().items()} if train_text_encoder else None
+    if te is not None and sdxl_time_ids is not None:
+        te = (te, {k: v.detach().clone() for k, v in text_encoder_2.state_dict().items()})
     return losses, before, trained, averaged, te
 
 

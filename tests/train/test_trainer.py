@@ -84,10 +84,13 @@ def test_steps_match_diffusers_training_loop(case, pipeline, run_sdtune, tmp_pat
         check_update(f"{case} text encoder", ours_te, te, exact_te, base_te, c["text_encoder_lr"])
 
 
-def test_sdxl_steps_match_diffusers_sdxl_recipe(pipeline, run_sdtune, tmp_path):
+@pytest.mark.parametrize("train_text_encoder", [False, True])
+def test_sdxl_steps_match_diffusers_sdxl_recipe(pipeline, run_sdtune, tmp_path, train_text_encoder):
     """`sdtune train` on an SDXL pipeline against train_text_to_image_sdxl.py's loop: images wider
     than the resolution are center-cropped (resizing is the identity at this height), and each one
-    is conditioned on its own size and crop: (original h, w, crop top, left, target h, w)."""
+    is conditioned on its own size and crop: (original h, w, crop top, left, target h, w). With
+    --train-text-encoder both encoders train in full as well (kohya's sdxl_train.py; diffusers' SDXL
+    script freezes them), in one group at --text-encoder-lr."""
     import numpy as np
     from PIL import Image
 
@@ -107,20 +110,37 @@ def test_sdxl_steps_match_diffusers_sdxl_recipe(pipeline, run_sdtune, tmp_path):
     (data / "metadata.jsonl").write_text("".join(
         json.dumps({"file_name": f"{i}.png", "text": c}) + "\n" for i, c in enumerate(captions)))
     c = dict(steps=2, batch=2, accum=2, use_ema=False, snr_gamma=5.0)
+    extra = []
+    if train_text_encoder:
+        c.update(train_text_encoder=True, text_encoder_lr=5e-3)
+        extra = ["--train-text-encoder", "--text-encoder-lr", c["text_encoder_lr"]]
     lr, seed = 1e-3, 11
     out = tmp_path / "out"
     run_sdtune("train", "--model", folder, "--data", data, "--out", out, "--resolution", R, "--center-crop",
                "--batch-size", c["batch"], "--gradient-accumulation-steps", c["accum"], "--max-steps", c["steps"],
-               "--learning-rate", lr, "--seed", seed, "--snr-gamma", c["snr_gamma"], "--quiet")
-    ref_losses, before, trained, _, _ = reference_run(folder, crops, captions, lr=lr, seed=seed,
-                                                      sdxl_time_ids=time_ids, **c)
-    _, _, exact, _, _ = reference_run(folder, crops, captions, lr=lr, seed=seed, sdxl_time_ids=time_ids,
-                                      dtype=torch.float64, **c)
+               "--learning-rate", lr, "--seed", seed, "--snr-gamma", c["snr_gamma"], "--quiet", *extra)
+    ref_losses, before, trained, _, te = reference_run(folder, crops, captions, lr=lr, seed=seed,
+                                                       sdxl_time_ids=time_ids, **c)
+    _, _, exact, _, exact_te = reference_run(folder, crops, captions, lr=lr, seed=seed, sdxl_time_ids=time_ids,
+                                             dtype=torch.float64, **c)
     ours = losses_of(out)
     check("sdxl loss step 1", torch.tensor(ours[0]), torch.tensor(ref_losses[0]), FIRST_LOSS_TOLERANCE)
     check("sdxl losses", torch.tensor(ours), torch.tensor(ref_losses), LOSS_TOLERANCE)
     check_update("sdxl unet", load_file(out / "unet" / "diffusion_pytorch_model.safetensors"), trained, exact,
                  before, lr)
+    if train_text_encoder:
+        canon = lambda sd: {(k if k.startswith(("text_model.", "text_projection.")) else "text_model." + k): v
+                            for k, v in sd.items()}
+        for i, name in enumerate(("text_encoder", "text_encoder_2")):
+            ours_te = canon(load_file(out / name / "model.safetensors"))
+            base_te = canon(load_file(Path(folder) / name / "model.safetensors"))
+            ref_te, exact_ref = ({k: v for k, v in canon(sd[i]).items() if k in ours_te and v.is_floating_point()}
+                                 for sd in (te, exact_te))
+            check_update(f"sdxl {name}", ours_te, ref_te, exact_ref, base_te, c["text_encoder_lr"])
+    else:  # the encoders are the base's
+        for name in ("text_encoder", "text_encoder_2"):
+            assert (out / name / "model.safetensors").read_bytes() == \
+                (Path(folder) / name / "model.safetensors").read_bytes()
     # The result is an SDXL pipeline diffusers loads and runs.
     from diffusers import StableDiffusionXLPipeline
 

@@ -33,7 +33,8 @@ struct TrainCounters {
 struct TrainState {
   models::UNet2DConditionModel unet;
   models::CLIPTextModel text_encoder;
-  bool full_text_encoder = false;        // trained in full: its weights are in the pipeline
+  models::CLIPTextModel text_encoder_2{nullptr};  // SDXL's second
+  bool full_text_encoder = false;  // trained in full (both of SDXL's): the pipeline holds them
   lora::AdapterSet* adapters = nullptr;  // a LoRA run's adapters (none for full fine-tuning)
   Optimizer* optimizer = nullptr;
   Ema* ema = nullptr;  // with --use-ema

@@ -48,13 +48,6 @@ struct TrainingModels {
   schedulers::SchedulerConfig scheduler;
 };
 
-// An SDXL base (its UNet config has text_time conditioning) trains its UNet in full, as
-// train_text_to_image_sdxl.py does, or LoRA adapters on the UNet (and with --train-text-encoder on
-// both text encoders), as train_dreambooth_lora_sdxl.py does, DreamBooth included: an Error naming
-// the option for what is not done yet (full text-encoder training, the text-embedding cache,
-// single-file output). Reads configs only, so that it fails before any weight is loaded.
-void check_sdxl_options(const TrainOptions& o, const io::ModelFolder& base);
-
 // The training step's options: the noise schedule, prediction type, VAE scaling, min-SNR, the
 // prior-preservation weight and the autocast dtype.
 StepOptions step_options(const TrainOptions& o, const TrainingModels& m);
