@@ -10,6 +10,7 @@ APT_PACKAGES=(cmake ninja-build g++ ccache nlohmann-json3-dev libcli11-dev libto
               clang libclang-rt-dev  # clang + libFuzzer: the fuzz targets (fuzz/)
               libyaml-dev  # the LDM .yaml configs A1111 keeps beside single-file checkpoints
               libcurl4-openssl-dev  # sdtune caption: OpenAI-compatible vision-language APIs
+              libcpp-httplib-dev  # sdtune serve: the HTTP server
               libgloo-dev)  # Gloo's headers for c10d's Gloo process group (the wheel has its library)
 # Python: torch supplies LibTorch (its bundled C++ library). diffusers/transformers/open-clip-torch
 # are test-only references; open-clip-torch also carries the real CLIP BPE vocabulary; tensorboard
@@ -19,7 +20,8 @@ APT_PACKAGES=(cmake ninja-build g++ ccache nlohmann-json3-dev libcli11-dev libto
 PY_PACKAGES=(torch==2.15.0 diffusers==0.42.1 transformers==5.23.0 open-clip-torch==3.3.0
              safetensors numpy pillow pytest accelerate pyarrow==26.0.1
              tensorboard==2.21.0 peft==0.21.2
-             torchvision)  # test-only: transformers 5's BLIP image processor resizes through it
+             torchvision  # test-only: transformers 5's BLIP image processor resizes through it
+             webuiapi==0.9.17)  # test-only: an A1111 API client, against `sdtune serve`
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -17,5 +17,6 @@ void add_init(CLI::App& app);
 void add_lora(CLI::App& app);
 void add_convert(CLI::App& app);
 void add_caption(CLI::App& app);
+void add_serve(CLI::App& app);
 
 }  // namespace sdtune::cli

@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
   sdtune::cli::add_lora(app);
   sdtune::cli::add_convert(app);
   sdtune::cli::add_caption(app);
+  sdtune::cli::add_serve(app);
   sdtune::cli::checks::check_every_number(app);
   try {
     app.parse(argc, argv);

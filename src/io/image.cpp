@@ -1,6 +1,7 @@
 #include "sdtune/io/image.h"
 
 #include <algorithm>
+#include <cctype>
 #include <memory>
 #include <mutex>
 
@@ -290,16 +291,35 @@ at::Tensor labelled_grid(const std::vector<at::Tensor>& cells, int64_t rows, int
 }
 
 std::string png_data_url(const at::Tensor& rgb) {
-  const std::string png = encode_png(rgb);
-  std::unique_ptr<gchar, decltype(&g_free)> text(
-      g_base64_encode(reinterpret_cast<const guchar*>(png.data()), png.size()), g_free);
-  return std::string("data:image/png;base64,") + text.get();
+  return "data:image/png;base64," + base64_encode(encode_png(rgb));
 }
 
-std::string encode_png(const at::Tensor& rgb) {
+std::string base64_encode(std::string_view bytes) {
+  std::unique_ptr<gchar, decltype(&g_free)> text(
+      g_base64_encode(reinterpret_cast<const guchar*>(bytes.data()), bytes.size()), g_free);
+  return text.get();
+}
+
+std::string base64_decode(std::string_view text) {
+  for (const char c : text)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '+' || c == '/' || c == '=' ||
+          c == '\n' || c == '\r'))
+      throw Error("not base64 text");
+  // g_base64_decode takes a NUL-terminated string.
+  const std::string copy(text);
+  gsize size = 0;
+  std::unique_ptr<guchar, decltype(&g_free)> bytes(g_base64_decode(copy.c_str(), &size), g_free);
+  return std::string(reinterpret_cast<const char*>(bytes.get()), size);
+}
+
+std::string encode_png(const at::Tensor& rgb, const std::map<std::string, std::string>& text) {
   init_vips();
   try {
-    VipsBlob* blob = from_tensor(rgb).pngsave_buffer();
+    vips::VImage img = from_tensor(rgb);
+    int i = 0;
+    for (const auto& [key, value] : text)
+      img.set(("png-comment-" + std::to_string(i++) + "-" + key).c_str(), value.c_str());
+    VipsBlob* blob = img.pngsave_buffer();
     std::string bytes(static_cast<const char*>(blob->area.data), blob->area.length);
     vips_area_unref(VIPS_AREA(blob));
     return bytes;

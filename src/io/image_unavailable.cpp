@@ -39,8 +39,16 @@ void write_png(const std::filesystem::path& path, const at::Tensor&,
   unavailable(path.string());
 }
 
-std::string encode_png(const at::Tensor&) {
+std::string encode_png(const at::Tensor&, const std::map<std::string, std::string>&) {
   unavailable("PNG");
+}
+
+std::string base64_encode(std::string_view) {
+  unavailable("base64");
+}
+
+std::string base64_decode(std::string_view) {
+  unavailable("base64");
 }
 
 std::string png_data_url(const at::Tensor&) {

@@ -23,9 +23,13 @@ StableDiffusionPipeline::StableDiffusionPipeline(const io::ModelFolder& folder,
     vae_options.dtype = at::kFloat;
   vae_ = models::load_vae(folder, vae_options);
   load_xl_parts(folder);
-  auto config = schedulers::SchedulerConfig::from_json(folder.component_config("scheduler"));
-  scheduler_name_ = schedulers::resolve_scheduler_name(scheduler, config);
-  scheduler_ = schedulers::make_scheduler(scheduler_name_, std::move(config), karras);
+  scheduler_config_ = schedulers::SchedulerConfig::from_json(folder.component_config("scheduler"));
+  set_scheduler(scheduler, karras);
+}
+
+void StableDiffusionPipeline::set_scheduler(const std::string& name, bool karras) {
+  scheduler_name_ = schedulers::resolve_scheduler_name(name, scheduler_config_);
+  scheduler_ = schedulers::make_scheduler(scheduler_name_, scheduler_config_, karras);
 }
 
 StableDiffusionPipeline::StableDiffusionPipeline(
@@ -39,9 +43,8 @@ StableDiffusionPipeline::StableDiffusionPipeline(
       unet_(std::move(unet)),
       vae_(std::move(vae)) {
   load_xl_parts(folder);
-  auto config = schedulers::SchedulerConfig::from_json(folder.component_config("scheduler"));
-  scheduler_name_ = schedulers::resolve_scheduler_name(scheduler, config);
-  scheduler_ = schedulers::make_scheduler(scheduler_name_, std::move(config), false);
+  scheduler_config_ = schedulers::SchedulerConfig::from_json(folder.component_config("scheduler"));
+  set_scheduler(scheduler, false);
 }
 
 void StableDiffusionPipeline::load_xl_parts(const io::ModelFolder& folder) {
@@ -173,7 +176,8 @@ at::Tensor StableDiffusionPipeline::generate(const GenerateOptions& o,
 
 at::Tensor StableDiffusionPipeline::generate(const GenerateOptions& o,
                                              const PromptEmbeddings& prompt_embeddings,
-                                             const StepCallback& on_step) {
+                                             const StepCallback& on_step,
+                                             const LatentCallback& on_latents) {
   c10::InferenceMode inference;
   const int64_t f = vae_scale_factor();
   if (o.steps < 1) throw Error("steps must be at least 1, got " + std::to_string(o.steps));
@@ -240,6 +244,7 @@ at::Tensor StableDiffusionPipeline::generate(const GenerateOptions& o,
     }
     latents = sched.step(noise_pred, t, latents, generator);
     if (on_step) on_step(i, n);
+    if (on_latents) on_latents(latents);
   }
 
   return io::tensor_to_pixels(vae_->decode((latents / vae_->config.scaling_factor).to(vae_dtype_)));

@@ -5,6 +5,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -74,9 +75,14 @@ at::Tensor resize_image(const at::Tensor& rgb, int64_t width, int64_t height);
 void write_png(const std::filesystem::path& path, const at::Tensor& rgb,
                const std::map<std::string, std::string>& text = {});
 
-// uint8 [H,W,3] as the bytes of an 8-bit RGB PNG file (no text chunks), e.g. for the validation
-// images in TensorBoard event files.
-std::string encode_png(const at::Tensor& rgb);
+// uint8 [H,W,3] as the bytes of an 8-bit RGB PNG file, with the given tEXt chunks (none: e.g. the
+// validation images in TensorBoard event files; "parameters": an image served over HTTP).
+std::string encode_png(const at::Tensor& rgb, const std::map<std::string, std::string>& text = {});
+
+// Standard base64 (glib's), as A1111's API carries images.
+std::string base64_encode(std::string_view bytes);
+// The bytes of base64 text; an Error for characters outside the alphabet.
+std::string base64_decode(std::string_view text);
 
 // uint8 [H,W,3] as a PNG data URL ("data:image/png;base64,..."; glib's base64), as chat APIs take
 // images inline.

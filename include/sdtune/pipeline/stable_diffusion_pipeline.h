@@ -50,6 +50,9 @@ struct PromptEmbeddings {
 
 // Called after each denoising step with (step index from 0, number of steps).
 using StepCallback = std::function<void(int64_t, int64_t)>;
+// Called after each denoising step with the latents [N,C,h,w] so far (on the model's device): a
+// live preview. A callback may throw to stop the generation.
+using LatentCallback = std::function<void(const at::Tensor&)>;
 
 class StableDiffusionPipeline {
  public:
@@ -75,7 +78,11 @@ class StableDiffusionPipeline {
   // The same with the prompt embeddings already made by encode_prompt(options): a caller that
   // needs to know whether the prompt was truncated encodes it once, not twice.
   at::Tensor generate(const GenerateOptions& options, const PromptEmbeddings& prompt_embeddings,
-                      const StepCallback& on_step = {});
+                      const StepCallback& on_step = {}, const LatentCallback& on_latents = {});
+
+  // Replaces the scheduler: `name` as --scheduler takes it ("" = the folder's own), with the
+  // folder's scheduler config (e.g. a server's per-request sampler).
+  void set_scheduler(const std::string& name, bool karras);
 
   // An SDXL pipeline: two text encoders and a UNet with text_time conditioning.
   bool is_xl() const { return unet_->config.text_time_embedding; }
@@ -86,6 +93,7 @@ class StableDiffusionPipeline {
   models::CLIPTextModel& text_encoder() { return text_encoder_; }
   models::CLIPTextModel& text_encoder_2() { return text_encoder_2_; }  // SDXL; else null
   const schedulers::Scheduler& scheduler() const { return *scheduler_; }
+  const schedulers::SchedulerConfig& scheduler_config() const { return scheduler_config_; }
   // The scheduler's name as A1111-style tools label it ("PNDM", "Euler a", "DPM++ 2M Karras", ...).
   std::string sampler_label() const;
 
@@ -106,6 +114,7 @@ class StableDiffusionPipeline {
   at::ScalarType vae_dtype_ = at::kFloat;
   models::UNet2DConditionModel unet_{nullptr};
   models::AutoencoderKL vae_{nullptr};
+  schedulers::SchedulerConfig scheduler_config_;  // the folder's
   std::unique_ptr<schedulers::Scheduler> scheduler_;
   std::string scheduler_name_;
 };
