@@ -11,6 +11,7 @@ APT_PACKAGES=(cmake ninja-build g++ ccache nlohmann-json3-dev libcli11-dev libto
               libyaml-dev  # the LDM .yaml configs A1111 keeps beside single-file checkpoints
               libcurl4-openssl-dev  # sdtune caption: OpenAI-compatible vision-language APIs
               libcpp-httplib-dev  # sdtune serve: the HTTP server
+              chromium  # test-only: the headless browser that drives serve's web page
               libgloo-dev)  # Gloo's headers for c10d's Gloo process group (the wheel has its library)
 # Python: torch supplies LibTorch (its bundled C++ library). diffusers/transformers/open-clip-torch
 # are test-only references; open-clip-torch also carries the real CLIP BPE vocabulary; tensorboard
@@ -21,7 +22,8 @@ PY_PACKAGES=(torch==2.15.0 diffusers==0.42.1 transformers==5.23.0 open-clip-torc
              safetensors numpy pillow pytest accelerate pyarrow==26.0.1
              tensorboard==2.21.0 peft==0.21.2
              torchvision  # test-only: transformers 5's BLIP image processor resizes through it
-             webuiapi==0.9.17)  # test-only: an A1111 API client, against `sdtune serve`
+             webuiapi==0.9.17  # test-only: an A1111 API client, against `sdtune serve`
+             playwright==1.65.2)  # test-only: drives Debian's chromium (no browser download)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -3,6 +3,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include "sdtune/error.h"
+#include "sdtune/serve/latent_preview.h"
 
 namespace sdtune::serve {
 
@@ -13,17 +14,18 @@ void Job::start(int64_t images, bool xl) {
 }
 
 void Job::step(int64_t image, int64_t step, int64_t steps, const at::Tensor& latents) {
-  // A copy on the CPU: the caller's latents change at the next step.
-  at::Tensor copy;
+  // The preview is made here, on the generating thread (see the header), a few hundred
+  // multiply-adds per latent pixel.
+  at::Tensor preview;
   {
     c10::InferenceMode guard;
-    copy = latents.slice(0, 0, 1).to(at::kCPU, at::kFloat, false, true);
+    preview = latent_preview(latents, progress().xl);
   }
   std::lock_guard lock(mutex_);
   progress_.image = image;
   progress_.step = step;
   progress_.steps = steps;
-  latents_ = copy;
+  preview_ = preview;
 }
 
 void Job::finish(nlohmann::json answer) {
@@ -55,10 +57,10 @@ JobProgress Job::progress() const {
   return p;
 }
 
-std::optional<at::Tensor> Job::latents() const {
+std::optional<at::Tensor> Job::preview() const {
   std::lock_guard lock(mutex_);
-  if (!latents_.defined()) return std::nullopt;
-  return latents_;
+  if (!preview_.defined()) return std::nullopt;
+  return preview_;
 }
 
 bool Job::wait(std::chrono::milliseconds timeout) const {
@@ -72,7 +74,7 @@ bool Job::done() const {
 }
 
 GenerationQueue::GenerationQueue(size_t capacity, std::function<nlohmann::json(Job&)> run)
-    : capacity_(capacity), run_(std::move(run)), worker_([this] { work(); }) {}
+    : capacity_(capacity), run_(std::move(run)) {}
 
 GenerationQueue::~GenerationQueue() {
   stop();
@@ -114,10 +116,9 @@ void GenerationQueue::stop() {
     if (running_) running_->cancelled = true;
   }
   wake_.notify_all();
-  if (worker_.joinable()) worker_.join();
 }
 
-void GenerationQueue::work() {
+void GenerationQueue::serve() {
   while (true) {
     std::shared_ptr<Job> job;
     {

@@ -4,11 +4,11 @@
 
 #include <chrono>
 #include <cstdio>
+#include <thread>
 
 #include "sdtune/error.h"
 #include "sdtune/io/image.h"
 #include "sdtune/serve/generation_queue.h"
-#include "sdtune/serve/latent_preview.h"
 #include "sdtune/serve/sampler_names.h"
 #include "sdtune/serve/web_page.h"
 
@@ -100,6 +100,8 @@ void HttpServer::Impl::routes() {
   const int threads = o.threads;
   http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   http.set_payload_max_length(o.max_body);
+  // Small writes (a chunk's header, its data, its end) go out at once, not after a delayed ACK.
+  http.set_tcp_nodelay(true);
   http.set_read_timeout(o.read_timeout_s, 0);
   http.set_write_timeout(o.read_timeout_s, 0);
   http.set_keep_alive_timeout(5);
@@ -222,8 +224,7 @@ json HttpServer::Impl::progress(bool with_image) const {
   const double eta = done > 0 ? p.seconds / done - p.seconds : 0.0;
   json image = nullptr;
   if (with_image)
-    if (const auto latents = job->latents())
-      image = io::base64_encode(io::encode_png(latent_preview(*latents, p.xl)));
+    if (const auto preview = job->preview()) image = io::base64_encode(io::encode_png(*preview));
   return {{"progress", done},
           {"eta_relative", eta},
           {"state", state},
@@ -289,7 +290,11 @@ void HttpServer::run() {
   }
   std::printf("sdtune serve: listening on http://%s:%d\n", s.o.host.c_str(), port);
   std::fflush(stdout);
-  s.http.listen_after_bind();
+  // HTTP on its own threads; generation here, on the thread that loaded the models.
+  std::thread listener([&] { s.http.listen_after_bind(); });
+  s.queue.serve();
+  s.http.stop();
+  listener.join();
 }
 
 void HttpServer::stop() {

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from conftest import BASE
+from serve_client import BASE
 
 # A1111's sampler names and what `sdtune generate` calls them.
 SAMPLERS = {

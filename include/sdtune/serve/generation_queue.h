@@ -1,9 +1,12 @@
 #pragma once
 // One generation at a time per device, from a bounded queue: a request waits its turn (or is
-// refused when the queue is full: the server answers 503 with Retry-After), runs on the one worker
-// thread, reports its progress (step k of n, image i of m, the latest latents for a preview) and
-// can be interrupted (A1111's /interrupt: the images done so far are the answer) or cancelled (its
-// client went away, or the server is stopping: nothing is answered).
+// refused when the queue is full: the server answers 503 with Retry-After), runs on the one thread
+// that serve()s the queue (the one that loaded the models: a second thread running LibTorch ops
+// would start a second OpenMP team, and two teams on the same cores make every parallel region
+// wait on futex wake-ups, several times slower), reports its progress (step k of n, image i of m,
+// the latest latents for a preview) and can be interrupted (A1111's /interrupt: the images done so
+// far are the answer) or cancelled (its client went away, or the server is stopping: nothing is
+// answered).
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -14,7 +17,6 @@
 #include <mutex>
 #include <optional>
 #include <string>
-#include <thread>
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
@@ -53,7 +55,8 @@ class Job {
 
   // Client side.
   JobProgress progress() const;
-  std::optional<at::Tensor> latents() const;  // the latest, for a preview
+  // The latest latents' cheap preview (serve/latent_preview.h), uint8 [h,w,3].
+  std::optional<at::Tensor> preview() const;
   // Waits up to `timeout` for the answer; true when it is there.
   bool wait(std::chrono::milliseconds timeout) const;
   bool done() const;
@@ -67,7 +70,7 @@ class Job {
   mutable std::condition_variable changed_;
   JobProgress progress_;
   std::chrono::steady_clock::time_point started_;
-  at::Tensor latents_;
+  at::Tensor preview_;
   bool done_ = false;
   nlohmann::json answer_;
   int error_status_ = 0;
@@ -76,8 +79,8 @@ class Job {
 
 class GenerationQueue {
  public:
-  // `run` generates a job (on the worker thread) and returns its answer; a RequestError or Error
-  // it throws becomes the job's error.
+  // `run` generates a job (on the thread in serve()) and returns its answer; a RequestError or
+  // Error it throws becomes the job's error.
   GenerationQueue(size_t capacity, std::function<nlohmann::json(Job&)> run);
   ~GenerationQueue();
   GenerationQueue(const GenerationQueue&) = delete;
@@ -89,12 +92,12 @@ class GenerationQueue {
   size_t waiting() const;
   int64_t finished() const { return finished_; }
   void interrupt();  // the running job's
-  // Cancels every job and joins the worker; later submits are refused.
+  // Runs the queued jobs, one after another, on the calling thread until stop().
+  void serve();
+  // Cancels every job and makes serve() return; later submits are refused.
   void stop();
 
  private:
-  void work();
-
   const size_t capacity_;
   std::function<nlohmann::json(Job&)> run_;
   mutable std::mutex mutex_;
@@ -103,7 +106,6 @@ class GenerationQueue {
   std::shared_ptr<Job> running_;
   bool stopping_ = false;
   std::atomic<int64_t> finished_{0};
-  std::thread worker_;
 };
 
 }  // namespace sdtune::serve
