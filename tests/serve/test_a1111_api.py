@@ -132,3 +132,17 @@ def test_img2img_takes_a_base64_image(api, run_sdtune, tmp_path):
                      tmp_path / "init.png", "--strength", 0.6)
     assert np.array_equal(np.asarray(result.image.convert("RGB")), want)
     assert "Denoising strength: 0.6" in result.info["infotexts"][0]
+
+
+def test_outputs_are_written_under_names_of_sdtunes_choosing(serve, tmp_path):
+    server = serve("--model", BASE, "--outputs", tmp_path / "served")
+    status, body, _ = server.request("/sdapi/v1/txt2img", dict(SETTINGS, seed=3, batch_size=2,
+                                                               sampler_name="Euler"))
+    assert status == 200
+    files = sorted((tmp_path / "served").iterdir())
+    assert [f.name.rsplit("-", 1)[1] for f in files] == ["3.png", "4.png"], files
+    for f, b64 in zip(files, body["images"]):
+        image = Image.open(f)
+        assert "Seed: " + f.name.rsplit("-", 1)[1][:-4] in image.info["parameters"]
+        assert np.array_equal(np.asarray(image.convert("RGB")),
+                              np.asarray(Image.open(io.BytesIO(__import__("base64").b64decode(b64))).convert("RGB")))
