@@ -56,8 +56,8 @@ struct GenerationRequest {
   int64_t images() const { return batch_size * n_iter; }
 };
 
-// Parses a body of /txt2img (img2img false) or /img2img. `max_image_pixels` bounds a decoded
-// init image.
+// Parses a body of /txt2img (img2img false) or /img2img. A decoded init image may have at most
+// four times limits.max_pixels pixels (it is resized to width × height).
 GenerationRequest parse_generation_request(const nlohmann::json& body, bool img2img,
                                            const ServeLimits& limits);
 
