@@ -6,7 +6,7 @@
 //   sdtune_bench_train_step --model DIR [--inputs in.safetensors | --batch B [--latent S]]
 //       [--device cpu|cuda] [--mixed-precision no|bf16|fp16] [--gradient-checkpointing]
 //       [--warmup N] [--iters M] [--threads T] [--lora-rank R] [--deterministic]
-//       [--ddp [--ddp-backend nccl|gloo]]
+//       [--ddp [--ddp-backend nccl|gloo]] [--profile TRACE.json]
 //
 // DIR holds unet/ and scheduler/ (its alphas_cumprod). Inputs: `latents`, `noise`, `timesteps`
 // (int64 [B]) and `encoder_hidden_states` from the file, or random ones (seed 0) of batch B at
@@ -19,6 +19,8 @@
 // With --ddp (under torchrun) the step goes through the trainer's data-parallel path: the ranks'
 // process group, the gradient reducer's buckets during backward, the loss summed over the ranks;
 // bench/ddp_overhead.py compares one rank of it against the plain step.
+// With --profile, one more step after the timed ones runs under PyTorch's profiler: its Chrome
+// trace goes to TRACE.json and the time by category (profile/profiler.h) into the JSON line.
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -45,6 +47,7 @@
 #include "sdtune/io/tensor.h"
 #include "sdtune/lora/adapters.h"
 #include "sdtune/models/component_loader.h"
+#include "sdtune/profile/profiler.h"
 #include "sdtune/schedulers/scheduler.h"
 #include "sdtune/train/adafactor.h"
 #include "sdtune/train/adamw.h"
@@ -71,6 +74,7 @@ struct Args {
   bool ddp = false;                        // through the data-parallel path (torchrun)
   std::string ddp_backend;                 // empty: nccl on CUDA, gloo on CPU
   std::string optimizer = "adamw";         // or adafactor (kohya's SDXL settings: lr, no scaling)
+  std::string profile;                     // a Chrome trace of one more step; empty: none
 };
 
 at::Tensor input(const std::map<std::string, at::Tensor>& in, const std::string& name) {
@@ -215,6 +219,16 @@ void run(const Args& a) {
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
 
+  std::optional<sdtune::profile::Breakdown> profiled;
+  if (!a.profile.empty()) {
+    sync();
+    sdtune::profile::Profiler profiler(device.is_cuda());
+    step();
+    sync();
+    profiled = profiler.stop(a.profile);
+    std::fprintf(stderr, "%s", profiled->table().c_str());
+  }
+
   std::vector<double> sorted = seconds;
   std::sort(sorted.begin(), sorted.end());
   const size_t n = sorted.size();
@@ -244,6 +258,7 @@ void run(const Args& a) {
     std::fclose(statm);
   }
   out["threads"] = at::get_num_threads();
+  if (profiled) out["profile"] = profiled->to_json();
   if (group) {
     out["ddp_backend"] = dist::backend_name(group->backend());
     out["world_size"] = group->size();
@@ -290,6 +305,9 @@ int main(int argc, char** argv) {
         app.add_option("--optimizer", a.optimizer,
                        "adamw, or adafactor (lr 1e-5, no relative steps or parameter scaling)")
             ->capture_default_str();
+        app.add_option("--profile", a.profile,
+                       "Profile one more step: its Chrome trace to this file, its time by "
+                       "category into the JSON");
       },
       [&] { run(a); });
 }

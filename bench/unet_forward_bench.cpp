@@ -1,7 +1,9 @@
 // Times UNet2DConditionModel forward passes of sdtune on a pipeline folder; bench/unet_forward.py
 // runs it next to diffusers on the same weights and prints the ratio.
 // Usage: sdtune_bench_unet MODEL_DIR DEVICE DTYPE BATCH LATENT_H LATENT_W WARMUP ITERS
-// Prints one JSON line: {"seconds_per_forward": ...}.
+// Prints one JSON line: {"seconds_per_forward": ...}. With --profile TRACE.json, one more forward
+// runs under PyTorch's profiler: its Chrome trace goes there, its time by category to stderr and
+// into the JSON line ("profile").
 #include <chrono>
 #include <cstdio>
 #include <optional>
@@ -9,8 +11,11 @@
 
 #include <c10/core/InferenceMode.h>
 
+#include <nlohmann/json.hpp>
+
 #include "driver.h"
 #include "sdtune/models/component_loader.h"
+#include "sdtune/profile/profiler.h"
 
 namespace {
 
@@ -18,6 +23,7 @@ struct Args {
   std::string model, device, dtype;
   int64_t batch = 0, h = 0, w = 0;
   int warmup = 0, iters = 0;
+  std::string profile;
 };
 
 void run(const Args& a) {
@@ -56,7 +62,16 @@ void run(const Args& a) {
   for (int i = 0; i < iters; ++i) out = unet->forward(sample, t, context, extra);
   out.sum().item<float>();
   double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  std::printf("{\"seconds_per_forward\": %.6f}\n", seconds / iters);
+  nlohmann::json result = {{"seconds_per_forward", seconds / iters}};
+  if (!a.profile.empty()) {
+    profile::Profiler profiler(opts.device.is_cuda());
+    out = unet->forward(sample, t, context, extra);
+    out.sum().item<float>();
+    const profile::Breakdown b = profiler.stop(a.profile);
+    std::fprintf(stderr, "%s", b.table().c_str());
+    result["profile"] = b.to_json();
+  }
+  std::printf("%s\n", result.dump().c_str());
 }
 
 }  // namespace
@@ -75,6 +90,8 @@ int main(int argc, char** argv) {
         app.add_option("LATENT_W", a.w, "Latent width")->required();
         app.add_option("WARMUP", a.warmup, "Untimed forwards first")->required();
         app.add_option("ITERS", a.iters, "Timed forwards")->required();
+        app.add_option("--profile", a.profile,
+                       "Profile one more forward: its Chrome trace to this file");
       },
       [&] { run(a); });
 }

@@ -6,6 +6,8 @@ scheduler built in code remembers which settings were defaults (`_use_default_va
 another scheduler class made from its config would then take its own defaults instead (e.g.
 Euler's linspace spacing), while the saved file states them all."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -79,6 +81,34 @@ def test_num_images_and_parameters_chunk(pipeline, run_sdtune, tmp_path):
         assert lines[1] == "Negative prompt: ugly"
         assert "Steps: 4, Sampler: PLMS, CFG scale: 7.5, Seed: 7, Size: 32x32, Model: " in lines[2]
     assert not out.exists()
+
+
+def test_benchmark_and_profile(pipeline, run_sdtune, tmp_path):
+    """generate --benchmark N --profile: N timed end-to-end runs after a warm-up, one profiled run, and
+    still diffusers' image (the timed runs do not change what is generated)."""
+    folder, pipe = load_reference(pipeline, "tiny")
+    out, trace = tmp_path / "bench.png", tmp_path / "trace.json"
+    proc = run_sdtune("generate", "--model", folder, "--prompt", "Yoda ninja portrait", "--steps", 5, "--seed", 11,
+                      "--out", out, "--benchmark", 3, "--profile", trace)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(result["end_to_end_seconds"]) == 3 and len(result["seconds_per_step"]) == 3
+    steps = result["steps"]
+    assert steps == 6  # PNDM's 5 steps are 6 UNet calls (its PRK warm-up repeats the first)
+    for total, per_step in zip(result["end_to_end_seconds"], result["seconds_per_step"]):
+        assert 0 < per_step * (steps - 1) < total  # the steps after the first are inside the total
+    assert min(result["end_to_end_seconds"]) <= result["end_to_end_seconds_median"] <= max(result["end_to_end_seconds"])
+    reference = diffusers_images(pipe, "PNDMScheduler", {}, "Yoda ninja portrait", None, 32, 32, 5, 11)[0]
+    assert_same_image(np.asarray(Image.open(out).convert("RGB")), reference)
+
+    profile = result["profile"]
+    assert profile["timeline"] == "cpu"
+    seconds = {c["category"]: c["seconds"] for c in profile["categories"]}
+    assert seconds["convolution"] > 0 and seconds["attention"] > 0 and seconds["matmul"] > 0
+    assert abs(sum(seconds.values()) - profile["busy_seconds"]) < 1e-6
+    assert profile["busy_seconds"] <= profile["span_seconds"] * 1.001
+    assert "convolution" in proc.stderr  # the table
+    names = {e.get("name") for e in json.loads(trace.read_text())["traceEvents"]}
+    assert "aten::conv2d" in names and "aten::scaled_dot_product_attention" in names
 
 
 def test_v_prediction_model(pipeline, run_sdtune, tmp_path):
