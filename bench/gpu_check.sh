@@ -34,8 +34,25 @@ cmake --build build-gpu -j 16 --target ${BUILD_TARGETS:-sdtune_cli sdtune_bench_
 grep -c 'warning:' "$OUT/build.log" | sed 's/^/compiler warnings: /'
 
 # Sections, all by default; SECTIONS="train parity" runs those alone (after the build).
-SECTIONS=${SECTIONS:-"linking train parity bench-train bench-sdxl ddp-overhead bench-deterministic lora-memory bench-unet"}
+SECTIONS=${SECTIONS:-"speed linking train parity bench-train bench-sdxl ddp-overhead bench-deterministic lora-memory bench-unet"}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
+
+if want speed; then
+  # Issue 21's table: training (batch 8 and 32) and 50-step generation against diffusers eager and
+  # torch.compile on this card, with FLOP counts for MFU and sdtune's profile by category.
+  # Chrome traces stay on the machine (/tmp/traces): they are tens of MB.
+  section "speed: training SD 1.5, 512x512, bf16, cached latents, batch 8 (diffusers eager, compiled; MFU; sdtune profiled)"
+  SDTUNE_BENCH_TRAIN_STEP=build-gpu/sdtune_bench_train_step timeout 300 python3 bench/train_step.py \
+    --device cuda --config sd15 --mixed-precision bf16 --batch 8 --warmup 3 --iters 10 \
+    --flops --diffusers-compile --profile /tmp/traces
+  section "speed: the same at batch 32"
+  SDTUNE_BENCH_TRAIN_STEP=build-gpu/sdtune_bench_train_step timeout 300 python3 bench/train_step.py \
+    --device cuda --config sd15 --mixed-precision bf16 --batch 32 --warmup 3 --iters 5 \
+    --flops --diffusers-compile --profile /tmp/traces
+  section "speed: generation SD 1.5, 512x512, 50 steps, CFG 7.5, fp16, batch 1, end to end (diffusers eager, compiled)"
+  SDTUNE_BIN=build-gpu/sdtune timeout 300 python3 bench/generate.py --device cuda --dtype fp16 \
+    --end-to-end --steps 50 --runs 3 --compile --profile /tmp/traces
+fi
 
 if want linking; then
   section "linking: the first libraries of sdtune, and where its std::filesystem calls bind"

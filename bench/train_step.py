@@ -17,6 +17,13 @@ medians (> 1 means sdtune is faster), images/s, peak GPU memory, and the loss of
 both sides (the same weights and inputs: it should agree to ~1e-5 relative in fp32). --rounds R
 alternates the two sides R times and pools the timed steps, for a machine shared with other work.
 
+--diffusers-compile adds a third side: diffusers' UNet under torch.compile (Inductor, compiled in
+the warm-up steps, which are not timed: give it --warmup 3). --flops counts one diffusers step's FLOPs with torch's
+FlopCounterMode (forward, backward; the optimizer adds none that it counts) and prints TFLOP per
+image, achieved TFLOP/s and the model FLOP utilisation against --peak-tflops (default: 989.4, the
+H100/H200 dense bf16 figure, on CUDA). --profile DIR: sdtune's step under PyTorch's profiler, its
+Chrome trace in DIR and its time by category printed.
+
     python3 bench/train_step.py                       # CPU: scaled, batch 2, fp32, 2 + 5 steps
     python3 bench/train_step.py --device cuda --config sd15 --mixed-precision bf16 --batch 8 \
         [--gradient-checkpointing]
@@ -106,7 +113,7 @@ def time_steps(step, warmup, iters, sync):
 class DiffusersTrainer:
     """diffusers' UNet in train mode with torch's fused AdamW, stepping on one fixed batch."""
 
-    def __init__(self, folder, inputs, args, autocast_dtype):
+    def __init__(self, folder, inputs, args, autocast_dtype, compile=False):
         from diffusers import DDPMScheduler, UNet2DConditionModel
 
         self.device = torch.device(args.device)
@@ -117,6 +124,7 @@ class DiffusersTrainer:
         self.unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet").to(self.device).train()
         if args.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
+        self.model = torch.compile(self.unet) if compile else self.unet
         self.scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
         if args.optimizer == "adafactor":  # kohya's SDXL settings, as sdtune_bench_train_step's
             from transformers.optimization import Adafactor
@@ -133,7 +141,7 @@ class DiffusersTrainer:
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             added = ({"text_embeds": self.inputs["text_embeds"], "time_ids": self.inputs["time_ids"]}
                      if "time_ids" in self.inputs else None)
-            model_pred = self.unet(noisy, timesteps, self.inputs["encoder_hidden_states"], added_cond_kwargs=added,
+            model_pred = self.model(noisy, timesteps, self.inputs["encoder_hidden_states"], added_cond_kwargs=added,
                                    return_dict=False)[0]
             loss = F.mse_loss(model_pred.float(), noise.float(), reduction="mean")
         loss.backward()
@@ -148,11 +156,23 @@ class DiffusersTrainer:
     def close(self):
         """Frees the model and optimizer (for sdtune's process on the same device); returns peak bytes."""
         peak = torch.cuda.max_memory_allocated() if self.cuda else None
-        del self.unet, self.optimizer
+        del self.unet, self.model, self.optimizer
         gc.collect()
         if self.cuda:
             torch.cuda.empty_cache()
         return peak
+
+
+def count_flops(trainer):
+    """FLOPs of one training step, as torch's FlopCounterMode counts them (matmuls, convolutions,
+    attention; forward and backward, recomputation included)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        trainer.step()
+    trainer.sync()
+    return counter.get_total_flops()
 
 
 def sdtune_run(binary, folder, inputs_file, args):
@@ -164,11 +184,15 @@ def sdtune_run(binary, folder, inputs_file, args):
     if args.deterministic:
         cmd.append("--deterministic")
     cmd += ["--optimizer", args.optimizer]
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+        cmd += ["--profile", str(args.profile / f"train_step_{args.config}_b{args.batch}.json")]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:  # the error line, not LibTorch's stack trace
         return dict(error=f"exit {proc.returncode}: {(proc.stderr.strip() or '?').splitlines()[0]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    return dict(seconds=out["step_seconds"], losses=out["losses"], peak=out.get("peak_memory_bytes"))
+    return dict(seconds=out["step_seconds"], losses=out["losses"], peak=out.get("peak_memory_bytes"),
+                profile=out.get("profile"))
 
 
 def main():
@@ -194,6 +218,11 @@ def main():
     ap.add_argument("--bin", default=os.environ.get("SDTUNE_BENCH_TRAIN_STEP",
                                                     REPO / "build" / "sdtune_bench_train_step"),
                     help="sdtune_bench_train_step (default build/, or $SDTUNE_BENCH_TRAIN_STEP)")
+    ap.add_argument("--diffusers-compile", action="store_true", help="also diffusers' UNet under torch.compile")
+    ap.add_argument("--flops", action="store_true", help="count FLOPs per image; print TFLOP/s and MFU")
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="the device's dense peak for MFU (default on CUDA: 989.4, H100/H200 bf16)")
+    ap.add_argument("--profile", type=Path, default=None, help="sdtune's step profiled: Chrome trace into DIR")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.deterministic:  # before the first CUDA operation, as sdtune does it
@@ -216,12 +245,14 @@ def main():
         # diffusers model keeps training, warmed up once). Steps of all rounds are pooled, so that
         # a load spike on a shared machine falls on both sides.
         results = {name: dict(seconds=[], losses=None, peak=None) for name in ("diffusers", "sdtune")}
+        flops = None
         trainer = DiffusersTrainer(folder, inputs, args, autocast_dtype)
         for r in range(args.rounds):
             seconds, losses = time_steps(trainer.step, args.warmup if r == 0 else 0, args.iters, trainer.sync)
             results["diffusers"]["seconds"] += seconds
             results["diffusers"]["losses"] = results["diffusers"]["losses"] or losses
             if r == args.rounds - 1:
+                flops = count_flops(trainer) if args.flops else None
                 results["diffusers"]["peak"] = trainer.close()
             elif trainer.cuda:
                 torch.cuda.empty_cache()
@@ -232,6 +263,14 @@ def main():
             results["sdtune"]["seconds"] += ours["seconds"]
             results["sdtune"]["losses"] = results["sdtune"]["losses"] or ours["losses"]
             results["sdtune"]["peak"] = max(results["sdtune"]["peak"] or 0, ours["peak"] or 0) or None
+            results["sdtune"]["profile"] = ours["profile"]
+        if args.diffusers_compile:
+            compiled = DiffusersTrainer(folder, inputs, args, autocast_dtype, compile=True)
+            started = time.perf_counter()
+            seconds, losses = time_steps(compiled.step, args.warmup, args.iters, compiled.sync)
+            print(f"  (diffusers + torch.compile: compiling and {args.warmup + args.iters} steps took "
+                  f"{time.perf_counter() - started:.0f} s)")
+            results["diffusers compiled"] = dict(seconds=seconds, losses=losses, peak=compiled.close())
 
     cuda = args.device == "cuda"
     where = torch.cuda.get_device_name() if cuda else f"CPU, {args.threads} threads"
@@ -242,20 +281,37 @@ def main():
     print(f"training step ({shape}, batch {args.batch}, latent {latent}x{latent}, {precision}{checkpointing}, "
           f"{'AdamW fused' if args.optimizer == 'adamw' else 'Adafactor'}, {where}; {args.warmup} warmup + {args.iters} timed steps"
           f"{f' x {args.rounds} rounds' if args.rounds > 1 else ''})")
-    print(f"  {'':10}{'s/step mean':>12}{'s/step median':>15}{'images/s':>10}{'peak memory':>13}"
+    print(f"  {'':20}{'s/step mean':>12}{'s/step median':>15}{'images/s':>10}{'peak memory':>13}"
           f"{'loss step 1':>14}{f'step {args.warmup + args.iters}':>14}")
     median = {}
     for name, r in results.items():
         if "error" in r:
-            print(f"  {name:10}failed, {r['error']}")
+            print(f"  {name:20}failed, {r['error']}")
             continue
         median[name] = statistics.median(r["seconds"])
         peak = f"{r['peak'] / 2**30:.2f} GiB" if r["peak"] is not None else "-"
-        print(f"  {name:10}{statistics.mean(r['seconds']):12.4f}{median[name]:15.4f}"
+        print(f"  {name:20}{statistics.mean(r['seconds']):12.4f}{median[name]:15.4f}"
               f"{args.batch / median[name]:10.2f}{peak:>13}{r['losses'][0]:14.7f}{r['losses'][-1]:14.7f}")
-    if len(median) < 2:
+    if "sdtune" not in median or "diffusers" not in median:
         sys.exit(1)
-    print(f"  ratio diffusers/sdtune (median s/step) = {median['diffusers'] / median['sdtune']:.3f}")
+    for name in median:
+        if name != "sdtune":
+            print(f"  ratio {name}/sdtune (median s/step) = {median[name] / median['sdtune']:.3f}")
+    if flops:
+        per_image = flops / args.batch
+        peak = args.peak_tflops or (989.4 if cuda else None)
+        print(f"  FLOPs (torch's FlopCounterMode, one diffusers step): {per_image / 1e12:.3f} TFLOP per image")
+        for name, m in median.items():
+            achieved = per_image * args.batch / m / 1e12
+            mfu = f", MFU {100 * achieved / peak:.1f}% of {peak:g}" if peak else ""
+            print(f"    {name:20}{achieved:9.1f} TFLOP/s{mfu}")
+    p = results["sdtune"].get("profile")
+    if p:
+        busy = p["busy_seconds"] or 1
+        print(f"  sdtune profile of one step ({p['timeline']}; span {p['span_seconds'] * 1e3:.1f} ms, "
+              f"idle {p['idle_seconds'] * 1e3:.1f} ms, {p['kernel_launches']} kernels, {p['host_syncs']} host syncs):")
+        for c in p["categories"]:
+            print(f"    {c['category']:15}{c['seconds'] * 1e3:10.2f} ms {100 * c['seconds'] / busy:6.1f}%")
     ref, ours = results["diffusers"]["losses"][0], results["sdtune"]["losses"][0]
     print(f"  first-step loss: |sdtune - diffusers| / diffusers = {abs(ours - ref) / abs(ref):.2e}")
 
