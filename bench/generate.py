@@ -31,7 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "helpers"))
@@ -135,26 +137,44 @@ def main():
         del pipe
         if cuda:
             torch.cuda.empty_cache()
-        extra = ["--benchmark", args.runs]
-        if args.profile:
-            args.profile.mkdir(parents=True, exist_ok=True)
-            extra += ["--profile", args.profile / "generate_trace.json"]
-        out = sdtune_generate(args, folder, Path(d) / "out.png", steps, size, dtype_name, extra)
-        result = json.loads(out.stdout.strip().splitlines()[-1])
-        rows["sdtune"] = result["end_to_end_seconds_median"]
+        # sdtune: the plain path, and on CUDA the fast paths, each checked against the plain image.
+        variants = {"sdtune": []}
+        if cuda:
+            variants["sdtune --cuda-graph"] = ["--cuda-graph"]
+            variants["sdtune --cuda-graph --channels-last"] = ["--cuda-graph", "--channels-last"]
+        images, results = {}, {}
+        for name, flags in variants.items():
+            extra = ["--benchmark", args.runs, *flags]
+            if args.profile:
+                args.profile.mkdir(parents=True, exist_ok=True)
+                tag = "_".join(f.strip("-") for f in flags) or "plain"
+                extra += ["--profile", args.profile / f"generate_{tag}_trace.json"]
+            png = Path(d) / f"out_{len(images)}.png"
+            out = sdtune_generate(args, folder, png, steps, size, dtype_name, extra)
+            results[name] = json.loads(out.stdout.strip().splitlines()[-1])
+            rows[name] = results[name]["end_to_end_seconds_median"]
+            images[name] = np.asarray(Image.open(png).convert("RGB"), dtype=np.int16)
 
     print(f"generate end to end: {kind} pipeline, {size}x{size}, {steps} steps PNDM, CFG 7.5, batch 1, {dtype_name}, "
           f"{where}; text encoder + loop + VAE decode, median of {args.runs} after warm-up")
     for name, seconds in rows.items():
-        print(f"  {name:42}{seconds:9.3f} s")
-    print(f"  sdtune's steady loop: {result['seconds_per_step_median'] * 1e3:.2f} ms/step")
+        print(f"  {name:44}{seconds:9.3f} s")
+    for name, r in results.items():
+        print(f"  {name}: steady loop {r['seconds_per_step_median'] * 1e3:.2f} ms/step")
     for name, seconds in rows.items():
         if name != "sdtune":
             print(f"  ratio {name}/sdtune = {seconds / rows['sdtune']:.3f}")
-    if "profile" in result:
-        p = result["profile"]
+    for name, image in images.items():
+        if name != "sdtune":  # fast paths against the plain one: the same image within fp16 rounding
+            diff = np.abs(image - images["sdtune"])
+            print(f"  {name} vs sdtune image: max |diff| {diff.max()} levels, "
+                  f"{100 * (diff <= 1).mean():.2f}% of values within 1 level")
+    for name, r in results.items():
+        if "profile" not in r:
+            continue
+        p = r["profile"]
         busy = p["busy_seconds"] or 1
-        print(f"  sdtune profile of one generation ({p['timeline']}; span {p['span_seconds'] * 1e3:.1f} ms, "
+        print(f"  {name} profile of one generation ({p['timeline']}; span {p['span_seconds'] * 1e3:.1f} ms, "
               f"idle {p['idle_seconds'] * 1e3:.1f} ms, {p['kernel_launches']} kernels, {p['host_syncs']} host syncs):")
         for c in p["categories"]:
             print(f"    {c['category']:15}{c['seconds'] * 1e3:10.2f} ms {100 * c['seconds'] / busy:6.1f}%")

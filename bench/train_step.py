@@ -184,6 +184,8 @@ def sdtune_run(binary, folder, inputs_file, args):
     if args.deterministic:
         cmd.append("--deterministic")
     cmd += ["--optimizer", args.optimizer]
+    if args.channels_last:
+        cmd.append("--channels-last")
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
         cmd += ["--profile", str(args.profile / f"train_step_{args.config}_b{args.batch}.json")]
@@ -223,6 +225,7 @@ def main():
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="the device's dense peak for MFU (default on CUDA: 989.4, H100/H200 bf16)")
     ap.add_argument("--profile", type=Path, default=None, help="sdtune's step profiled: Chrome trace into DIR")
+    ap.add_argument("--channels-last", action="store_true", help="sdtune's convolutions in NHWC")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.deterministic:  # before the first CUDA operation, as sdtune does it
@@ -277,6 +280,7 @@ def main():
     shape = SHAPES[args.config]
     checkpointing = ", gradient checkpointing" if args.gradient_checkpointing else ""
     checkpointing += ", deterministic kernels" if args.deterministic else ""
+    checkpointing += ", sdtune channels-last" if args.channels_last else ""
     precision = "fp32" if autocast_dtype is None else f"{args.mixed_precision} autocast"
     print(f"training step ({shape}, batch {args.batch}, latent {latent}x{latent}, {precision}{checkpointing}, "
           f"{'AdamW fused' if args.optimizer == 'adamw' else 'Adafactor'}, {where}; {args.warmup} warmup + {args.iters} timed steps"

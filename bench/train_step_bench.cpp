@@ -6,7 +6,7 @@
 //   sdtune_bench_train_step --model DIR [--inputs in.safetensors | --batch B [--latent S]]
 //       [--device cpu|cuda] [--mixed-precision no|bf16|fp16] [--gradient-checkpointing]
 //       [--warmup N] [--iters M] [--threads T] [--lora-rank R] [--deterministic]
-//       [--ddp [--ddp-backend nccl|gloo]] [--profile TRACE.json]
+//       [--ddp [--ddp-backend nccl|gloo]] [--profile TRACE.json] [--channels-last]
 //
 // DIR holds unet/ and scheduler/ (its alphas_cumprod). Inputs: `latents`, `noise`, `timesteps`
 // (int64 [B]) and `encoder_hidden_states` from the file, or random ones (seed 0) of batch B at
@@ -19,6 +19,7 @@
 // With --ddp (under torchrun) the step goes through the trainer's data-parallel path: the ranks'
 // process group, the gradient reducer's buckets during backward, the loss summed over the ranks;
 // bench/ddp_overhead.py compares one rank of it against the plain step.
+// --channels-last: the UNet's 4-D weights and the latents laid out NHWC (models/memory_format.h).
 // With --profile, one more step after the timed ones runs under PyTorch's profiler: its Chrome
 // trace goes to TRACE.json and the time by category (profile/profiler.h) into the JSON line.
 #include <sys/resource.h>
@@ -47,6 +48,7 @@
 #include "sdtune/io/tensor.h"
 #include "sdtune/lora/adapters.h"
 #include "sdtune/models/component_loader.h"
+#include "sdtune/models/memory_format.h"
 #include "sdtune/profile/profiler.h"
 #include "sdtune/schedulers/scheduler.h"
 #include "sdtune/train/adafactor.h"
@@ -75,6 +77,7 @@ struct Args {
   std::string ddp_backend;                 // empty: nccl on CUDA, gloo on CPU
   std::string optimizer = "adamw";         // or adafactor (kohya's SDXL settings: lr, no scaling)
   std::string profile;                     // a Chrome trace of one more step; empty: none
+  bool channels_last = false;              // NHWC convolutions
 };
 
 at::Tensor input(const std::map<std::string, at::Tensor>& in, const std::string& name) {
@@ -122,8 +125,10 @@ void run(const Args& a) {
           at::tensor({1024.f, 1024.f, 0.f, 0.f, 1024.f, 1024.f}).unsqueeze(0).repeat({b, 1});
     }
   }
-  const at::Tensor latents = input(in, "latents").to(device, at::kFloat);
-  const at::Tensor noise = input(in, "noise").to(device, at::kFloat);
+  const auto layout =
+      a.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const at::Tensor latents = input(in, "latents").to(device, at::kFloat).contiguous(layout);
+  const at::Tensor noise = input(in, "noise").to(device, at::kFloat).contiguous(layout);
   const at::Tensor timesteps = input(in, "timesteps").to(device, at::kLong);
   const at::Tensor context = input(in, "encoder_hidden_states").to(device, at::kFloat);
   at::Tensor text_embeds, time_ids;
@@ -134,6 +139,7 @@ void run(const Args& a) {
   const int64_t batch = latents.size(0);
 
   unet->train();
+  if (a.channels_last) sdtune::models::to_channels_last(*unet);
   unet->set_gradient_checkpointing(a.gradient_checkpointing);
   std::vector<at::Tensor> params = unet->parameters();
   if (a.lora_rank > 0) {
@@ -305,6 +311,7 @@ int main(int argc, char** argv) {
         app.add_option("--optimizer", a.optimizer,
                        "adamw, or adafactor (lr 1e-5, no relative steps or parameter scaling)")
             ->capture_default_str();
+        app.add_flag("--channels-last", a.channels_last, "NHWC weights and latents");
         app.add_option("--profile", a.profile,
                        "Profile one more step: its Chrome trace to this file, its time by "
                        "category into the JSON");

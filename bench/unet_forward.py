@@ -6,7 +6,8 @@ latents (256x256 images). GPU (--device cuda): SD 1.5's exact UNet, 64x64 latent
 fp16, batch 2. --sdxl: SDXL's UNet instead (on the CPU scaled down: channels [160,320,640],
 transformer depths [1,2,4]; on the GPU SDXL base's, 128x128 latents), with its pooled text vector
 and size/crop time ids. Prints seconds per forward for both and the ratio diffusers / sdtune (> 1 means
-sdtune is faster).
+sdtune is faster). --channels-last adds both sides with their convolutions in NHWC (diffusers:
+unet.to(memory_format=torch.channels_last), its speed guide's advice; sdtune: --channels-last).
 
     python3 bench/unet_forward.py [--device cuda --dtype fp16 --sd15] [--iters N]
 """
@@ -40,6 +41,7 @@ def main():
     ap.add_argument("--latent", type=int, default=None, help="latent side (default 32 cpu, 64 cuda)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--channels-last", action="store_true", help="also both sides in NHWC")
     ap.add_argument("--bin", default=os.environ.get("SDTUNE_BENCH_UNET", REPO / "build" / "sdtune_bench_unet"))
     args = ap.parse_args()
     cuda = args.device == "cuda"
@@ -73,32 +75,45 @@ def main():
             if cuda:
                 torch.cuda.synchronize()
 
-        with torch.inference_mode():
-            for _ in range(args.warmup):
-                unet(sample, t, context, added_cond_kwargs=added)
-            sync()
-            start = time.perf_counter()
-            for _ in range(args.iters):
-                unet(sample, t, context, added_cond_kwargs=added)
-            sync()
-            diffusers_s = (time.perf_counter() - start) / args.iters
+        def time_diffusers():
+            with torch.inference_mode():
+                for _ in range(args.warmup):
+                    unet(sample, t, context, added_cond_kwargs=added)
+                sync()
+                start = time.perf_counter()
+                for _ in range(args.iters):
+                    unet(sample, t, context, added_cond_kwargs=added)
+                sync()
+                return (time.perf_counter() - start) / args.iters
+
+        rows = {"diffusers": time_diffusers()}
+        if args.channels_last:
+            unet = unet.to(memory_format=torch.channels_last)
+            sample = sample.to(memory_format=torch.channels_last)
+            rows["diffusers channels_last"] = time_diffusers()
         del unet
         if cuda:
             torch.cuda.empty_cache()
 
-        out = subprocess.run(
-            [str(args.bin), str(folder), args.device, args.dtype, str(args.batch), str(latent), str(latent),
-             str(args.warmup), str(args.iters)], capture_output=True, text=True, check=True)
-        sdtune_s = json.loads(out.stdout.strip().splitlines()[-1])["seconds_per_forward"]
+        for name, flags in [("sdtune", [])] + ([("sdtune --channels-last", ["--channels-last"])]
+                                               if args.channels_last else []):
+            out = subprocess.run(
+                [str(args.bin), str(folder), args.device, args.dtype, str(args.batch), str(latent), str(latent),
+                 str(args.warmup), str(args.iters), *flags], capture_output=True, text=True, check=True)
+            rows[name] = json.loads(out.stdout.strip().splitlines()[-1])["seconds_per_forward"]
 
     where = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
     shape = {id(SD15_UNET): "SD 1.5 UNet", id(SDXL_UNET): "SDXL UNet",
              id(SDXL_UNET_SCALED): "SDXL-shaped UNet, channels [160,320,640], depths [1,2,4]"}.get(
         id(config), "SD 1.5-shaped UNet, channels [160,320,640,640]")
     print(f"unet forward ({shape}, batch {args.batch}, latent {latent}x{latent}, {args.dtype}, {where})")
-    print(f"  diffusers {diffusers_s:.4f} s/forward")
-    print(f"  sdtune    {sdtune_s:.4f} s/forward")
-    print(f"  ratio diffusers/sdtune = {diffusers_s / sdtune_s:.3f}")
+    for name, seconds in rows.items():
+        print(f"  {name:24}{seconds:.4f} s/forward")
+    print(f"  ratio diffusers/sdtune = {rows['diffusers'] / rows['sdtune']:.3f}")
+    if args.channels_last:
+        print(f"  ratio diffusers channels_last/sdtune --channels-last = "
+              f"{rows['diffusers channels_last'] / rows['sdtune --channels-last']:.3f}")
+        print(f"  sdtune: plain/--channels-last = {rows['sdtune'] / rows['sdtune --channels-last']:.3f}")
 
 
 if __name__ == "__main__":

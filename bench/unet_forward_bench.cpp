@@ -15,6 +15,7 @@
 
 #include "driver.h"
 #include "sdtune/models/component_loader.h"
+#include "sdtune/models/memory_format.h"
 #include "sdtune/profile/profiler.h"
 
 namespace {
@@ -24,6 +25,7 @@ struct Args {
   int64_t batch = 0, h = 0, w = 0;
   int warmup = 0, iters = 0;
   std::string profile;
+  bool channels_last = false;
 };
 
 void run(const Args& a) {
@@ -36,9 +38,12 @@ void run(const Args& a) {
 
   auto folder = io::ModelFolder::open(a.model);
   auto unet = models::load_unet(folder, opts);
+  if (a.channels_last) models::to_channels_last(*unet);
   c10::InferenceMode guard;
   auto options = at::TensorOptions().device(opts.device).dtype(opts.dtype);
-  at::Tensor sample = at::randn({batch, unet->config.in_channels, h, w}, options);
+  at::Tensor sample = at::randn({batch, unet->config.in_channels, h, w}, options)
+                          .contiguous(a.channels_last ? at::MemoryFormat::ChannelsLast
+                                                      : at::MemoryFormat::Contiguous);
   at::Tensor context = at::randn({batch, 77, unet->config.cross_attention_dim}, options);
   at::Tensor t = at::full({batch}, 500, at::TensorOptions().device(opts.device).dtype(at::kLong));
   // SDXL (text_time): a pooled vector and 1024² time ids, as the bench's Python side passes them.
@@ -90,6 +95,7 @@ int main(int argc, char** argv) {
         app.add_option("LATENT_W", a.w, "Latent width")->required();
         app.add_option("WARMUP", a.warmup, "Untimed forwards first")->required();
         app.add_option("ITERS", a.iters, "Timed forwards")->required();
+        app.add_flag("--channels-last", a.channels_last, "NHWC weights and input");
         app.add_option("--profile", a.profile,
                        "Profile one more forward: its Chrome trace to this file");
       },

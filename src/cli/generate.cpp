@@ -127,6 +127,7 @@ void run(Args& a) {
   auto folder = models::open_model(a.model, a.flags.model_file);
   pipeline::StableDiffusionPipeline pipe(folder, load, a.flags.scheduler, a.flags.karras);
   lora::apply_lora_arguments(a.flags.loras, lora_targets(pipe));
+  apply_speed_options(pipe, a.flags);
   const double load_seconds = progress.elapsed();
 
   at::Tensor images;

@@ -63,7 +63,17 @@ void add_generation_options(CLI::App* cmd, GenerationFlags& f) {
       ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_option("--dtype", f.dtype, "fp32, fp16 (GPU only) or bf16")->capture_default_str();
   cmd->add_flag("--quiet", f.quiet, "No progress bar or timing summary");
+  cmd->add_flag("--cuda-graph", f.cuda_graph,
+                "Replay the denoising loop's UNet from CUDA graphs (--device cuda; one capture per "
+                "size and batch)");
+  cmd->add_flag("--channels-last", f.channels_last,
+                "Run the UNet's and VAE's convolutions channels-last (NHWC)");
   add_single_file_options(cmd, f.model_file);
+}
+
+void apply_speed_options(pipeline::StableDiffusionPipeline& pipe, const GenerationFlags& f) {
+  if (f.channels_last) pipe.use_channels_last();
+  pipe.set_cuda_graphs(f.cuda_graph);
 }
 
 void add_single_file_options(CLI::App* cmd, models::SingleFileOptions& o,
@@ -94,6 +104,7 @@ models::LoadOptions checked_load_options(const GenerationFlags& f) {
   load.dtype = models::parse_dtype(f.dtype);
   if (load.device.is_cpu() && load.dtype == c10::kHalf)
     throw Error("fp16 runs on the GPU only; use --dtype fp32 or bf16 on the CPU");
+  if (f.cuda_graph && !load.device.is_cuda()) throw Error("--cuda-graph needs --device cuda");
   return load;
 }
 

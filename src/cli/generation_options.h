@@ -17,6 +17,8 @@ struct GenerationFlags {
   pipeline::GenerateOptions gen;
   std::string scheduler, device = "cpu", dtype = "fp32";
   bool karras = false, quiet = false;
+  bool cuda_graph = false;     // the denoising loop's UNet replayed from CUDA graphs
+  bool channels_last = false;  // the UNet's and VAE's convolutions in NHWC
   std::vector<std::string> loras;        // --lora FILE[:SCALE], repeatable
   models::SingleFileOptions model_file;  // --prediction-type, --ema-weights: a single-file --model
 };
@@ -36,8 +38,12 @@ void add_single_file_options(CLI::App* cmd, models::SingleFileOptions& options,
 // "text_encoder_2".
 std::map<std::string, torch::nn::Module*> lora_targets(pipeline::StableDiffusionPipeline& pipe);
 
-// Device and dtype from the flags; an Error for fp16 on the CPU and for sizes not a multiple of 8.
+// Device and dtype from the flags; an Error for fp16 on the CPU, --cuda-graph off CUDA, and sizes
+// not a multiple of 8.
 models::LoadOptions checked_load_options(const GenerationFlags& flags);
+
+// --channels-last and --cuda-graph on a pipeline just loaded (after --lora merges).
+void apply_speed_options(pipeline::StableDiffusionPipeline& pipe, const GenerationFlags& flags);
 
 // The settings of A1111's "parameters" text for images made with these flags by `pipe`:
 // steps, sampler, CFG scale, seed, size, model and clip skip.

@@ -37,6 +37,7 @@ void run(Args& a) {
     pipeline::StableDiffusionPipeline pipe(folder, load, a.flags.scheduler, a.flags.karras);
     // --lora applies to every model of the grid.
     lora::apply_lora_arguments(a.flags.loras, lora_targets(pipe));
+    apply_speed_options(pipe, a.flags);
     const std::string name = std::filesystem::path(model).lexically_normal().filename().string();
     for (const auto& prompt : a.prompts) {
       row_labels.push_back(a.models.size() > 1 ? name + ": " + prompt : prompt);

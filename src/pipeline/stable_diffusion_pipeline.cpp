@@ -1,4 +1,5 @@
 #include "sdtune/pipeline/stable_diffusion_pipeline.h"
+#include "sdtune/models/memory_format.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <c10/core/InferenceMode.h>
@@ -169,6 +170,23 @@ at::Tensor StableDiffusionPipeline::time_ids(const GenerateOptions& o, int64_t h
   return at::cat({negative, positive}).to(load_.device);
 }
 
+void StableDiffusionPipeline::use_channels_last() {
+  models::to_channels_last(*unet_);
+  models::to_channels_last(*vae_);
+}
+
+void StableDiffusionPipeline::set_cuda_graphs(bool on) {
+  if (!on) {
+    cuda_graph_unet_.reset();
+    return;
+  }
+  if (!load_.device.is_cuda())
+    throw Error("CUDA graphs need the pipeline on a CUDA device (--device cuda)");
+  if (!cuda_graphs_available())
+    throw Error("this sdtune was built without CUDA (its torch has none): no CUDA graphs");
+  if (!cuda_graph_unet_) cuda_graph_unet_ = std::make_unique<CudaGraphUNet>(unet_);
+}
+
 at::Tensor StableDiffusionPipeline::generate(const GenerateOptions& o,
                                              const StepCallback& on_step) {
   return generate(o, encode_prompt(o), on_step);
@@ -236,7 +254,10 @@ at::Tensor StableDiffusionPipeline::generate(const GenerateOptions& o,
     at::Tensor t = timesteps[i];
     at::Tensor input = guidance ? at::cat({latents, latents}) : latents;
     input = sched.scale_model_input(input, t);
-    at::Tensor noise_pred = unet_->forward(input, t, embeddings, added ? &*added : nullptr);
+    at::Tensor noise_pred =
+        cuda_graph_unet_
+            ? cuda_graph_unet_->forward(input, t, embeddings, added ? &*added : nullptr)
+            : unet_->forward(input, t, embeddings, added ? &*added : nullptr);
     if (guidance) {
       // Classifier-free guidance: ε = ε_uncond + s · (ε_text − ε_uncond).
       auto parts = noise_pred.chunk(2);

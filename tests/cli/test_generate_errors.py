@@ -20,6 +20,14 @@ def test_width_not_multiple_of_8(run_sdtune, tiny, tmp_path, one_line_error):
     one_line_error(proc, "multiples of 8", "30")
 
 
+@pytest.mark.parametrize("command", ["generate", "grid"])
+def test_cuda_graph_needs_cuda(run_sdtune, tiny, tmp_path, one_line_error, command):
+    out = ["--out", tmp_path / "a.png"] if command == "generate" else ["--seed", 1, "--out", tmp_path / "g.png"]
+    proc = run_sdtune(command, "--model", tiny, "--prompt", "x", "--cuda-graph", *out, check=False)
+    one_line_error(proc, "--cuda-graph needs --device cuda")
+    assert not (tmp_path / "a.png").exists() and not (tmp_path / "g.png").exists()
+
+
 def test_missing_model_folder(run_sdtune, tmp_path, one_line_error):
     proc = run_sdtune("generate", "--model", tmp_path / "nope", "--prompt", "x", "--out", tmp_path / "a.png",
                       check=False)

@@ -111,6 +111,18 @@ def test_benchmark_and_profile(pipeline, run_sdtune, tmp_path):
     assert "aten::conv2d" in names and "aten::scaled_dot_product_attention" in names
 
 
+@pytest.mark.parametrize("kind,flags,scheduler", [("tiny", [], "PNDMScheduler"),
+                                                   ("sd2", ["--scheduler", "ddim"], "DDIMScheduler")])
+def test_channels_last_gives_the_same_image(pipeline, run_sdtune, tmp_path, kind, flags, scheduler):
+    """--channels-last changes the convolutions' layout, not what they compute: diffusers' image."""
+    folder, pipe = load_reference(pipeline, kind)
+    out = tmp_path / "nhwc.png"
+    run_sdtune("generate", "--model", folder, "--prompt", "a red circle", "--steps", 4, "--seed", 5,
+               "--width", 48, "--height", 32, "--out", out, "--quiet", "--channels-last", *flags)
+    reference = diffusers_images(pipe, scheduler, {}, "a red circle", None, 48, 32, 4, 5)[0]
+    assert_same_image(np.asarray(Image.open(out).convert("RGB")), reference)
+
+
 def test_v_prediction_model(pipeline, run_sdtune, tmp_path):
     """The SD 2.x-style model's scheduler predicts v; images still match diffusers."""
     folder, pipe = load_reference(pipeline, "sd2")

@@ -13,6 +13,7 @@
 
 #include "sdtune/io/model_folder.h"
 #include "sdtune/models/component_loader.h"
+#include "sdtune/pipeline/cuda_graph_unet.h"
 #include "sdtune/schedulers/scheduler.h"
 #include "sdtune/text/clip_tokenizer.h"
 
@@ -84,6 +85,14 @@ class StableDiffusionPipeline {
   // folder's scheduler config (e.g. a server's per-request sampler).
   void set_scheduler(const std::string& name, bool karras);
 
+  // The denoising loop's UNet calls replayed from CUDA graphs (pipeline/cuda_graph_unet.h), one
+  // per image size and batch, captured on first use; off: plain calls. An Error unless the
+  // pipeline is on a CUDA device and the build has CUDA.
+  void set_cuda_graphs(bool on);
+  // The UNet's and VAE's convolution weights laid out channels-last (models/memory_format.h), and
+  // with them the activations: the layout cuDNN's tensor-core kernels run in. Same values.
+  void use_channels_last();
+
   // An SDXL pipeline: two text encoders and a UNet with text_time conditioning.
   bool is_xl() const { return unet_->config.text_time_embedding; }
 
@@ -116,6 +125,7 @@ class StableDiffusionPipeline {
   models::AutoencoderKL vae_{nullptr};
   schedulers::SchedulerConfig scheduler_config_;  // the folder's
   std::unique_ptr<schedulers::Scheduler> scheduler_;
+  std::unique_ptr<CudaGraphUNet> cuda_graph_unet_;  // set_cuda_graphs(true)
   std::string scheduler_name_;
 };
 
