@@ -45,16 +45,18 @@ if want speed; then
   SDTUNE_BENCH_TRAIN_STEP=build-gpu/sdtune_bench_train_step timeout 300 python3 bench/train_step.py \
     --device cuda --config sd15 --mixed-precision bf16 --batch 8 --warmup 3 --iters 10 \
     --flops --diffusers-compile --profile /tmp/traces
-  section "speed: the same, sdtune with --channels-last"
-  SDTUNE_BENCH_TRAIN_STEP=build-gpu/sdtune_bench_train_step timeout 200 python3 bench/train_step.py \
-    --device cuda --config sd15 --mixed-precision bf16 --batch 8 --warmup 3 --iters 10 --channels-last
+  for lever in "--channels-last" "--attention-backend cudnn" "--channels-last --attention-backend cudnn"; do
+    section "speed: the same, sdtune with $lever"
+    SDTUNE_BENCH_TRAIN_STEP=build-gpu/sdtune_bench_train_step timeout 200 python3 bench/train_step.py \
+      --device cuda --config sd15 --mixed-precision bf16 --batch 8 --warmup 3 --iters 10 $lever
+  done
   section "speed: the same at batch 32"
   SDTUNE_BENCH_TRAIN_STEP=build-gpu/sdtune_bench_train_step timeout 300 python3 bench/train_step.py \
     --device cuda --config sd15 --mixed-precision bf16 --batch 32 --warmup 3 --iters 5 \
     --flops --diffusers-compile --profile /tmp/traces
   section "speed: UNet forward SD 1.5, 512x512, fp16, batch 2, NCHW and NHWC on both sides"
   SDTUNE_BENCH_UNET=build-gpu/sdtune_bench_unet timeout 90 python3 bench/unet_forward.py \
-    --device cuda --dtype fp16 --batch 2 --warmup 5 --iters 30 --channels-last
+    --device cuda --dtype fp16 --batch 2 --warmup 5 --iters 30 --channels-last --attention-backends cudnn,efficient
   section "speed: generation SD 1.5, 512x512, 50 steps, CFG 7.5, fp16, batch 1, end to end (diffusers eager, compiled; sdtune plain, CUDA graphs, + NHWC; images compared)"
   SDTUNE_BIN=build-gpu/sdtune timeout 300 python3 bench/generate.py --device cuda --dtype fp16 \
     --end-to-end --steps 50 --runs 3 --compile --profile /tmp/traces

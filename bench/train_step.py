@@ -186,6 +186,7 @@ def sdtune_run(binary, folder, inputs_file, args):
     cmd += ["--optimizer", args.optimizer]
     if args.channels_last:
         cmd.append("--channels-last")
+    cmd += ["--attention-backend", args.attention_backend]
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
         cmd += ["--profile", str(args.profile / f"train_step_{args.config}_b{args.batch}.json")]
@@ -226,6 +227,7 @@ def main():
                     help="the device's dense peak for MFU (default on CUDA: 989.4, H100/H200 bf16)")
     ap.add_argument("--profile", type=Path, default=None, help="sdtune's step profiled: Chrome trace into DIR")
     ap.add_argument("--channels-last", action="store_true", help="sdtune's convolutions in NHWC")
+    ap.add_argument("--attention-backend", default="auto", help="sdtune's SDPA kernel tried first")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.deterministic:  # before the first CUDA operation, as sdtune does it
@@ -281,6 +283,7 @@ def main():
     checkpointing = ", gradient checkpointing" if args.gradient_checkpointing else ""
     checkpointing += ", deterministic kernels" if args.deterministic else ""
     checkpointing += ", sdtune channels-last" if args.channels_last else ""
+    checkpointing += f", sdtune attention {args.attention_backend} first" if args.attention_backend != "auto" else ""
     precision = "fp32" if autocast_dtype is None else f"{args.mixed_precision} autocast"
     print(f"training step ({shape}, batch {args.batch}, latent {latent}x{latent}, {precision}{checkpointing}, "
           f"{'AdamW fused' if args.optimizer == 'adamw' else 'Adafactor'}, {where}; {args.warmup} warmup + {args.iters} timed steps"

@@ -47,6 +47,7 @@
 #include "sdtune/error.h"
 #include "sdtune/io/tensor.h"
 #include "sdtune/lora/adapters.h"
+#include "sdtune/models/attention_backend.h"
 #include "sdtune/models/component_loader.h"
 #include "sdtune/models/memory_format.h"
 #include "sdtune/profile/profiler.h"
@@ -78,6 +79,7 @@ struct Args {
   std::string optimizer = "adamw";         // or adafactor (kohya's SDXL settings: lr, no scaling)
   std::string profile;                     // a Chrome trace of one more step; empty: none
   bool channels_last = false;              // NHWC convolutions
+  std::string attention_backend = "auto";  // the SDPA kernel tried first
 };
 
 at::Tensor input(const std::map<std::string, at::Tensor>& in, const std::string& name) {
@@ -140,6 +142,7 @@ void run(const Args& a) {
 
   unet->train();
   if (a.channels_last) sdtune::models::to_channels_last(*unet);
+  sdtune::models::prefer_attention_backend(a.attention_backend);
   unet->set_gradient_checkpointing(a.gradient_checkpointing);
   std::vector<at::Tensor> params = unet->parameters();
   if (a.lora_rank > 0) {
@@ -264,6 +267,7 @@ void run(const Args& a) {
     std::fclose(statm);
   }
   out["threads"] = at::get_num_threads();
+  out["attention_order"] = sdtune::models::attention_backend_order();
   if (profiled) out["profile"] = profiled->to_json();
   if (group) {
     out["ddp_backend"] = dist::backend_name(group->backend());
@@ -312,6 +316,9 @@ int main(int argc, char** argv) {
                        "adamw, or adafactor (lr 1e-5, no relative steps or parameter scaling)")
             ->capture_default_str();
         app.add_flag("--channels-last", a.channels_last, "NHWC weights and latents");
+        app.add_option("--attention-backend", a.attention_backend,
+                       "auto, flash, cudnn, efficient or math first")
+            ->capture_default_str();
         app.add_option("--profile", a.profile,
                        "Profile one more step: its Chrome trace to this file, its time by "
                        "category into the JSON");

@@ -42,6 +42,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--channels-last", action="store_true", help="also both sides in NHWC")
+    ap.add_argument("--attention-backends", default="",
+                    help="also sdtune with each of these SDPA kernels first (comma-separated, e.g. cudnn,efficient)")
     ap.add_argument("--bin", default=os.environ.get("SDTUNE_BENCH_UNET", REPO / "build" / "sdtune_bench_unet"))
     args = ap.parse_args()
     cuda = args.device == "cuda"
@@ -95,8 +97,12 @@ def main():
         if cuda:
             torch.cuda.empty_cache()
 
-        for name, flags in [("sdtune", [])] + ([("sdtune --channels-last", ["--channels-last"])]
-                                               if args.channels_last else []):
+        variants = [("sdtune", [])]
+        if args.channels_last:
+            variants.append(("sdtune --channels-last", ["--channels-last"]))
+        for backend in filter(None, args.attention_backends.split(",")):
+            variants.append((f"sdtune attention {backend}", ["--attention-backend", backend]))
+        for name, flags in variants:
             out = subprocess.run(
                 [str(args.bin), str(folder), args.device, args.dtype, str(args.batch), str(latent), str(latent),
                  str(args.warmup), str(args.iters), *flags], capture_output=True, text=True, check=True)
@@ -108,7 +114,7 @@ def main():
         id(config), "SD 1.5-shaped UNet, channels [160,320,640,640]")
     print(f"unet forward ({shape}, batch {args.batch}, latent {latent}x{latent}, {args.dtype}, {where})")
     for name, seconds in rows.items():
-        print(f"  {name:24}{seconds:.4f} s/forward")
+        print(f"  {name:28}{seconds:.4f} s/forward")
     print(f"  ratio diffusers/sdtune = {rows['diffusers'] / rows['sdtune']:.3f}")
     if args.channels_last:
         print(f"  ratio diffusers channels_last/sdtune --channels-last = "

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "driver.h"
+#include "sdtune/models/attention_backend.h"
 #include "sdtune/models/component_loader.h"
 #include "sdtune/models/memory_format.h"
 #include "sdtune/profile/profiler.h"
@@ -26,6 +27,7 @@ struct Args {
   int warmup = 0, iters = 0;
   std::string profile;
   bool channels_last = false;
+  std::string attention_backend = "auto";
 };
 
 void run(const Args& a) {
@@ -39,6 +41,7 @@ void run(const Args& a) {
   auto folder = io::ModelFolder::open(a.model);
   auto unet = models::load_unet(folder, opts);
   if (a.channels_last) models::to_channels_last(*unet);
+  models::prefer_attention_backend(a.attention_backend);
   c10::InferenceMode guard;
   auto options = at::TensorOptions().device(opts.device).dtype(opts.dtype);
   at::Tensor sample = at::randn({batch, unet->config.in_channels, h, w}, options)
@@ -96,6 +99,8 @@ int main(int argc, char** argv) {
         app.add_option("WARMUP", a.warmup, "Untimed forwards first")->required();
         app.add_option("ITERS", a.iters, "Timed forwards")->required();
         app.add_flag("--channels-last", a.channels_last, "NHWC weights and input");
+        app.add_option("--attention-backend", a.attention_backend,
+                       "auto, flash, cudnn, efficient or math first");
         app.add_option("--profile", a.profile,
                        "Profile one more forward: its Chrome trace to this file");
       },

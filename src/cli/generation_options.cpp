@@ -5,6 +5,7 @@
 
 #include "cli/number_checks.h"
 #include "sdtune/error.h"
+#include "sdtune/models/attention_backend.h"
 
 namespace sdtune::cli {
 
@@ -68,11 +69,17 @@ void add_generation_options(CLI::App* cmd, GenerationFlags& f) {
                 "size and batch)");
   cmd->add_flag("--channels-last", f.channels_last,
                 "Run the UNet's and VAE's convolutions channels-last (NHWC)");
+  cmd->add_option("--attention-backend", f.attention_backend,
+                  "Attention kernel tried first on a GPU: auto (PyTorch's order), flash, cudnn, "
+                  "efficient or math")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "flash", "cudnn", "efficient", "math"}));
   add_single_file_options(cmd, f.model_file);
 }
 
 void apply_speed_options(pipeline::StableDiffusionPipeline& pipe, const GenerationFlags& f) {
   if (f.channels_last) pipe.use_channels_last();
+  models::prefer_attention_backend(f.attention_backend);
   pipe.set_cuda_graphs(f.cuda_graph);
 }
 

@@ -17,9 +17,10 @@ struct GenerationFlags {
   pipeline::GenerateOptions gen;
   std::string scheduler, device = "cpu", dtype = "fp32";
   bool karras = false, quiet = false;
-  bool cuda_graph = false;     // the denoising loop's UNet replayed from CUDA graphs
-  bool channels_last = false;  // the UNet's and VAE's convolutions in NHWC
-  std::vector<std::string> loras;        // --lora FILE[:SCALE], repeatable
+  bool cuda_graph = false;                 // the denoising loop's UNet replayed from CUDA graphs
+  bool channels_last = false;              // the UNet's and VAE's convolutions in NHWC
+  std::string attention_backend = "auto";  // models/attention_backend.h
+  std::vector<std::string> loras;          // --lora FILE[:SCALE], repeatable
   models::SingleFileOptions model_file;  // --prediction-type, --ema-weights: a single-file --model
 };
 

@@ -161,6 +161,14 @@ void add_options(CLI::App* cmd, Flags& f) {
   cmd->add_flag("--deterministic", o.deterministic,
                 "Deterministic GPU kernels (cuBLAS, cuDNN, attention backward): a resumed run "
                 "equals the straight one bit for bit on CUDA too; slower");
+  cmd->add_flag("--channels-last", o.channels_last,
+                "Run the UNet's and VAE's convolutions channels-last (NHWC), cuDNN's tensor-core "
+                "layout; same values");
+  cmd->add_option("--attention-backend", o.attention_backend,
+                  "Attention kernel tried first on a GPU: auto (PyTorch's order), flash, cudnn, "
+                  "efficient or math")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "flash", "cudnn", "efficient", "math"}));
   cmd->add_flag("--use-ema", o.use_ema, "Keep an EMA of the UNet weights (saved as the model)");
   cmd->add_flag("--save-single-file", o.save_single_file,
                 "Also write OUT/model.safetensors (and one per checkpoint) in the A1111/ComfyUI "

@@ -1,4 +1,6 @@
 #include "sdtune/train/training_models.h"
+#include "sdtune/models/attention_backend.h"
+#include "sdtune/models/memory_format.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -66,6 +68,11 @@ TrainingModels::TrainingModels(const TrainOptions& o)
     }
   }
   unet->set_gradient_checkpointing(o.gradient_checkpointing);
+  if (o.channels_last) {  // before the parameter lists: the same tensors, NHWC
+    models::to_channels_last(*unet);
+    models::to_channels_last(*vae);
+  }
+  models::prefer_attention_backend(o.attention_backend);
   unet_params = lora_on ? adapter_tensors(adapters["unet"]) : unet->parameters();
   if (o.train_text_encoder) {
     te_params = lora_on ? adapter_tensors(adapters["text_encoder"]) : text_encoder->parameters();

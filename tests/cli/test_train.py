@@ -389,3 +389,36 @@ def test_adafactor_resumes_bitwise_in_less_state(tiny, run_sdtune, tmp_path):
     proc = run_sdtune(*base_args(tiny, data, tmp_path / "adamw", "--max-steps", 4, "--optimizer", "adafactor",
                                  "--resume-from-checkpoint", "latest"), check=False)
     assert proc.returncode == 1 and "optimizer" in proc.stderr, proc.stderr
+
+
+def test_channels_last_trains_the_same_weights_and_resumes_bitwise(tiny, run_sdtune, tmp_path):
+    """--channels-last lays the convolutions out NHWC: the same training up to float rounding (the
+    kernels differ), a model saved in the usual layout, and a bitwise resume of its own."""
+    data = make_images(tmp_path / "data")
+    extra = ["--checkpointing-steps", 2, "--seed", 4, "--random-flip", "--use-ema"]
+    run_sdtune(*base_args(tiny, data, tmp_path / "plain", "--max-steps", 4, *extra))
+    fast = ["--channels-last", "--attention-backend", "flash"]
+    run_sdtune(*base_args(tiny, data, tmp_path / "nhwc", "--max-steps", 4, *extra, *fast))
+    plain = load_file(tmp_path / "plain/unet/diffusion_pytorch_model.safetensors")
+    nhwc = load_file(tmp_path / "nhwc/unet/diffusion_pytorch_model.safetensors")
+    assert plain.keys() == nhwc.keys()
+    for k in plain:
+        assert plain[k].shape == nhwc[k].shape and nhwc[k].is_contiguous(), k
+    # Adam moves every weight by about ±lr whatever its gradient's size, so a gradient that rounds
+    # to another sign moves a weight the other way: compared over the whole model instead, the
+    # two runs differ by a ten-thousandth of what training moved.
+    base = load_file(Path(tiny) / "unet/diffusion_pytorch_model.safetensors")
+    flat = lambda w: torch.cat([w[k].flatten() for k in sorted(w)])
+    moved = (flat(plain) - flat(base)).norm()
+    assert moved > 0.5  # it trained
+    assert (flat(nhwc) - flat(plain)).norm() < 1e-3 * moved
+    losses = [m["loss"] for m in metrics(tmp_path / "plain")], [m["loss"] for m in metrics(tmp_path / "nhwc")]
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
+
+    run_sdtune(*base_args(tiny, data, tmp_path / "resumed", "--max-steps", 2, *extra, *fast))
+    run_sdtune(*base_args(tiny, data, tmp_path / "resumed", "--max-steps", 4, *extra, *fast,
+                          "--resume-from-checkpoint", "latest"))
+    assert tensors_equal(tmp_path / "nhwc/unet/diffusion_pytorch_model.safetensors",
+                         tmp_path / "resumed/unet/diffusion_pytorch_model.safetensors")
+    assert tensors_equal(tmp_path / "nhwc/checkpoint-4/training_state/optimizer.safetensors",
+                         tmp_path / "resumed/checkpoint-4/training_state/optimizer.safetensors")

@@ -83,6 +83,10 @@ struct TrainOptions {
   bool gradient_checkpointing = false;
   // Deterministic GPU kernels (train/determinism.h): bit-for-bit resume on CUDA, at some speed.
   bool deterministic = false;
+  // Speed levers (issue: GPU speed): the UNet's and VAE's convolutions channels-last
+  // (models/memory_format.h); the attention kernel tried first (models/attention_backend.h).
+  bool channels_last = false;
+  std::string attention_backend = "auto";
 
   // EMA of the UNet weights.
   bool use_ema = false;
