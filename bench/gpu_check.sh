@@ -22,10 +22,10 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --tar
 export LD_LIBRARY_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export PATH=/tmp/deps/usr/bin:$PATH
 TORCH_PREFIX=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')
-section "build (${BUILD_TYPE:-Release}; no libvips, no Arrow, no libcurl: tensors in and out only)"
+section "build (${BUILD_TYPE:-Release}; no libvips, no Arrow, no libcurl, no cpp-httplib: tensors in and out only)"
 # SDTUNE_WERROR=OFF: that machine's compiler is not CI's, and its new warnings must not stop a run.
 # BUILD_TYPE=RelWithDebInfo gives cuda-gdb line numbers when a crash is being chased.
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=${BUILD_TYPE:-Release} -DSDTUNE_TESTS=OFF -DSDTUNE_IMAGES=OFF -DSDTUNE_HTTP=OFF \
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=${BUILD_TYPE:-Release} -DSDTUNE_TESTS=OFF -DSDTUNE_IMAGES=OFF -DSDTUNE_HTTP=OFF -DSDTUNE_SERVE=OFF \
   -DSDTUNE_PYTHON=false -DSDTUNE_WERROR=OFF -DCMAKE_PREFIX_PATH="$TORCH_PREFIX;/tmp/deps/usr" \
   -DCMAKE_LIBRARY_ARCHITECTURE=x86_64-linux-gnu > "$OUT/configure.log" 2>&1 \
   || { tail -60 "$OUT/configure.log"; exit 1; }
@@ -33,33 +33,40 @@ cmake --build build-gpu -j 16 --target ${BUILD_TARGETS:-sdtune_cli sdtune_bench_
   || { grep -B2 -A12 -m5 'error' "$OUT/build.log" | head -120; exit 1; }
 grep -c 'warning:' "$OUT/build.log" | sed 's/^/compiler warnings: /'
 
-# Sections, all by default; SECTIONS="train parity" runs those alone (after the build).
-SECTIONS=${SECTIONS:-"speed linking train parity bench-train bench-sdxl ddp-overhead bench-deterministic lora-memory bench-unet"}
+# Sections, all by default; SECTIONS="train parity" runs those alone (after the build). One call
+# of the device tool runs at most 10 minutes: give it SECTIONS="speed" first (the build, ~4
+# minutes on a fresh machine, is kept while the machine stays warm), then SECTIONS="speed-levers".
+SECTIONS=${SECTIONS:-"speed speed-levers linking train parity bench-train bench-sdxl ddp-overhead bench-deterministic lora-memory bench-unet"}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 
 if want speed; then
   # Issue 21's table: training (batch 8 and 32) and 50-step generation against diffusers eager and
-  # torch.compile on this card, with FLOP counts for MFU and sdtune's profile by category.
-  # Chrome traces stay on the machine (/tmp/traces): they are tens of MB.
+  # torch.compile on this card, with FLOP counts for MFU and sdtune's profile by category; the
+  # generation rows include sdtune's CUDA-graph path, its image compared with the plain one.
+  # About 8 minutes with the compilations. Chrome traces stay on the machine (/tmp/traces).
   section "speed: training SD 1.5, 512x512, bf16, cached latents, batch 8 (diffusers eager, compiled; MFU; sdtune profiled)"
-  SDTUNE_BENCH_TRAIN_STEP=build-gpu/sdtune_bench_train_step timeout 300 python3 bench/train_step.py \
+  SDTUNE_BENCH_TRAIN_STEP=build-gpu/sdtune_bench_train_step timeout 240 python3 bench/train_step.py \
     --device cuda --config sd15 --mixed-precision bf16 --batch 8 --warmup 3 --iters 10 \
     --flops --diffusers-compile --profile /tmp/traces
-  for lever in "--channels-last" "--attention-backend cudnn" "--channels-last --attention-backend cudnn"; do
-    section "speed: the same, sdtune with $lever"
-    SDTUNE_BENCH_TRAIN_STEP=build-gpu/sdtune_bench_train_step timeout 200 python3 bench/train_step.py \
-      --device cuda --config sd15 --mixed-precision bf16 --batch 8 --warmup 3 --iters 10 $lever
-  done
   section "speed: the same at batch 32"
-  SDTUNE_BENCH_TRAIN_STEP=build-gpu/sdtune_bench_train_step timeout 300 python3 bench/train_step.py \
+  SDTUNE_BENCH_TRAIN_STEP=build-gpu/sdtune_bench_train_step timeout 240 python3 bench/train_step.py \
     --device cuda --config sd15 --mixed-precision bf16 --batch 32 --warmup 3 --iters 5 \
-    --flops --diffusers-compile --profile /tmp/traces
-  section "speed: UNet forward SD 1.5, 512x512, fp16, batch 2, NCHW and NHWC on both sides"
-  SDTUNE_BENCH_UNET=build-gpu/sdtune_bench_unet timeout 90 python3 bench/unet_forward.py \
-    --device cuda --dtype fp16 --batch 2 --warmup 5 --iters 30 --channels-last --attention-backends cudnn,efficient
+    --flops --diffusers-compile
   section "speed: generation SD 1.5, 512x512, 50 steps, CFG 7.5, fp16, batch 1, end to end (diffusers eager, compiled; sdtune plain, CUDA graphs, + NHWC; images compared)"
   SDTUNE_BIN=build-gpu/sdtune timeout 300 python3 bench/generate.py --device cuda --dtype fp16 \
     --end-to-end --steps 50 --runs 3 --compile --profile /tmp/traces
+fi
+
+if want speed-levers; then
+  # Each training lever alone and together, against the plain step in the same run (~4 minutes).
+  for lever in "--channels-last" "--attention-backend cudnn" "--channels-last --attention-backend cudnn"; do
+    section "speed lever: training SD 1.5, 512x512, bf16, batch 8, sdtune with $lever"
+    SDTUNE_BENCH_TRAIN_STEP=build-gpu/sdtune_bench_train_step timeout 150 python3 bench/train_step.py \
+      --device cuda --config sd15 --mixed-precision bf16 --batch 8 --warmup 3 --iters 10 $lever
+  done
+  section "speed lever: UNet forward SD 1.5, 512x512, fp16, batch 2, NCHW and NHWC on both sides, attention kernels"
+  SDTUNE_BENCH_UNET=build-gpu/sdtune_bench_unet timeout 90 python3 bench/unet_forward.py \
+    --device cuda --dtype fp16 --batch 2 --warmup 5 --iters 30 --channels-last --attention-backends cudnn,efficient
 fi
 
 if want linking; then
