@@ -142,7 +142,7 @@ void run(const Args& a) {
 
   unet->train();
   if (a.channels_last) sdtune::models::to_channels_last(*unet);
-  sdtune::models::prefer_attention_backend(a.attention_backend);
+  sdtune::models::prefer_attention_backend(a.attention_backend, device);
   unet->set_gradient_checkpointing(a.gradient_checkpointing);
   std::vector<at::Tensor> params = unet->parameters();
   if (a.lora_rank > 0) {

@@ -41,7 +41,7 @@ void run(const Args& a) {
   auto folder = io::ModelFolder::open(a.model);
   auto unet = models::load_unet(folder, opts);
   if (a.channels_last) models::to_channels_last(*unet);
-  models::prefer_attention_backend(a.attention_backend);
+  models::prefer_attention_backend(a.attention_backend, opts.device);
   c10::InferenceMode guard;
   auto options = at::TensorOptions().device(opts.device).dtype(opts.dtype);
   at::Tensor sample = at::randn({batch, unet->config.in_channels, h, w}, options)

@@ -79,7 +79,7 @@ void add_generation_options(CLI::App* cmd, GenerationFlags& f) {
 
 void apply_speed_options(pipeline::StableDiffusionPipeline& pipe, const GenerationFlags& f) {
   if (f.channels_last) pipe.use_channels_last();
-  models::prefer_attention_backend(f.attention_backend);
+  models::prefer_attention_backend(f.attention_backend, c10::Device(f.device));
   pipe.set_cuda_graphs(f.cuda_graph);
 }
 

@@ -1,5 +1,6 @@
 #include "sdtune/models/attention_backend.h"
 
+#include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <ATen/SDPBackend.h>
 
@@ -30,7 +31,12 @@ std::string name_of(at::SDPBackend backend) {
 
 }  // namespace
 
-void prefer_attention_backend(const std::string& name) {
+void prefer_attention_backend(const std::string& name, c10::Device device) {
+  if (device.is_cuda()) {  // PyTorch settles its own order at the first call; then ours goes on top
+    at::NoGradGuard no_grad;
+    const at::Tensor q = at::zeros({1, 1, 8, 64}, at::TensorOptions(device).dtype(at::kHalf));
+    at::scaled_dot_product_attention(q, q, q);
+  }
   static const std::vector<at::SDPBackend> original = [] {
     const auto order = at::globalContext().sDPPriorityOrder();
     return std::vector<at::SDPBackend>(order.begin(), order.end());

@@ -72,7 +72,7 @@ TrainingModels::TrainingModels(const TrainOptions& o)
     models::to_channels_last(*unet);
     models::to_channels_last(*vae);
   }
-  models::prefer_attention_backend(o.attention_backend);
+  models::prefer_attention_backend(o.attention_backend, device);
   unet_params = lora_on ? adapter_tensors(adapters["unet"]) : unet->parameters();
   if (o.train_text_encoder) {
     te_params = lora_on ? adapter_tensors(adapters["text_encoder"]) : text_encoder->parameters();
